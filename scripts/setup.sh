@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything ossmount needs on a Debian machine (run as root; safe to run again):
+# Debian packages for FUSE and for building pyfuse3, then a virtualenv in .venv with ossmount.
+#   scripts/setup.sh          the package and its runtime dependencies
+#   scripts/setup.sh --test   also the test and lint tools (pytest, oss2, mypy, ruff, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+
+packages=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv curl rsync git
+          sqlite3 ca-certificates)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The newest Python 3.11+ on PATH (a pyenv one where present, else Debian's).
+python=""
+for candidate in python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null &&
+        "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        python=$(command -v "$candidate")
+        break
+    fi
+done
+[ -n "$python" ] || { echo "setup: no Python 3.11 or newer found" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    rm -rf .venv
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".${extras}"
+echo "setup: ready ($(.venv/bin/python --version), $(.venv/bin/ossmount --help >/dev/null && echo ossmount OK))"
