@@ -1,0 +1,568 @@
+"""The read path: a block cache shared by the mount, and one prefetching reader per open handle.
+
+How a read() is answered
+------------------------
+An object is cut into fixed blocks of ``block_size`` bytes (the last one shorter). ``read(offset,
+size)`` needs the blocks that cover ``[offset, offset + size)``; each one comes from
+
+1. the mount-wide LRU cache (:class:`ReadCache`), bounded in bytes, keyed by
+   ``(key, etag, block index)`` so that two versions of an object can never meet in one handle;
+2. or a fetch already in flight for that block (by this handle or any other): readers of the same
+   missing block share one GET;
+3. or a new ranged GET, started as a task in the mount's nursery.
+
+A GET covers a *run* of consecutive missing blocks (up to ``part_size`` bytes). Its body is
+iterated chunk by chunk as the socket delivers it; each block is published (put in the cache,
+its waiters woken) as soon as its last byte arrives, so a reader waits for its block, not for the
+whole GET. Every GET carries ``If-Match: <etag>`` of the handle and the client always sends
+``x-oss-range-behavior: standard``: a replaced object answers 412, the handle raises
+:class:`PreconditionFailed` (ESTALE) on that read and every later one, and never mixes versions.
+
+Prefetch
+--------
+Each handle watches its own access pattern. A read that starts near the end of the previous ones
+(within a tolerance, because the kernel sends readahead requests concurrently and trio may run
+them in any order) is *sequential*: the prefetch window doubles (1, 2, 4 ... blocks, up to
+``max_prefetch_bytes``) and the blocks ahead of the stream up to the window are fetched in the
+background. To keep GETs large the window is topped up only when at least ``step`` blocks are
+missing (half the window, at most ``part_size``), so a long sequential read keeps several GETs of
+``part_size`` bytes in flight, like the checkpointed downloader's parallel part fetches. Any other
+read is *random*: the window drops to zero and only the touched blocks are fetched.
+
+The number of concurrent GETs of the whole mount is bounded by ``max_inflight``; the prefetch
+window is at most half the cache, so prefetched blocks are not evicted before they are read.
+Memory is therefore about ``cache_bytes`` plus one partial block per GET in flight.
+
+Fetch tasks belong to the handle that started them and are cancelled by :meth:`FileReader.close`;
+waiters of another handle then find the block abandoned and fetch it themselves.
+
+Whole-file check
+----------------
+The bytes a handle returns are checked against the object's CRC-64 when they cover the file from
+0 to its end: contiguous replies extend a running CRC, replies that arrive ahead of it (out of
+order) wait, by reference, until the gap is filled. A mismatch raises :class:`IntegrityError`
+(EIO), is logged, and drops the object's cached blocks.
+
+Seam for writes
+---------------
+The bytes come from a :class:`RangeSource` (``open_range(start, end_inclusive)``): by default
+:class:`ObjectRangeSource`, a ranged GET of one object version. ``ReadCache.open(..., source=)``
+takes any other source, for example one that overlays staged writes; blocks are cached under the
+``etag`` given to ``open``, so such a source must be opened with an etag of its own.
+:meth:`ReadCache.invalidate` drops the cached blocks of a key after it changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+from cachetools import LRUCache
+
+from ossmount.oss.crc64 import crc64
+from ossmount.oss.errors import (
+    IntegrityError,
+    OssError,
+    OssProtocolError,
+    PreconditionFailed,
+    is_transient,
+)
+
+if TYPE_CHECKING:
+    from ossmount.oss.client import OssClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
+DEFAULT_MAX_PREFETCH_BYTES = 64 * 1024 * 1024
+# A GET whose body breaks off (reset, timeout) is resumed from the byte it reached this many times.
+DEFAULT_RESUME_ATTEMPTS = 4
+_RESUME_BACKOFF_S = 0.05
+# How far before or after the end of the previous reads a read still counts as sequential.
+_SEQUENTIAL_SLACK = 4 * 1024 * 1024
+# Out-of-order replies kept for the whole-file check before it gives up.
+_MAX_PENDING_CHECK_SEGMENTS = 256
+
+BlockId = tuple[str, str, int]  # (key, etag, block index)
+
+
+class RangeSource(Protocol):
+    """Where the bytes of one version of one object come from."""
+
+    def open_range(
+        self, start: int, end_inclusive: int
+    ) -> AbstractAsyncContextManager[AsyncIterable[bytes]]:
+        """Open a stream of exactly the bytes ``[start, end_inclusive]``, in order."""
+        ...
+
+    @property
+    def object_crc64(self) -> int | None:
+        """The whole object's CRC-64 if a response told it, else None."""
+        ...
+
+
+class ObjectRangeSource:
+    """Ranged GETs of one object version through the client (``If-Match: etag``)."""
+
+    def __init__(self, client: OssClient, bucket: str, key: str, etag: str) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._etag = etag
+        self._object_crc64: int | None = None
+
+    @property
+    def object_crc64(self) -> int | None:
+        return self._object_crc64
+
+    @asynccontextmanager
+    async def open_range(
+        self, start: int, end_inclusive: int
+    ) -> AsyncIterator[AsyncIterable[bytes]]:
+        async with self._client.open_object(
+            self._bucket, self._key, byte_range=(start, end_inclusive), if_match=self._etag
+        ) as reader:
+            if reader.info.crc64 is not None:
+                self._object_crc64 = reader.info.crc64
+            yield reader
+
+
+@dataclass(eq=False)
+class _PendingBlock:
+    """A block some GET is fetching. Exactly one of data / error is set when ``done`` fires,
+    or neither when the fetch was abandoned (cancelled): waiters then fetch it again."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class ReadStats:
+    """Counters for tests and benchmarks."""
+
+    gets: int = 0
+    bytes_fetched: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    resumed_gets: int = 0
+
+
+class ReadCache:
+    """The mount's block cache, bounded in bytes and shared by all open handles.
+
+    ``max_inflight`` bounds the concurrent range GETs of the whole mount. Fetch tasks run in
+    ``nursery`` (the mount's); they never raise into it.
+    """
+
+    def __init__(
+        self,
+        client: OssClient | None,
+        bucket: str,
+        *,
+        block_size: int,
+        cache_bytes: int,
+        max_inflight: int,
+        nursery: trio.Nursery,
+        part_size: int = DEFAULT_PART_SIZE,
+        max_prefetch_bytes: int = DEFAULT_MAX_PREFETCH_BYTES,
+        resume_attempts: int = DEFAULT_RESUME_ATTEMPTS,
+    ) -> None:
+        if block_size <= 0:
+            raise ValueError("block_size must be positive")
+        if max_inflight <= 0:
+            raise ValueError("max_inflight must be positive")
+        self._client = client
+        self._bucket = bucket
+        self.block_size = block_size
+        self.cache_bytes = cache_bytes
+        self.part_blocks = max(1, part_size // block_size)
+        # The window may not exceed half of the cache, or prefetched blocks evict each other.
+        self.max_window_blocks = max(0, min(max_prefetch_bytes, cache_bytes // 2) // block_size)
+        self.resume_attempts = resume_attempts
+        self.nursery = nursery
+        self.limiter = trio.CapacityLimiter(max_inflight)
+        self.stats = ReadStats()
+        self._blocks: LRUCache[BlockId, bytes] = LRUCache(
+            maxsize=max(cache_bytes, 1), getsizeof=len
+        )
+        self._pending: dict[BlockId, _PendingBlock] = {}
+
+    def open(
+        self,
+        key: str,
+        size: int,
+        etag: str,
+        crc64: int | None,
+        *,
+        source: RangeSource | None = None,
+    ) -> FileReader:
+        """A reader for one open handle of version ``etag`` of ``key`` (``size`` bytes)."""
+        if source is None:
+            if self._client is None:
+                raise ValueError("ReadCache without a client needs an explicit source")
+            source = ObjectRangeSource(self._client, self._bucket, key, etag)
+        return FileReader(self, source, key=key, size=size, etag=etag, crc64=crc64)
+
+    def invalidate(self, key: str, etag: str | None = None) -> None:
+        """Drop the cached blocks of ``key`` (of one version only, if ``etag`` is given)."""
+        stale = [b for b in self._blocks if b[0] == key and (etag is None or b[1] == etag)]
+        for block_id in stale:
+            self._blocks.pop(block_id, None)
+
+    @property
+    def cached_bytes(self) -> int:
+        return int(self._blocks.currsize)
+
+    @property
+    def blocks_in_flight(self) -> int:
+        return len(self._pending)
+
+    # -- used by FileReader ---------------------------------------------------------------
+
+    def _lookup(self, block_id: BlockId) -> bytes | None:
+        data = self._blocks.get(block_id)
+        if data is None:
+            self.stats.cache_misses += 1
+        else:
+            self.stats.cache_hits += 1
+        return data
+
+    def _is_missing(self, block_id: BlockId) -> bool:
+        return block_id not in self._blocks and block_id not in self._pending
+
+    def _publish(self, block_id: BlockId, data: bytes) -> None:
+        if len(data) <= self._blocks.maxsize:
+            self._blocks[block_id] = data
+        pending = self._pending.pop(block_id, None)
+        if pending is not None:
+            pending.data = data
+            pending.done.set()
+
+    def _fail(self, block_id: BlockId, error: BaseException | None) -> None:
+        pending = self._pending.pop(block_id, None)
+        if pending is not None:
+            pending.error = error
+            pending.done.set()
+
+
+class _WholeFileCheck:
+    """CRC-64 over the replies of one handle, to check a read of the whole file.
+
+    Replies arrive mostly in order; one that starts beyond the checked prefix is kept (by
+    reference: usually it is a cached block anyway) until the gap before it is filled.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.checked_end = 0
+        self.crc = 0
+        self.gave_up = False
+        self._ahead: dict[int, bytes] = {}
+
+    def add(self, offset: int, data: bytes) -> bool:
+        """Account for ``data`` returned at ``offset``; True once the whole file is covered."""
+        if self.gave_up or self.checked_end >= self.size:
+            return False
+        end = offset + len(data)
+        if offset > self.checked_end:
+            if len(self._ahead) >= _MAX_PENDING_CHECK_SEGMENTS:
+                log.debug("whole-file check abandoned: too many out-of-order reads")
+                self.gave_up = True
+                self._ahead.clear()
+                return False
+            previous = self._ahead.get(offset)
+            if previous is None or len(previous) < len(data):
+                self._ahead[offset] = data
+            return False
+        self._extend(offset, data, end)
+        while self._ahead:
+            overlapping = [o for o in self._ahead if o <= self.checked_end]
+            if not overlapping:
+                break
+            for start in overlapping:
+                piece = self._ahead.pop(start)
+                self._extend(start, piece, start + len(piece))
+        return self.checked_end >= self.size
+
+    def _extend(self, offset: int, data: bytes, end: int) -> None:
+        if end > self.checked_end:
+            fresh = memoryview(data)[self.checked_end - offset :]
+            self.crc = crc64(fresh, self.crc)
+            self.checked_end = end
+
+
+class FileReader:
+    """Reads of one open handle: block lookups, shared fetches, prefetch, whole-file CRC check."""
+
+    def __init__(
+        self,
+        cache: ReadCache,
+        source: RangeSource,
+        *,
+        key: str,
+        size: int,
+        etag: str,
+        crc64: int | None,
+    ) -> None:
+        self._cache = cache
+        self._source = source
+        self.key = key
+        self.size = size
+        self.etag = etag
+        self._expected_crc64 = crc64
+        self._block_size = cache.block_size
+        self._block_count = math.ceil(size / self._block_size)
+        # Sequential detection and the prefetch window (in blocks).
+        self._stream_end = 0
+        self._window_blocks = 0
+        self._frontier = 0  # blocks below this were already requested by the prefetcher
+        self._check = _WholeFileCheck(size)
+        self._failure: OssError | None = None  # a 412 poisons the handle
+        self._task_scopes: set[trio.CancelScope] = set()
+        self._tasks_done = trio.Event()
+        self._tasks_done.set()
+        self._closed = False
+
+    @property
+    def prefetch_window_blocks(self) -> int:
+        return self._window_blocks
+
+    @property
+    def tasks_in_flight(self) -> int:
+        return len(self._task_scopes)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer only at the end of the file).
+
+        Raises the client's :class:`OssError` subclasses: :class:`PreconditionFailed` when the
+        object changed since open, :class:`IntegrityError` when a whole-file read does not match
+        the object's CRC-64.
+        """
+        if self._closed:
+            raise RuntimeError("read() on a closed FileReader")
+        if self._failure is not None:
+            raise self._failure
+        if offset < 0 or size < 0:
+            raise ValueError("negative offset or size")
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        first_block = offset // self._block_size
+        last_block = (end - 1) // self._block_size
+        self._note_access(offset, end)
+        self._schedule(first_block, last_block)
+        pieces: list[bytes | memoryview] = []
+        for index in range(first_block, last_block + 1):
+            block = await self._block(index)
+            block_start = index * self._block_size
+            lo = max(offset, block_start) - block_start
+            hi = min(end, block_start + len(block)) - block_start
+            if lo == 0 and hi == len(block):
+                pieces.append(block)
+            else:
+                pieces.append(memoryview(block)[lo:hi])
+        # An aligned whole block goes out as it is: no copy.
+        only = pieces[0]
+        data = only if len(pieces) == 1 and isinstance(only, bytes) else b"".join(pieces)
+        if self._check.add(offset, data):
+            self._verify_whole_file()
+        return data
+
+    async def close(self) -> None:
+        """Cancel this handle's fetches and wait for them to stop."""
+        self._closed = True
+        for scope in list(self._task_scopes):
+            scope.cancel()
+        await self._tasks_done.wait()
+
+    # -- access pattern --------------------------------------------------------------------
+
+    def _note_access(self, offset: int, end: int) -> None:
+        """Classify this read as sequential or random and size the prefetch window."""
+        # pyfuse3 calls read() in the order the kernel sent the requests, so a sequential
+        # reader's next offset is the end of the previous read; the slack allows for pages the
+        # kernel already had cached (a skip ahead) and for requests of a readahead batch
+        # answered by an earlier read of ours (a step back).
+        back_slack = max(4 * self._block_size, _SEQUENTIAL_SLACK)
+        ahead_slack = max(2 * self._block_size, _SEQUENTIAL_SLACK // 2)
+        if self._stream_end - back_slack <= offset <= self._stream_end + ahead_slack:
+            self._window_blocks = min(
+                max(1, self._window_blocks * 2), self._cache.max_window_blocks
+            )
+            self._stream_end = max(self._stream_end, end)
+        else:
+            self._window_blocks = 0
+            self._frontier = 0
+            self._stream_end = end
+
+    def _schedule(self, first_block: int, last_block: int) -> None:
+        """Start GETs for the missing blocks of this read and for the prefetch window."""
+        cache = self._cache
+        wanted = [i for i in range(first_block, last_block + 1) if cache._is_missing(self._id(i))]
+        if self._window_blocks:
+            stream_block = (self._stream_end - 1) // self._block_size
+            target = min(stream_block + 1 + self._window_blocks, self._block_count)
+            start = max(self._frontier, last_block + 1)
+            step = max(1, min(cache.part_blocks, self._window_blocks // 2))
+            if target > start and (wanted or target - start >= step or target == self._block_count):
+                wanted.extend(i for i in range(start, target) if cache._is_missing(self._id(i)))
+                self._frontier = target
+        run: list[int] = []
+        for index in wanted:
+            if run and (index != run[-1] + 1 or len(run) >= cache.part_blocks):
+                self._start_fetch(run[0], run[-1])
+                run = []
+            run.append(index)
+        if run:
+            self._start_fetch(run[0], run[-1])
+
+    # -- blocks and fetches ----------------------------------------------------------------
+
+    def _id(self, index: int) -> BlockId:
+        return (self.key, self.etag, index)
+
+    async def _block(self, index: int) -> bytes:
+        block_id = self._id(index)
+        while True:
+            data = self._cache._lookup(block_id)
+            if data is not None:
+                return data
+            pending = self._cache._pending.get(block_id)
+            if pending is None:
+                self._start_fetch(index, index)
+                pending = self._cache._pending[block_id]
+            await pending.done.wait()
+            if pending.error is not None:
+                if isinstance(pending.error, PreconditionFailed):
+                    self._failure = pending.error
+                raise pending.error
+            if pending.data is not None:
+                return pending.data
+            if self._failure is not None:
+                raise self._failure
+            if self._closed:
+                raise trio.ClosedResourceError(f"reader of {self.key} closed during read()")
+            # Abandoned (the fetching handle was closed): look again, fetch it ourselves.
+
+    def _start_fetch(self, first: int, last: int) -> None:
+        """Register blocks ``first..last`` as pending and fetch them in a task of this handle."""
+        for index in range(first, last + 1):
+            self._cache._pending[self._id(index)] = _PendingBlock()
+        scope = trio.CancelScope()
+        self._task_scopes.add(scope)
+        self._tasks_done = trio.Event()
+        self._cache.nursery.start_soon(self._run_task, scope, self._fetch_blocks, first, last)
+
+    async def _run_task(
+        self,
+        scope: trio.CancelScope,
+        job: Callable[[int, int], Awaitable[None]],
+        first: int,
+        last: int,
+    ) -> None:
+        try:
+            with scope:
+                await job(first, last)
+        finally:
+            self._task_scopes.discard(scope)
+            if not self._task_scopes:
+                self._tasks_done.set()
+
+    async def _fetch_blocks(self, first: int, last: int) -> None:
+        """GET blocks ``first..last`` and publish each as it completes; never raises but
+        Cancelled. Whatever is not published at the end is failed or abandoned."""
+        cache = self._cache
+        next_block = first
+        error: BaseException | None = None
+        try:
+            async with cache.limiter:
+                next_block = await self._stream_blocks(first, last)
+        except OssError as exc:
+            error = exc
+            if isinstance(exc, PreconditionFailed):
+                self._failure = exc
+                log.info("%s changed since it was opened (etag %s): %s", self.key, self.etag, exc)
+            else:
+                log.warning("GET %s blocks %d-%d failed: %s", self.key, first, last, exc)
+        except Exception as exc:
+            # Not expected; handed to the waiting read() so it surfaces there, not in the nursery.
+            log.exception("GET %s blocks %d-%d failed unexpectedly", self.key, first, last)
+            error = exc
+        finally:
+            for index in range(next_block, last + 1):
+                cache._fail(self._id(index), error)
+
+    async def _stream_blocks(self, first: int, last: int) -> int:
+        """Fetch and publish blocks ``first..last``; returns the first block not published."""
+        cache = self._cache
+        block_size = self._block_size
+        end = min((last + 1) * block_size, self.size)  # exclusive
+        position = first * block_size
+        block = first
+        block_end = min(position + block_size, end)
+        parts: list[bytes | memoryview] = []
+        attempts_left = cache.resume_attempts
+        while position < end:
+            resume_from = position
+            try:
+                cache.stats.gets += 1
+                async with self._source.open_range(position, end - 1) as stream:
+                    async for chunk in stream:
+                        if position + len(chunk) > end:
+                            raise OssProtocolError(
+                                f"GET {self.key}: more bytes than the range asked for", status=206
+                            )
+                        cache.stats.bytes_fetched += len(chunk)
+                        view: bytes | memoryview = chunk
+                        while view:
+                            take = min(len(view), block_end - position)
+                            parts.append(view if take == len(view) else view[:take])
+                            position += take
+                            view = memoryview(view)[take:] if take < len(view) else b""
+                            if position == block_end:
+                                if len(parts) == 1 and isinstance(parts[0], bytes):
+                                    data = parts[0]
+                                else:
+                                    data = b"".join(parts)
+                                parts = []
+                                cache._publish(self._id(block), data)
+                                block += 1
+                                block_end = min(block_end + block_size, end)
+                if position < end:
+                    raise OssProtocolError(
+                        f"GET {self.key}: body ended at {position}, expected {end}", status=206
+                    )
+            except OssError as exc:
+                if not is_transient(exc) or attempts_left <= 0 or position == end:
+                    raise
+                attempts_left -= 1
+                if position > resume_from:
+                    attempts_left = cache.resume_attempts  # progress was made
+                cache.stats.resumed_gets += 1
+                log.info("GET %s broke off at byte %d (%s); resuming", self.key, position, exc)
+                await trio.sleep(_RESUME_BACKOFF_S)
+        return block
+
+    def _verify_whole_file(self) -> None:
+        expected = self._expected_crc64
+        if expected is None:
+            expected = self._source.object_crc64
+        if expected is None:
+            log.debug("%s read whole, but no CRC-64 is known to check it", self.key)
+            return
+        if self._check.crc == expected:
+            log.debug("%s read whole, CRC-64 %016x matches", self.key, expected)
+            return
+        self._cache.invalidate(self.key, self.etag)
+        message = (
+            f"{self.key}: data read does not match the object's CRC-64 "
+            f"(got {self._check.crc:016x}, expected {expected:016x})"
+        )
+        log.error("%s", message)
+        raise IntegrityError(message)
