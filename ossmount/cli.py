@@ -17,6 +17,85 @@ def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.set_defaults(run=lambda args: _not_built("server"))
 
 
+def _add_mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "mount",
+        help="mount a bucket (or a prefix of one) at a directory",
+        description="Mount BUCKET[:/PREFIX] at MOUNTPOINT. Without -f, returns once the mount "
+        "answers. Options: docs/configuration.md.",
+    )
+    parser.add_argument("bucket", metavar="BUCKET[:/PREFIX]")
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
+    parser.add_argument("--endpoint", help="OSS endpoint URL (or -o url=...)")
+    parser.add_argument("--region", help="region for V4 signing, e.g. cn-hangzhou")
+    parser.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPT[,OPT...]",
+        help="mount options (ossfs names accepted)",
+    )
+    parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    parser.add_argument("-d", "--debug", action="store_true", help="debug logging (implies -f)")
+    parser.add_argument("--log-file", help="write the log here (daemon mode logs nowhere else)")
+
+    def run(args: argparse.Namespace) -> int:
+        from ossmount.mount import mount_command  # noqa: PLC0415 (lazy: keeps cp light)
+
+        return mount_command(args)
+
+    parser.set_defaults(run=run)
+
+
+def _add_unmount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("unmount", aliases=["umount"], help="unmount a mounted bucket")
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
+    parser.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
+
+    def run(args: argparse.Namespace) -> int:
+        from ossmount.mount import unmount_command  # noqa: PLC0415
+
+        return unmount_command(args)
+
+    parser.set_defaults(run=run)
+
+
+def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "demo", help="start the bundled server with a sample bucket and mount it until Ctrl-C"
+    )
+    parser.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT")
+    parser.add_argument("--data-dir", help="server root (default: a temporary directory)")
+    parser.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPT[,OPT...]",
+        help="mount options",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        from ossmount.demo import demo_command  # noqa: PLC0415
+
+        return demo_command(args)
+
+    parser.set_defaults(run=run)
+
+
+def _helper_syntax(argv: list[str]) -> list[str]:
+    # mount(8) / mount.fuse3 and fstab run "ossmount BUCKET MOUNTPOINT -o OPTS": a first
+    # argument that is no subcommand means "mount".
+    commands: set[str] = set()
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            commands.update(action.choices)
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        return ["mount", *argv]
+    return argv
+
+
 def _not_built(name: str) -> int:
     print(f"ossmount: '{name}' is not built yet", file=sys.stderr)
     return 2
@@ -26,11 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ossmount", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_server_parser(sub)
+    _add_mount_parser(sub)
+    _add_unmount_parser(sub)
+    _add_demo_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_helper_syntax(list(sys.argv[1:] if argv is None else argv)))
     result: int = args.run(args)
     return result
 

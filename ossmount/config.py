@@ -1,0 +1,304 @@
+"""Every mount option in one frozen dataclass, and the parsing of `-o` option lists.
+
+`-o` accepts ossmount's own names and ossfs's names where they mean the same thing
+(`allow_other`, `ro`, `uid`, `gid`, `umask`, `url`, `passwd_file`, `readdir_optimize`, ...).
+Options that only matter to mount(8), fstab or systemd (`_netdev`, `nofail`, `noauto`,
+`x-systemd.*`, ...) are accepted and ignored. Anything else is rejected with a message that
+names the option, so a typo never silently changes behaviour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# libfuse 3 answers at most 1 MiB per request (FUSE_MAX_MAX_PAGES pages of 4 KiB).
+LIBFUSE_MAX_READ = MiB
+
+
+class ConfigError(ValueError):
+    """A mount option is unknown or has a value that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class MountConfig:
+    """Every option of one mount. Times are seconds; sizes are bytes unless named otherwise."""
+
+    bucket: str
+    mountpoint: Path
+    # Key prefix the mount's root stands for: "" or ending in "/".
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str | None = None
+    signature_version: int = 4
+    passwd_file: Path | None = None
+    foreground: bool = False
+    debug: bool = False
+    log_file: Path | None = None
+
+    allow_other: bool = False
+    read_only: bool = False
+    uid: int = dataclasses.field(default_factory=os.getuid)
+    gid: int = dataclasses.field(default_factory=os.getgid)
+    umask: int = 0o022
+    # Permission bits of objects / directories without x-oss-meta-mode (None: 0o666 / 0o777
+    # & ~umask).
+    file_mode: int | None = None
+    dir_mode: int | None = None
+
+    # Skip the per-file HEAD when listing: attributes come from the listing alone.
+    readdir_optimize: bool = False
+    head_concurrency: int = 64
+    max_connections: int = 64
+
+    # Kernel caches (FUSE entry/attribute timeouts).
+    attr_timeout_s: float = 1.0
+    entry_timeout_s: float = 1.0
+    negative_timeout_s: float = 1.0
+    # ossmount's own caches.
+    list_cache_ttl_s: float = 60.0
+    stat_cache_ttl_s: float = 60.0
+    stat_cache_entries: int = 100_000
+    list_cache_entries: int = 200_000
+
+    max_read: int = LIBFUSE_MAX_READ
+    read_ahead_kb: int = 1024
+    block_size: int = 4 * MiB
+    read_cache_bytes: int = 128 * MiB
+    max_inflight_reads: int = 8
+
+    @property
+    def default_file_mode(self) -> int:
+        """Permission bits of a file that carries no x-oss-meta-mode."""
+        return self.file_mode if self.file_mode is not None else 0o666 & ~self.umask
+
+    @property
+    def default_dir_mode(self) -> int:
+        """Permission bits of a directory that carries no x-oss-meta-mode."""
+        return self.dir_mode if self.dir_mode is not None else 0o777 & ~self.umask
+
+
+# Accepted for mount(8)/fstab/systemd compatibility and ignored.
+_IGNORED_OPTIONS = frozenset(
+    {
+        "_netdev",
+        "nofail",
+        "noauto",
+        "auto",
+        "user",
+        "users",
+        "nouser",
+        "owner",
+        "group",
+        "defaults",
+        "exec",
+        "noexec",
+        "suid",
+        "nosuid",
+        "dev",
+        "nodev",
+        "atime",
+        "noatime",
+        "relatime",
+        "norelatime",
+        "strictatime",
+        "async",
+        "sync",
+        "dirsync",
+        "nonempty",
+        "big_writes",
+        "default_permissions",
+        "auto_unmount",
+        "comment",
+        "helper",
+        "fsname",
+        "subtype",
+    }
+)
+_IGNORED_PREFIXES = ("x-systemd.", "x-gvfs", "comment=")
+
+_BOOL_OPTIONS = {
+    "allow_other": "allow_other",
+    "ro": "read_only",
+    "readdir_optimize": "readdir_optimize",
+    "debug": "debug",
+    "foreground": "foreground",
+}
+
+_TIMEOUT_OPTIONS = {
+    "attr_timeout": "attr_timeout_s",
+    "entry_timeout": "entry_timeout_s",
+    "negative_timeout": "negative_timeout_s",
+    "list_cache_ttl": "list_cache_ttl_s",
+    "stat_cache_ttl": "stat_cache_ttl_s",
+    # ossfs's name for the stat cache lifetime.
+    "stat_cache_expire": "stat_cache_ttl_s",
+}
+
+_INT_OPTIONS = {
+    "uid": "uid",
+    "gid": "gid",
+    "head_concurrency": "head_concurrency",
+    "max_connections": "max_connections",
+    # ossfs's name for the HEAD/list concurrency.
+    "parallel_count": "head_concurrency",
+    "max_stat_cache_size": "stat_cache_entries",
+    "stat_cache_entries": "stat_cache_entries",
+    "list_cache_entries": "list_cache_entries",
+    "max_read": "max_read",
+    "read_ahead_kb": "read_ahead_kb",
+    "block_size": "block_size",
+    "read_cache_bytes": "read_cache_bytes",
+    "max_inflight_reads": "max_inflight_reads",
+}
+
+_OCTAL_OPTIONS = {"umask": "umask", "file_mode": "file_mode", "dir_mode": "dir_mode"}
+
+_PATH_OPTIONS = {"passwd_file": "passwd_file", "log_file": "log_file", "logfile": "log_file"}
+
+
+def split_option_list(value: str) -> list[str]:
+    """Split one `-o a,b=c` argument into its options (empty items are dropped)."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _parse_size(name: str, value: str) -> int:
+    multipliers = {"k": 1024, "m": MiB, "g": 1024 * MiB}
+    text = value.strip().lower().removesuffix("b").removesuffix("i")
+    factor = 1
+    if text and text[-1] in multipliers:
+        factor = multipliers[text[-1]]
+        text = text[:-1]
+    try:
+        number = int(text) * factor
+    except ValueError:
+        raise ConfigError(f"option {name}={value}: not a whole number") from None
+    if number < 0:
+        raise ConfigError(f"option {name}={value}: must not be negative")
+    return number
+
+
+def _parse_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"option {name}={value}: not a number of seconds") from None
+    if number < 0:
+        raise ConfigError(f"option {name}={value}: must not be negative")
+    return number
+
+
+def _parse_octal(name: str, value: str) -> int:
+    try:
+        number = int(value, 8)
+    except ValueError:
+        raise ConfigError(f"option {name}={value}: not an octal number") from None
+    if not 0 <= number <= 0o7777:
+        raise ConfigError(f"option {name}={value}: out of range 0..7777")
+    return number
+
+
+def parse_options(options: list[str]) -> dict[str, Any]:
+    """Turn `-o` items into MountConfig field values.
+
+    `url` (ossfs) sets the endpoint; `sigv1`/`sigv4` pick the signature version. Raises
+    ConfigError naming the first option that is unknown or has a bad value.
+    """
+    fields: dict[str, Any] = {}
+    for item in options:
+        name, has_value, value = item.partition("=")
+        name = name.strip()
+        if name in _IGNORED_OPTIONS or item.startswith(_IGNORED_PREFIXES):
+            log.debug("ignoring mount option %s", item)
+            continue
+        if name == "rw" and not has_value:
+            fields["read_only"] = False
+        elif name in _BOOL_OPTIONS and not has_value:
+            fields[_BOOL_OPTIONS[name]] = True
+        elif name in _BOOL_OPTIONS and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            fields[_BOOL_OPTIONS[name]] = value.lower() in ("true", "1", "yes")
+        elif name in ("sigv1", "sigv4") and not has_value:
+            fields["signature_version"] = int(name[-1])
+        elif not has_value:
+            raise ConfigError(f"unknown mount option '{item}' (see docs/configuration.md)")
+        elif name in ("url", "endpoint"):
+            fields["endpoint"] = _endpoint_url(value)
+        elif name == "region":
+            fields["region"] = value
+        elif name == "signature_version":
+            if value not in ("1", "4"):
+                raise ConfigError(f"option {item}: the signature version is 1 or 4")
+            fields["signature_version"] = int(value)
+        elif name in _TIMEOUT_OPTIONS:
+            fields[_TIMEOUT_OPTIONS[name]] = _parse_float(name, value)
+        elif name in _INT_OPTIONS:
+            fields[_INT_OPTIONS[name]] = _parse_size(name, value)
+        elif name in _OCTAL_OPTIONS:
+            fields[_OCTAL_OPTIONS[name]] = _parse_octal(name, value)
+        elif name in _PATH_OPTIONS:
+            fields[_PATH_OPTIONS[name]] = Path(value).expanduser()
+        else:
+            raise ConfigError(f"unknown mount option '{item}' (see docs/configuration.md)")
+    return fields
+
+
+def _endpoint_url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    if not value:
+        raise ConfigError("the endpoint is empty")
+    if "://" not in value:
+        value = "https://" + value
+    return value
+
+
+def parse_bucket_spec(spec: str) -> tuple[str, str]:
+    """Split `BUCKET[:/PREFIX]` into (bucket, prefix ending in '/' or '')."""
+    bucket, _, prefix = spec.partition(":")
+    bucket = bucket.strip()
+    if not bucket:
+        raise ConfigError(f"no bucket name in '{spec}'")
+    prefix = prefix.strip("/")
+    if prefix:
+        segments = prefix.split("/")
+        if any(segment in ("", ".", "..") for segment in segments):
+            raise ConfigError(f"prefix '{prefix}' has an empty, '.' or '..' segment")
+        prefix += "/"
+    return bucket, prefix
+
+
+def build_config(
+    bucket_spec: str,
+    mountpoint: str | Path,
+    *,
+    options: list[str] | None = None,
+    **overrides: Any,
+) -> MountConfig:
+    """Build a MountConfig from the command line; explicit overrides win over `-o` items."""
+    bucket, prefix = parse_bucket_spec(bucket_spec)
+    fields = parse_options(options or [])
+    fields.update({name: value for name, value in overrides.items() if value is not None})
+    if "endpoint" in overrides and overrides["endpoint"] is not None:
+        fields["endpoint"] = _endpoint_url(overrides["endpoint"])
+    config = MountConfig(
+        bucket=bucket, prefix=prefix, mountpoint=Path(mountpoint).absolute(), **fields
+    )
+    _validate(config)
+    return config
+
+
+def _validate(config: MountConfig) -> None:
+    if config.max_read <= 0 or config.max_read > LIBFUSE_MAX_READ:
+        raise ConfigError(f"max_read must be between 1 and {LIBFUSE_MAX_READ}")
+    if config.block_size < 64 * 1024:
+        raise ConfigError("block_size must be at least 64 KiB")
+    if config.head_concurrency < 1 or config.max_connections < 1:
+        raise ConfigError("head_concurrency and max_connections must be at least 1")
+    if config.read_cache_bytes < config.block_size:
+        raise ConfigError("read_cache_bytes must hold at least one block")

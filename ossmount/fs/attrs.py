@@ -1,0 +1,217 @@
+"""POSIX attributes of objects and directories, and their x-oss-meta-* form.
+
+ossfs (like s3fs) keeps POSIX metadata in user metadata: `x-oss-meta-mode` (the whole st_mode
+in decimal, file type bits included), `x-oss-meta-uid`, `x-oss-meta-gid` and `x-oss-meta-mtime`
+(epoch seconds, possibly with a fraction). ossmount reads and (from part 2 on) writes the same
+names, so a bucket written by either looks the same through both.
+
+A listing carries no user metadata: attributes built from an ObjectSummary use the mount's
+defaults and the object's Last-Modified, and are marked ``exact=False``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ossmount.oss.model import ObjectInfo, ObjectSummary
+
+log = logging.getLogger(__name__)
+
+META_MODE = "mode"
+META_UID = "uid"
+META_GID = "gid"
+META_MTIME = "mtime"
+META_SYMLINK_TARGET = "symlink-target"
+
+NAME_MAX = 255
+BLOCK_UNIT = 512
+
+
+class Kind(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+_TYPE_BITS = {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
+
+
+@dataclass(frozen=True, slots=True)
+class AttrDefaults:
+    """What an object without POSIX metadata looks like."""
+
+    uid: int
+    gid: int
+    file_mode: int
+    dir_mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class Attributes:
+    """The POSIX view of one object or directory.
+
+    ``permissions`` holds only the permission bits (07777); the file type comes from ``kind``.
+    ``etag``, ``last_modified`` and ``size`` identify the object version the attributes were
+    read from; ``exact`` is True when they came from a HEAD (user metadata known).
+    """
+
+    kind: Kind
+    size: int
+    mtime_ns: int
+    permissions: int
+    uid: int
+    gid: int
+    etag: str | None = None
+    last_modified: float = 0.0
+    crc64: int | None = None
+    object_type: str = ""
+    symlink_target: str | None = None
+    exact: bool = False
+
+    @property
+    def st_mode(self) -> int:
+        return _TYPE_BITS[self.kind] | self.permissions
+
+    @property
+    def st_blocks(self) -> int:
+        return (self.size + BLOCK_UNIT - 1) // BLOCK_UNIT
+
+
+def parse_mtime_ns(value: str | None) -> int | None:
+    """Parse x-oss-meta-mtime (epoch seconds, optional fraction) into nanoseconds."""
+    if not value:
+        return None
+    whole, _, fraction = value.strip().partition(".")
+    try:
+        seconds = int(whole)
+        nanos = int((fraction + "000000000")[:9]) if fraction else 0
+    except ValueError:
+        return None
+    return seconds * 1_000_000_000 + nanos
+
+
+def _parse_int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def _kind_from_mode(mode: int | None, default: Kind) -> Kind:
+    if mode is None:
+        return default
+    file_type = stat.S_IFMT(mode)
+    if file_type == stat.S_IFLNK:
+        return Kind.SYMLINK
+    if file_type == stat.S_IFDIR:
+        return Kind.DIR
+    return default
+
+
+def attributes_from_info(
+    info: ObjectInfo, defaults: AttrDefaults, *, kind: Kind | None = None
+) -> Attributes:
+    """Exact attributes from a HEAD of an object (or of a directory marker, with kind=DIR).
+
+    The kind is decided by the object: an OSS symlink (Type=Symlink), an ossfs symlink (S_IFLNK
+    in x-oss-meta-mode), else a file; ``kind`` forces DIR for directory markers.
+    """
+    metadata: Mapping[str, str] = info.metadata
+    mode = _parse_int(metadata.get(META_MODE))
+    if kind is None:
+        kind = Kind.SYMLINK if info.object_type == "Symlink" else _kind_from_mode(mode, Kind.FILE)
+        if kind is Kind.DIR:
+            # S_IFDIR on a key without a trailing slash: ossfs never writes that; show a file.
+            kind = Kind.FILE
+    default_permissions = defaults.dir_mode if kind is Kind.DIR else defaults.file_mode
+    permissions = stat.S_IMODE(mode) if mode is not None else default_permissions
+    if kind is Kind.SYMLINK and mode is None:
+        permissions = 0o777
+    mtime_ns = parse_mtime_ns(metadata.get(META_MTIME))
+    if mtime_ns is None:
+        mtime_ns = int(info.last_modified * 1_000_000_000)
+    target = info.symlink_target or metadata.get(META_SYMLINK_TARGET)
+    size = info.size
+    if kind is Kind.SYMLINK and target is not None:
+        size = len(target.encode())
+    elif kind is Kind.DIR:
+        size = 0
+    uid = _parse_int(metadata.get(META_UID))
+    gid = _parse_int(metadata.get(META_GID))
+    return Attributes(
+        kind=kind,
+        size=size,
+        mtime_ns=mtime_ns,
+        permissions=permissions,
+        uid=uid if uid is not None else defaults.uid,
+        gid=gid if gid is not None else defaults.gid,
+        etag=info.etag,
+        last_modified=info.last_modified,
+        crc64=info.crc64,
+        object_type=info.object_type,
+        symlink_target=target,
+        exact=True,
+    )
+
+
+def attributes_from_summary(summary: ObjectSummary, defaults: AttrDefaults) -> Attributes:
+    """Attributes from a listing entry alone: mount defaults, Last-Modified as mtime."""
+    kind = Kind.SYMLINK if summary.object_type == "Symlink" else Kind.FILE
+    return Attributes(
+        kind=kind,
+        size=summary.size,
+        mtime_ns=int(summary.last_modified * 1_000_000_000),
+        permissions=0o777 if kind is Kind.SYMLINK else defaults.file_mode,
+        uid=defaults.uid,
+        gid=defaults.gid,
+        etag=summary.etag,
+        last_modified=summary.last_modified,
+        object_type=summary.object_type,
+        exact=False,
+    )
+
+
+def directory_attributes(defaults: AttrDefaults, mtime_ns: int = 0) -> Attributes:
+    """Attributes of an implicit directory (a prefix without a marker carrying metadata)."""
+    return Attributes(
+        kind=Kind.DIR,
+        size=0,
+        mtime_ns=mtime_ns,
+        permissions=defaults.dir_mode,
+        uid=defaults.uid,
+        gid=defaults.gid,
+        exact=True,
+    )
+
+
+def posix_metadata(attrs: Attributes) -> dict[str, str]:
+    """The x-oss-meta-* values (names without the prefix) that store ``attrs`` ossfs-style."""
+    seconds, nanos = divmod(attrs.mtime_ns, 1_000_000_000)
+    metadata = {
+        META_MODE: str(attrs.st_mode),
+        META_UID: str(attrs.uid),
+        META_GID: str(attrs.gid),
+        META_MTIME: f"{seconds}.{nanos:09d}" if nanos else str(seconds),
+    }
+    if attrs.kind is Kind.SYMLINK and attrs.symlink_target is not None:
+        metadata[META_SYMLINK_TARGET] = attrs.symlink_target
+    return metadata
+
+
+def invalid_name_reason(name: str) -> str | None:
+    """Why a key segment cannot be a file name, or None when it can."""
+    if name == "":
+        return "empty path segment"
+    if name in (".", ".."):
+        return f"'{name}' segment"
+    if "\0" in name:
+        return "NUL byte in name"
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return f"segment longer than {NAME_MAX} bytes"
+    return None

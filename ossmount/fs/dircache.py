@@ -1,0 +1,503 @@
+"""Directory listings, the stat cache and the negative cache, and the OSS calls that fill them.
+
+What is a directory
+-------------------
+A directory is any key prefix ending in "/" that has something under it (an implicit
+directory), a `dir/` marker object, or an ossfs/s3fs `dir_$folder$` marker. Listing the prefix
+P with delimiter "/" gives objects (P + name) and common prefixes (P + name + "/"):
+
+* the object whose key is P itself is P's own marker and is not an entry;
+* an object `name_$folder$` is the directory `name`;
+* a name that is both an object and a prefix is shown as the directory (the object cannot be
+  reached through the mount) and logged once per key;
+* names that cannot be file names (empty, from `a//b`; `.`; `..`; over 255 bytes) are left out
+  and logged once per key.
+
+Entries are sorted by name, so offsets into a snapshot are stable for as long as a directory
+handle holds it.
+
+Exact metadata
+--------------
+A listing carries size, ETag and Last-Modified, but no user metadata, so mode/uid/gid/mtime
+(x-oss-meta-*) need a HEAD per object. Unless ``exact_metadata`` is off (ossfs's
+readdir_optimize), a listing HEADs every entry concurrently (bounded by ``head_concurrency``).
+HEAD results are kept in the stat cache and reused, without a new HEAD, for as long as a later
+listing shows the same ETag and Last-Modified for the key; the TTL only governs lookups and
+getattr, which have no listing to compare with.
+
+Memory
+------
+Every cache here is bounded by entry count (listing entries, stat entries, negative entries),
+so a million-object bucket costs at most the configured bounds plus the snapshots held by open
+directory handles.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import trio
+from cachetools import LRUCache, TTLCache
+
+from ossmount.fs.attrs import (
+    AttrDefaults,
+    Attributes,
+    Kind,
+    attributes_from_info,
+    attributes_from_summary,
+    directory_attributes,
+    invalid_name_reason,
+)
+from ossmount.oss.client import OssClient
+from ossmount.oss.errors import NotFound, OssError
+from ossmount.oss.model import ObjectInfo, ObjectSummary
+
+log = logging.getLogger(__name__)
+
+FOLDER_SUFFIX = "_$folder$"
+LIST_PAGE_KEYS = 1000
+# An ossfs symlink keeps its target in the body; anything longer is not a path.
+SYMLINK_BODY_LIMIT = 4096
+
+
+class WarnOnce:
+    """Logs a warning the first time a key is seen, remembering a bounded number of keys."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._seen: set[str] = set()
+        self._limit = limit
+
+    def __call__(self, key: str, message: str, *args: object) -> None:
+        if key in self._seen:
+            return
+        if len(self._seen) < self._limit:
+            self._seen.add(key)
+        log.warning(message, *args)
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One name in a directory listing, with the attributes known for it."""
+
+    name: str
+    attrs: Attributes
+    # The marker object carrying the directory's metadata ("x/" or "x_$folder$"), if listed.
+    marker_key: str | None = None
+
+
+@dataclass(slots=True)
+class DirSnapshot:
+    """A whole listing of one prefix, sorted by name; offsets index ``entries``."""
+
+    prefix: str
+    entries: tuple[DirEntry, ...]
+    taken_at: float
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {entry.name: i for i, entry in enumerate(self.entries)}
+
+    def find(self, name: str) -> DirEntry | None:
+        position = self._index.get(name)
+        return None if position is None else self.entries[position]
+
+
+def build_entries(
+    prefix: str,
+    objects: Sequence[ObjectSummary],
+    prefixes: Sequence[str],
+    defaults: AttrDefaults,
+    *,
+    dir_mtime_ns: int = 0,
+    warn: Callable[..., None] | None = None,
+) -> list[DirEntry]:
+    """Turn one prefix's listing (all pages) into sorted directory entries (see module doc)."""
+    warn_once = warn or WarnOnce()
+    directories: dict[str, DirEntry] = {}
+    files: dict[str, DirEntry] = {}
+    dir_attrs = directory_attributes(defaults, dir_mtime_ns)
+    for common_prefix in prefixes:
+        name = common_prefix[len(prefix) : -1]
+        reason = invalid_name_reason(name)
+        if reason is not None:
+            warn_once(common_prefix, "skipping keys under %r: %s", common_prefix, reason)
+            continue
+        directories[name] = DirEntry(name, dir_attrs)
+    for summary in objects:
+        name = summary.key[len(prefix) :]
+        if name == "":
+            continue  # the directory's own marker
+        if name.endswith(FOLDER_SUFFIX):
+            dir_name = name[: -len(FOLDER_SUFFIX)]
+            if invalid_name_reason(dir_name) is None:
+                existing = directories.get(dir_name)
+                if existing is None or existing.marker_key is None:
+                    directories[dir_name] = DirEntry(dir_name, dir_attrs, summary.key)
+                continue
+        reason = invalid_name_reason(name)
+        if reason is not None:
+            warn_once(summary.key, "skipping key %r: %s", summary.key, reason)
+            continue
+        files[name] = DirEntry(name, attributes_from_summary(summary, defaults))
+    for name in files.keys() & directories.keys():
+        warn_once(
+            prefix + name,
+            "object %r is hidden by the directory %r of the same name",
+            prefix + name,
+            prefix + name + "/",
+        )
+        del files[name]
+    merged = {**files, **directories}
+    return [merged[name] for name in sorted(merged)]
+
+
+class ListingCache:
+    """Recent directory snapshots, bounded by their total number of entries, with a TTL."""
+
+    def __init__(
+        self, ttl_s: float, max_entries: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._cache: LRUCache[str, DirSnapshot] = LRUCache(
+            maxsize=max(1, max_entries), getsizeof=lambda snapshot: len(snapshot.entries) + 1
+        )
+
+    def get(self, prefix: str) -> DirSnapshot | None:
+        snapshot = self._cache.get(prefix)
+        if snapshot is None:
+            return None
+        if self._clock() - snapshot.taken_at >= self._ttl_s:
+            self._cache.pop(prefix, None)
+            return None
+        return snapshot
+
+    def put(self, snapshot: DirSnapshot) -> None:
+        if self._ttl_s <= 0:
+            return
+        try:
+            self._cache[snapshot.prefix] = snapshot
+        except ValueError:
+            log.debug(
+                "listing of %r (%d entries) exceeds the listing cache",
+                snapshot.prefix,
+                len(snapshot.entries),
+            )
+
+    def invalidate(self, prefix: str) -> None:
+        self._cache.pop(prefix, None)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+@dataclass(frozen=True, slots=True)
+class _StatRecord:
+    attrs: Attributes
+    fetched_at: float
+
+
+class StatCache:
+    """Exact attributes from HEADs, by key (directories: "name/"), bounded by entry count."""
+
+    def __init__(
+        self, ttl_s: float, max_entries: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._cache: LRUCache[str, _StatRecord] = LRUCache(maxsize=max(1, max_entries))
+
+    def get_fresh(self, key: str) -> Attributes | None:
+        """Attributes fetched less than the TTL ago."""
+        record = self._cache.get(key)
+        if record is None or self._clock() - record.fetched_at >= self._ttl_s:
+            return None
+        return record.attrs
+
+    def get_for_version(self, key: str, etag: str, last_modified: float) -> Attributes | None:
+        """Attributes of exactly this object version, however old (ETag and Last-Modified)."""
+        record = self._cache.get(key)
+        if record is None:
+            return None
+        attrs = record.attrs
+        if attrs.etag != etag or attrs.last_modified != last_modified:
+            return None
+        return attrs
+
+    def put(self, key: str, attrs: Attributes) -> None:
+        self._cache[key] = _StatRecord(attrs, self._clock())
+
+    def invalidate(self, key: str) -> None:
+        self._cache.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+class NegativeCache:
+    """Keys recently found not to exist."""
+
+    def __init__(self, ttl_s: float, max_entries: int) -> None:
+        self._cache: TTLCache[str, bool] | None = (
+            TTLCache(maxsize=max(1, max_entries), ttl=ttl_s) if ttl_s > 0 else None
+        )
+
+    def __contains__(self, key: str) -> bool:
+        return self._cache is not None and key in self._cache
+
+    def add(self, key: str) -> None:
+        if self._cache is not None:
+            self._cache[key] = True
+
+    def discard(self, key: str) -> None:
+        if self._cache is not None:
+            self._cache.pop(key, None)
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceOptions:
+    """The parts of the mount configuration the namespace needs."""
+
+    exact_metadata: bool = True
+    head_concurrency: int = 64
+    list_cache_ttl_s: float = 60.0
+    stat_cache_ttl_s: float = 60.0
+    negative_ttl_s: float = 1.0
+    list_cache_entries: int = 100_000
+    stat_cache_entries: int = 100_000
+
+
+class Namespace:
+    """Answers "what is at this key" and "what is in this directory" from caches or OSS."""
+
+    def __init__(
+        self,
+        client: OssClient,
+        bucket: str,
+        defaults: AttrDefaults,
+        options: NamespaceOptions,
+        *,
+        dir_mtime_ns: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.defaults = defaults
+        self.options = options
+        self._dir_mtime_ns = dir_mtime_ns
+        self._clock = clock
+        self._listings = ListingCache(options.list_cache_ttl_s, options.list_cache_entries, clock)
+        self._stats = StatCache(options.stat_cache_ttl_s, options.stat_cache_entries, clock)
+        self._negative = NegativeCache(options.negative_ttl_s, options.stat_cache_entries)
+        self._head_limiter = trio.CapacityLimiter(options.head_concurrency)
+        self.warn_once = WarnOnce()
+
+    # -- directories ---------------------------------------------------------------------
+
+    async def list_directory(self, prefix: str) -> DirSnapshot:
+        """A snapshot of the directory ``prefix`` (all pages), from the cache if fresh."""
+        cached = self._listings.get(prefix)
+        if cached is not None:
+            return cached
+        objects: list[ObjectSummary] = []
+        prefixes: list[str] = []
+        token: str | None = None
+        while True:
+            page = await self.client.list_objects_page(
+                self.bucket,
+                prefix=prefix,
+                delimiter="/",
+                continuation_token=token,
+                max_keys=LIST_PAGE_KEYS,
+            )
+            objects.extend(page.objects)
+            prefixes.extend(page.prefixes)
+            if not page.is_truncated or not page.next_token:
+                break
+            token = page.next_token
+        taken_at = self._clock()
+        entries = build_entries(
+            prefix,
+            objects,
+            prefixes,
+            self.defaults,
+            dir_mtime_ns=self._dir_mtime_ns,
+            warn=self.warn_once,
+        )
+        if self.options.exact_metadata:
+            entries = await self._with_exact_metadata(prefix, entries)
+        snapshot = DirSnapshot(prefix, tuple(entries), taken_at)
+        self._listings.put(snapshot)
+        for entry in entries:
+            self._negative.discard(prefix + entry.name)
+        return snapshot
+
+    async def _with_exact_metadata(self, prefix: str, entries: list[DirEntry]) -> list[DirEntry]:
+        """Replace listing attributes by HEAD results (cached per version), concurrently."""
+        results: list[DirEntry | None] = list(entries)
+
+        async def fill(position: int, entry: DirEntry) -> None:
+            results[position] = await self._exact_entry(prefix, entry)
+
+        async with trio.open_nursery() as nursery:
+            for position, entry in enumerate(entries):
+                if entry.attrs.kind is Kind.DIR or entry.attrs.etag is not None:
+                    nursery.start_soon(fill, position, entry)
+        return [entry for entry in results if entry is not None]
+
+    async def _exact_entry(self, prefix: str, entry: DirEntry) -> DirEntry | None:
+        if entry.attrs.kind is Kind.DIR:
+            key = prefix + entry.name + "/"
+            cached = self._stats.get_fresh(key)
+            if cached is None:
+                cached = await self._directory_marker_attributes(key, entry.marker_key)
+                self._stats.put(key, cached)
+            return replace(entry, attrs=cached)
+        key = prefix + entry.name
+        listed = entry.attrs
+        assert listed.etag is not None
+        cached = self._stats.get_for_version(key, listed.etag, listed.last_modified)
+        if cached is not None:
+            return replace(entry, attrs=cached)
+        try:
+            attrs = await self._head(key)
+        except NotFound:
+            return None  # deleted since the listing
+        except OssError as exc:
+            self.warn_once(key, "HEAD %r failed (%s): showing listing attributes", key, exc)
+            return entry
+        return replace(entry, attrs=attrs)
+
+    async def _directory_marker_attributes(self, key: str, marker_key: str | None) -> Attributes:
+        """A directory's attributes from its marker's metadata, or the defaults."""
+        for candidate in (key, marker_key) if marker_key and marker_key != key else (key,):
+            try:
+                async with self._head_limiter:
+                    info = await self.client.head_object(self.bucket, candidate)
+            except NotFound:
+                continue
+            return attributes_from_info(info, self.defaults, kind=Kind.DIR)
+        return directory_attributes(self.defaults, self._dir_mtime_ns)
+
+    async def _head(self, key: str) -> Attributes:
+        async with self._head_limiter:
+            info = await self.client.head_object(self.bucket, key)
+        attrs = await self._complete_symlink(key, info)
+        self._stats.put(key, attrs)
+        return attrs
+
+    async def _complete_symlink(self, key: str, info: ObjectInfo) -> Attributes:
+        attrs = attributes_from_info(info, self.defaults)
+        if attrs.kind is Kind.SYMLINK and attrs.symlink_target is None:
+            target = await self._fetch_symlink_target(key, attrs)
+            attrs = replace(attrs, symlink_target=target, size=len(target.encode()))
+        return attrs
+
+    # -- single names --------------------------------------------------------------------
+
+    async def lookup(self, parent_prefix: str, name: str) -> Attributes | None:
+        """What ``name`` in the directory ``parent_prefix`` is, or None when nothing is there."""
+        key = parent_prefix + name
+        if key in self._negative:
+            return None
+        snapshot = self._listings.get(parent_prefix)
+        if snapshot is not None:
+            entry = snapshot.find(name)
+            return None if entry is None else entry.attrs
+        for cached_key in (key, key + "/"):
+            cached = self._stats.get_fresh(cached_key)
+            if cached is not None:
+                return cached
+        attrs = await self._probe(key)
+        if attrs is None:
+            self._negative.add(key)
+        return attrs
+
+    async def _probe(self, key: str) -> Attributes | None:
+        """Find out, with concurrent requests, whether ``key`` is a directory, a file or nothing.
+
+        Three requests in parallel: HEAD key, a one-key listing of "key/" (a directory if
+        anything is there; the first key is "key/" itself when a marker exists), and HEAD
+        "key_$folder$" (ossfs's marker, which the listing of "key/" cannot see).
+        """
+        head_info: ObjectInfo | None = None
+        folder_info: ObjectInfo | None = None
+        first_below: list[str] = []
+
+        async def head_file() -> None:
+            nonlocal head_info
+            try:
+                async with self._head_limiter:
+                    head_info = await self.client.head_object(self.bucket, key)
+            except NotFound:
+                head_info = None
+
+        async def head_folder_marker() -> None:
+            nonlocal folder_info
+            try:
+                async with self._head_limiter:
+                    folder_info = await self.client.head_object(self.bucket, key + FOLDER_SUFFIX)
+            except NotFound:
+                folder_info = None
+
+        async def list_below() -> None:
+            page = await self.client.list_objects_page(self.bucket, prefix=key + "/", max_keys=1)
+            first_below.extend(summary.key for summary in page.objects)
+            first_below.extend(page.prefixes)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(head_file)
+            nursery.start_soon(head_folder_marker)
+            nursery.start_soon(list_below)
+
+        if first_below or folder_info is not None:
+            if head_info is not None:
+                self.warn_once(
+                    key, "object %r is hidden by the directory %r of the same name", key, key + "/"
+                )
+            dir_key = key + "/"
+            if folder_info is not None:
+                attrs = attributes_from_info(folder_info, self.defaults, kind=Kind.DIR)
+            elif first_below and first_below[0] == dir_key and self.options.exact_metadata:
+                attrs = await self._directory_marker_attributes(dir_key, None)
+            else:
+                attrs = directory_attributes(self.defaults, self._dir_mtime_ns)
+            self._stats.put(dir_key, attrs)
+            return attrs
+        if head_info is None:
+            return None
+        attrs = await self._complete_symlink(key, head_info)
+        self._stats.put(key, attrs)
+        return attrs
+
+    async def stat_file(self, key: str) -> Attributes | None:
+        """Fresh exact attributes of the object ``key`` (a HEAD), or None when it is gone."""
+        try:
+            return await self._head(key)
+        except NotFound:
+            self._stats.invalidate(key)
+            return None
+
+    async def _fetch_symlink_target(self, key: str, attrs: Attributes) -> str:
+        if attrs.object_type == "Symlink":
+            return await self.client.get_symlink(self.bucket, key)
+        if attrs.size > SYMLINK_BODY_LIMIT:
+            raise OssError(f"symlink object {key!r} has a {attrs.size}-byte body", code="")
+        body = await self.client.get_object(self.bucket, key, if_match=attrs.etag)
+        return body.decode("utf-8", "surrogateescape")
+
+    async def read_symlink(self, key: str, attrs: Attributes) -> str:
+        """The target of the symlink at ``key`` (OSS native or ossfs style)."""
+        if attrs.symlink_target is not None:
+            return attrs.symlink_target
+        return await self._fetch_symlink_target(key, attrs)
+
+    def invalidate(self, key: str) -> None:
+        """Forget what is cached about ``key`` and the listing of its directory."""
+        self._stats.invalidate(key)
+        self._negative.discard(key.rstrip("/"))
+        parent = key.rstrip("/").rpartition("/")[0]
+        self._listings.invalidate(parent + "/" if parent else "")

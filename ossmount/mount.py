@@ -1,0 +1,513 @@
+"""Mounting: config -> client -> file system, pyfuse3's main loop on trio, signals, daemon mode.
+
+Foreground (``-f``): checks that can fail cheaply come first (the FUSE device, the mountpoint,
+credentials, one listing request that proves endpoint, key and bucket), then pyfuse3.init mounts
+and the main loop runs until SIGINT/SIGTERM or an external unmount; the mount is always
+released on the way out.
+
+Daemon (default): the command starts ``python -m ossmount.mount`` in a new session, hands it
+the configuration on stdin, and waits on a pipe for one line: ``OK`` once the mount has
+answered a stat() of its root (and only then does the command exit 0), or ``ERR <reason>``.
+If the child dies or stays silent past the start-up timeout, the command kills it, clears any
+half-made mount, and exits non-zero with a one-line reason. So there is never a hang and never
+a half-mounted directory.
+
+A mountpoint left by a crashed mount ("Transport endpoint is not connected") is unmounted
+lazily before the new mount.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from ossmount.config import ConfigError, MountConfig, build_config, split_option_list
+from ossmount.credentials import CredentialsError, resolve_credentials
+from ossmount.fs.attrs import AttrDefaults, directory_attributes
+from ossmount.fs.dircache import Namespace, NamespaceOptions
+from ossmount.fs.inodes import InodeTable
+from ossmount.fs.operations import FsOptions, OssFs
+from ossmount.fs.reader import ReadCache
+from ossmount.oss.client import OssClient
+from ossmount.oss.errors import (
+    AccessDenied,
+    InvalidAccessKeyId,
+    NoSuchBucket,
+    OssConnectionError,
+    OssError,
+    SignatureDoesNotMatch,
+)
+from ossmount.oss.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 60.0
+PREFLIGHT_TIMEOUT_S = 30.0
+FUSE_DEVICE = Path("/dev/fuse")
+
+
+class MountError(Exception):
+    """The mount cannot be made; the message is the one-line reason shown to the user."""
+
+
+# -- checks before mounting -----------------------------------------------------------------
+
+
+def _is_mountpoint(path: Path) -> bool:
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+            target = os.fsencode(str(path))
+            for line in mounts:
+                fields = line.split()
+                if len(fields) > 4 and _unescape_mount_path(fields[4]) == target:
+                    return True
+    except OSError:
+        return os.path.ismount(path)
+    return False
+
+
+def _unescape_mount_path(field: str) -> bytes:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+    raw = field.encode()
+    out = bytearray()
+    index = 0
+    while index < len(raw):
+        if raw[index] == 0x5C and index + 4 <= len(raw):
+            out.append(int(raw[index + 1 : index + 4], 8))
+            index += 4
+        else:
+            out.append(raw[index])
+            index += 1
+    return bytes(out)
+
+
+def unmount(mountpoint: Path, *, lazy: bool = False) -> None:
+    """Unmount a FUSE mount (fusermount3 -u, lazily with -z); raises MountError on failure."""
+    command = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0 and os.geteuid() == 0:
+        # fusermount3 refuses mounts not in its mtab view; umount(8) is the root fallback.
+        result = subprocess.run(
+            ["umount", *(["-l"] if lazy else []), str(mountpoint)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if result.returncode != 0:
+        reason = (result.stderr or result.stdout).strip().splitlines()
+        raise MountError(f"cannot unmount {mountpoint}: {reason[-1] if reason else 'failed'}")
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    """Refuse a missing, non-directory or already mounted mountpoint; clear a crashed mount."""
+    try:
+        info = mountpoint.stat()
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {mountpoint} does not exist") from None
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise MountError(f"mountpoint {mountpoint}: {exc.strerror}") from None
+        log.warning("%s: clearing the mount of a crashed process", mountpoint)
+        unmount(mountpoint, lazy=True)
+        info = mountpoint.stat()
+    if not os.path.isdir(mountpoint) or not (info.st_mode & 0o040000):
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
+    if _is_mountpoint(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is already mounted")
+
+
+def check_fuse_device() -> None:
+    """Refuse to start without a usable /dev/fuse."""
+    if not FUSE_DEVICE.exists():
+        raise MountError(
+            f"{FUSE_DEVICE} is missing (load the fuse kernel module; in a container, "
+            "pass --device /dev/fuse)"
+        )
+    if not os.access(FUSE_DEVICE, os.R_OK | os.W_OK):
+        raise MountError(f"{FUSE_DEVICE} is not readable and writable by this user")
+
+
+def endpoint_url(config: MountConfig) -> str:
+    if config.endpoint:
+        return config.endpoint
+    env_endpoint = os.environ.get("OSS_ENDPOINT", "").strip()
+    if env_endpoint:
+        return env_endpoint if "://" in env_endpoint else "https://" + env_endpoint
+    if config.region:
+        return f"https://oss-{config.region}.aliyuncs.com"
+    raise MountError("no endpoint: give --endpoint, -o url=..., -o region=... or OSS_ENDPOINT")
+
+
+def _reason_for(exc: OssError, config: MountConfig, endpoint: str) -> str:
+    if isinstance(exc, InvalidAccessKeyId):
+        return f"wrong access key: the server does not know this AccessKeyId ({exc.code})"
+    if isinstance(exc, SignatureDoesNotMatch):
+        return "wrong access key secret: the signature does not match (SignatureDoesNotMatch)"
+    if isinstance(exc, NoSuchBucket):
+        return f"no such bucket: {config.bucket}"
+    if isinstance(exc, AccessDenied):
+        return f"access denied to bucket {config.bucket}: {exc.message}"
+    if isinstance(exc, OssConnectionError):
+        return f"endpoint {endpoint} unreachable: {exc.message}"
+    return f"cannot list bucket {config.bucket}: {exc}"
+
+
+async def preflight(client: OssClient, config: MountConfig, endpoint: str) -> None:
+    """One listing request: proves the endpoint answers, the key is right and the bucket exists."""
+    try:
+        with trio.fail_after(PREFLIGHT_TIMEOUT_S):
+            await client.list_objects_page(
+                config.bucket, prefix=config.prefix, delimiter="/", max_keys=1
+            )
+    except trio.TooSlowError:
+        raise MountError(
+            f"endpoint {endpoint} unreachable: no answer within {PREFLIGHT_TIMEOUT_S:.0f} s"
+        ) from None
+    except OssError as exc:
+        raise MountError(_reason_for(exc, config, endpoint)) from None
+
+
+# -- the mount itself -----------------------------------------------------------------------
+
+
+def fuse_options(config: MountConfig) -> set[str]:
+    """Options for pyfuse3.init (libfuse's mount options)."""
+    options = set(pyfuse3.default_options)
+    options.add(f"fsname=ossmount:{config.bucket}")
+    options.add("subtype=ossmount")
+    options.add(f"max_read={config.max_read}")
+    # Part 1 has no write path: the kernel refuses writes with EROFS.
+    options.add("ro")
+    if config.allow_other:
+        options.add("allow_other")
+    if config.debug:
+        options.add("debug")
+    return options
+
+
+def raise_read_ahead(mountpoint: Path, read_ahead_kb: int) -> bool:
+    """Set the mount's bdi read_ahead_kb (kernel readahead, hence FUSE read size), if permitted."""
+    device = os.stat(mountpoint).st_dev
+    sysfs = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    try:
+        sysfs.write_text(f"{read_ahead_kb}\n")
+    except OSError as exc:
+        log.info("cannot set %s to %d (%s); kernel default kept", sysfs, read_ahead_kb, exc)
+        return False
+    log.debug("%s = %d", sysfs, read_ahead_kb)
+    return True
+
+
+def build_filesystem(
+    config: MountConfig, client: OssClient, nursery: trio.Nursery
+) -> tuple[OssFs, ReadCache]:
+    """Wire the namespace, inode table and block cache of one mount."""
+    defaults = AttrDefaults(
+        uid=config.uid,
+        gid=config.gid,
+        file_mode=config.default_file_mode,
+        dir_mode=config.default_dir_mode,
+    )
+    mount_time_ns = time.time_ns()
+    namespace = Namespace(
+        client,
+        config.bucket,
+        defaults,
+        NamespaceOptions(
+            exact_metadata=not config.readdir_optimize,
+            head_concurrency=config.head_concurrency,
+            list_cache_ttl_s=config.list_cache_ttl_s,
+            stat_cache_ttl_s=config.stat_cache_ttl_s,
+            negative_ttl_s=config.negative_timeout_s,
+            list_cache_entries=config.list_cache_entries,
+            stat_cache_entries=config.stat_cache_entries,
+        ),
+        dir_mtime_ns=mount_time_ns,
+    )
+    inodes = InodeTable(config.prefix, directory_attributes(defaults, mount_time_ns))
+    read_cache = ReadCache(
+        client,
+        config.bucket,
+        block_size=config.block_size,
+        cache_bytes=config.read_cache_bytes,
+        max_inflight=config.max_inflight_reads,
+        nursery=nursery,
+    )
+    fs = OssFs(
+        namespace,
+        inodes,
+        read_cache,
+        FsOptions(
+            entry_timeout_s=config.entry_timeout_s,
+            attr_timeout_s=config.attr_timeout_s,
+            stat_cache_ttl_s=config.stat_cache_ttl_s,
+            block_size=config.max_read,
+        ),
+    )
+    return fs, read_cache
+
+
+def make_client(config: MountConfig) -> tuple[OssClient, str]:
+    endpoint = endpoint_url(config)
+    try:
+        credentials = resolve_credentials(config.bucket, passwd_file=config.passwd_file)
+    except CredentialsError as exc:
+        raise MountError(str(exc)) from None
+    client = OssClient(
+        endpoint,
+        credentials,
+        region=config.region,
+        signature_version=config.signature_version,
+        max_connections=max(config.max_connections, config.head_concurrency),
+        retry=RetryPolicy(),
+    )
+    return client, endpoint
+
+
+async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> None:
+    """Mount and serve until SIGINT/SIGTERM or an external unmount.
+
+    ``on_ready(None)`` is called once the mount answers; ``on_ready(reason)`` never is: a
+    failure before that point raises MountError with the reason.
+    """
+    check_fuse_device()
+    check_mountpoint(config.mountpoint)
+    client, endpoint = make_client(config)
+    async with client:
+        await preflight(client, config, endpoint)
+        async with trio.open_nursery() as nursery:
+            fs, _ = build_filesystem(config, client, nursery)
+            try:
+                pyfuse3.init(fs, str(config.mountpoint), fuse_options(config))
+            except RuntimeError as exc:
+                nursery.cancel_scope.cancel()
+                raise MountError(f"cannot mount {config.mountpoint}: {exc}") from None
+            log.info(
+                "mounted %s%s at %s (endpoint %s)",
+                config.bucket,
+                ":/" + config.prefix if config.prefix else "",
+                config.mountpoint,
+                endpoint,
+            )
+            try:
+                nursery.start_soon(_stop_on_signals)
+                nursery.start_soon(_announce_when_answering, config, on_ready)
+                await pyfuse3.main(min_tasks=4, max_tasks=256)
+            finally:
+                nursery.cancel_scope.cancel()
+                pyfuse3.close(unmount=True)
+                log.info("unmounted %s", config.mountpoint)
+
+
+async def _stop_on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+async def _announce_when_answering(
+    config: MountConfig, on_ready: Callable[[str | None], None]
+) -> None:
+    # A stat() of the root goes through the kernel to our getattr: when it returns, the mount
+    # answers. It runs in a thread because the main loop that answers it is this one.
+    await trio.to_thread.run_sync(os.stat, config.mountpoint)
+    await trio.to_thread.run_sync(raise_read_ahead, config.mountpoint, config.read_ahead_kb)
+    on_ready(None)
+
+
+def setup_logging(config: MountConfig) -> None:
+    level = logging.DEBUG if config.debug else logging.INFO
+    handler: logging.Handler
+    if config.log_file is not None:
+        handler = logging.FileHandler(config.log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("httpx", "httpcore", "pyfuse3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not config.debug else logging.INFO)
+
+
+def run_foreground(config: MountConfig, on_ready: Callable[[str | None], None]) -> int:
+    """Serve in this process; returns the exit status."""
+    try:
+        trio.run(serve, config, on_ready)
+    except MountError as exc:
+        on_ready(str(exc))
+        return 1
+    return 0
+
+
+# -- daemon mode ----------------------------------------------------------------------------
+
+
+def config_to_json(config: MountConfig) -> str:
+    fields = dataclasses.asdict(config)
+    return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in fields.items()})
+
+
+def config_from_json(text: str) -> MountConfig:
+    raw: dict[str, Any] = json.loads(text)
+    for name in ("mountpoint", "passwd_file", "log_file"):
+        if raw.get(name) is not None:
+            raw[name] = Path(raw[name])
+    return MountConfig(**raw)
+
+
+def run_daemon(config: MountConfig, *, timeout_s: float = STARTUP_TIMEOUT_S) -> int:
+    """Start the mount in the background; exit 0 only once it answers (see module doc)."""
+    read_fd, write_fd = os.pipe()
+    log_target = open(config.log_file, "ab") if config.log_file else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ossmount.mount", "--ready-fd", str(write_fd)],
+            stdin=subprocess.PIPE,
+            stdout=log_target,
+            stderr=log_target,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            cwd="/",
+        )
+    finally:
+        os.close(write_fd)
+        if log_target is not subprocess.DEVNULL:
+            log_target.close()  # type: ignore[union-attr]
+    assert child.stdin is not None
+    child.stdin.write(config_to_json(config).encode())
+    child.stdin.close()
+    message = _read_ready_line(read_fd, timeout_s)
+    os.close(read_fd)
+    if message == "OK":
+        return 0
+    if message is None:
+        child.kill()
+        child.wait()
+        _clear_half_mount(config.mountpoint)
+        print(f"ossmount: the mount did not answer within {timeout_s:.0f} s", file=sys.stderr)
+        return 1
+    if message.startswith("ERR "):
+        child.wait()
+        print(f"ossmount: {message[4:]}", file=sys.stderr)
+        return 1
+    status = child.wait()
+    _clear_half_mount(config.mountpoint)
+    print(f"ossmount: the mount process exited with status {status}", file=sys.stderr)
+    return 1
+
+
+def _read_ready_line(fd: int, timeout_s: float) -> str | None:
+    """The first line written to ``fd`` ("" at EOF), or None after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace")
+
+
+def _clear_half_mount(mountpoint: Path) -> None:
+    if _is_mountpoint(mountpoint):
+        try:
+            unmount(mountpoint, lazy=True)
+        except MountError as exc:
+            log.warning("%s", exc)
+
+
+def _daemon_child_main(argv: list[str]) -> int:
+    ready_fd = int(argv[argv.index("--ready-fd") + 1])
+    config = config_from_json(sys.stdin.read())
+    setup_logging(config)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    answered = False
+
+    def on_ready(reason: str | None) -> None:
+        nonlocal answered
+        if answered:
+            return
+        answered = True
+        line = "OK\n" if reason is None else f"ERR {reason}\n"
+        try:
+            os.write(ready_fd, line.encode())
+            os.close(ready_fd)
+        except OSError:
+            pass
+
+    status = run_foreground(config, on_ready)
+    if not answered:
+        on_ready(f"the mount stopped before answering (status {status})")
+    return status
+
+
+def mount_main(config: MountConfig) -> int:
+    """The `ossmount mount` command: foreground or daemon, per the config."""
+    if config.foreground:
+        setup_logging(config)
+
+        def report(reason: str | None) -> None:
+            if reason is not None:
+                print(f"ossmount: {reason}", file=sys.stderr)
+
+        return run_foreground(config, report)
+    return run_daemon(config)
+
+
+def mount_command(args: argparse.Namespace) -> int:
+    """`ossmount mount` (and the mount(8) helper form): parse, then mount."""
+    options = [item for value in args.options for item in split_option_list(value)]
+    try:
+        config = build_config(
+            args.bucket,
+            args.mountpoint,
+            options=options,
+            endpoint=args.endpoint,
+            region=args.region,
+            foreground=True if args.foreground or args.debug else None,
+            debug=True if args.debug else None,
+            log_file=Path(args.log_file) if args.log_file else None,
+        )
+    except ConfigError as exc:
+        print(f"ossmount: {exc}", file=sys.stderr)
+        return 2
+    return mount_main(config)
+
+
+def unmount_command(args: argparse.Namespace) -> int:
+    """`ossmount unmount MOUNTPOINT`."""
+    mountpoint = Path(args.mountpoint).absolute()
+    try:
+        unmount(mountpoint, lazy=args.lazy)
+    except MountError as exc:
+        print(f"ossmount: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_daemon_child_main(sys.argv[1:]))
