@@ -129,7 +129,7 @@ Body = BytesLike | Path | FileSlice | AsyncIterable[bytes]
 class _Payload:
     """A request body that can be sent again from its start, with the CRC-64 of what was sent."""
 
-    def __init__(self, body: Body | None) -> None:
+    def __init__(self, body: Body | None, stream_length: int | None = None) -> None:
         self._bytes: bytes | None = None
         self._slice: FileSlice | None = None
         self._stream: AsyncIterable[bytes] | None = None
@@ -151,7 +151,7 @@ class _Payload:
         elif self._slice is not None:
             self.length = self._slice.resolved_size()
         else:
-            self.length = None
+            self.length = stream_length
 
     @property
     def replayable(self) -> bool:
@@ -515,8 +515,9 @@ class OssClient:
         headers: Mapping[str, str] | None = None,
         body: Body | None = None,
         stream: bool = False,
+        stream_length: int | None = None,
     ) -> tuple[httpx.Response, _Payload | None]:
-        payload = _Payload(body) if body is not None else None
+        payload = _Payload(body, stream_length) if body is not None else None
 
         async def attempt() -> httpx.Response:
             return await self._attempt(method, bucket, key, params, headers, payload, stream)
@@ -660,10 +661,12 @@ class OssClient:
         metadata: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         forbid_overwrite: bool = False,
+        size: int | None = None,
     ) -> PutResult:
         """PutObject from bytes, a file (Path or FileSlice) or an async stream; CRC-64 checked.
 
-        A stream of unknown length is sent chunked and, since it cannot be replayed, only once.
+        A stream cannot be replayed, so it is sent once; it is sent with ``Content-Length: size``
+        if ``size`` is given, else chunked.
         """
         all_headers = _meta_headers(metadata)
         all_headers.update(headers or {})
