@@ -1,0 +1,96 @@
+"""Mount option parsing: ossmount names, ossfs names, ignored fstab options, rejections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ossmount.config import (
+    LIBFUSE_MAX_READ,
+    ConfigError,
+    build_config,
+    parse_bucket_spec,
+    parse_options,
+    split_option_list,
+)
+
+
+def test_bucket_spec_with_and_without_prefix() -> None:
+    assert parse_bucket_spec("bkt") == ("bkt", "")
+    assert parse_bucket_spec("bkt:/a/b") == ("bkt", "a/b/")
+    assert parse_bucket_spec("bkt:/a/b/") == ("bkt", "a/b/")
+    with pytest.raises(ConfigError):
+        parse_bucket_spec("bkt:/a//b")
+    with pytest.raises(ConfigError):
+        parse_bucket_spec(":/x")
+
+
+def test_ossfs_option_names() -> None:
+    items = split_option_list(
+        "allow_other,ro,uid=1000,gid=1001,umask=027,url=http://127.0.0.1:9000,"
+        "passwd_file=/etc/pw,readdir_optimize,sigv1,stat_cache_expire=5"
+    )
+    fields = parse_options(items)
+    assert fields == {
+        "allow_other": True,
+        "read_only": True,
+        "uid": 1000,
+        "gid": 1001,
+        "umask": 0o027,
+        "endpoint": "http://127.0.0.1:9000",
+        "passwd_file": Path("/etc/pw"),
+        "readdir_optimize": True,
+        "signature_version": 1,
+        "stat_cache_ttl_s": 5.0,
+    }
+
+
+def test_fstab_options_are_ignored() -> None:
+    items = split_option_list("_netdev,nofail,noauto,defaults,x-systemd.automount,rw,nosuid,nodev")
+    assert parse_options(items) == {"read_only": False}
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("nosuchoption", "unknown mount option 'nosuchoption'"),
+        ("colour=blue", "unknown mount option 'colour=blue'"),
+        ("uid=abc", "uid=abc: not a whole number"),
+        ("umask=999", "umask=999: not an octal number"),
+        ("attr_timeout=-1", "must not be negative"),
+    ],
+)
+def test_bad_options_are_rejected_by_name(item: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_options([item])
+
+
+def test_build_config_defaults_and_overrides(tmp_path: Path) -> None:
+    config = build_config(
+        "bkt:/data",
+        tmp_path,
+        options=["umask=077", "block_size=8M", "url=example.com"],
+        endpoint="http://127.0.0.1:1",
+        foreground=None,
+    )
+    assert config.prefix == "data/"
+    assert config.endpoint == "http://127.0.0.1:1"  # the flag wins over -o url
+    assert config.block_size == 8 * 1024 * 1024
+    assert config.default_file_mode == 0o600
+    assert config.default_dir_mode == 0o700
+    assert config.max_read == LIBFUSE_MAX_READ
+    assert not config.foreground
+    assert build_config("b", tmp_path, options=["url=oss.example.com"]).endpoint == (
+        "https://oss.example.com"
+    )
+
+
+def test_explicit_modes_win_over_umask(tmp_path: Path) -> None:
+    config = build_config("b", tmp_path, options=["umask=077", "file_mode=644", "dir_mode=755"])
+    assert (config.default_file_mode, config.default_dir_mode) == (0o644, 0o755)
+
+
+def test_max_read_bounded_by_libfuse(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_read"):
+        build_config("b", tmp_path, options=[f"max_read={LIBFUSE_MAX_READ * 2}"])

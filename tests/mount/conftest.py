@@ -1,0 +1,169 @@
+"""Real mounts for tests: ossmount runs as a subprocess against the `oss_server` fixture.
+
+`mount_ossmount` (fixture) is a factory: ``mount_ossmount(options=[...], prefix="", daemon=False)``
+mounts TEST_BUCKET (or a prefix of it) at a fresh directory and returns a :class:`Mounted`. Every
+mount made through it is unmounted at teardown with ``fusermount3 -u -z``, whatever happened.
+`mounted` is the default mount (foreground, default options). Tests skip, with a reason, only
+where /dev/fuse is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import TEST_AK, TEST_BUCKET, TEST_SK
+
+MOUNT_TIMEOUT_S = 30.0
+
+
+def fuse_available() -> str | None:
+    """None when real mounts can run here, else why not."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing: real FUSE mounts cannot run on this machine"
+    return None
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+        return any(line.split()[4] == target for line in mounts if len(line.split()) > 4)
+
+
+def force_unmount(path: Path) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
+    if is_mounted(path):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def ossmount_env(access_key_id: str = TEST_AK, secret: str = TEST_SK) -> dict[str, str]:
+    env = dict(os.environ)
+    env["OSS_ACCESS_KEY_ID"] = access_key_id
+    env["OSS_ACCESS_KEY_SECRET"] = secret
+    env.pop("OSS_SESSION_TOKEN", None)
+    env["HOME"] = env.get("HOME", "/root")
+    return env
+
+
+def ossmount_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ossmount.cli", *args]
+
+
+@dataclass
+class Mounted:
+    """One mount made by the fixture."""
+
+    path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None
+    command: list[str] = field(default_factory=list)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def unmount(self) -> None:
+        force_unmount(self.path)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def wait_until_mounted(path: Path, process: subprocess.Popen[bytes] | None, log: Path) -> None:
+    deadline = time.monotonic() + MOUNT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if is_mounted(path):
+            try:
+                os.stat(path)
+            except OSError:
+                pass
+            else:
+                return
+        if process is not None and process.poll() is not None:
+            raise AssertionError(
+                f"ossmount exited with {process.returncode} before mounting:\n"
+                + log.read_text(errors="replace")[-3000:]
+            )
+        time.sleep(0.05)
+    raise AssertionError("ossmount did not mount within the timeout:\n" + log.read_text()[-3000:])
+
+
+MountFactory = Callable[..., Mounted]
+
+
+@pytest.fixture
+def mount_ossmount(oss_server: Any, tmp_path: Path) -> Iterator[MountFactory]:
+    reason = fuse_available()
+    if reason is not None:
+        pytest.skip(reason)
+    mounts: list[Mounted] = []
+
+    def mount(
+        options: list[str] | None = None,
+        *,
+        prefix: str = "",
+        daemon: bool = False,
+        bucket: str = TEST_BUCKET,
+        env: dict[str, str] | None = None,
+    ) -> Mounted:
+        mountpoint = tmp_path / f"mnt{len(mounts)}"
+        mountpoint.mkdir()
+        log_path = tmp_path / f"mount{len(mounts)}.log"
+        spec = f"{bucket}:/{prefix}" if prefix else bucket
+        command = ossmount_command(
+            "mount",
+            spec,
+            str(mountpoint),
+            "--endpoint",
+            oss_server.endpoint,
+            "--log-file",
+            str(log_path),
+        )
+        for option in options or []:
+            command += ["-o", option]
+        environment = env or ossmount_env()
+        if daemon:
+            result = subprocess.run(
+                command, env=environment, capture_output=True, timeout=90, check=False
+            )
+            mounted = Mounted(mountpoint, log_path, None, command)
+            mounts.append(mounted)
+            assert result.returncode == 0, result.stderr.decode() + mounted.log()
+            assert is_mounted(mountpoint)
+            return mounted
+        process = subprocess.Popen(
+            [*command, "-f"],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=open(log_path.with_suffix(".stderr"), "wb"),  # noqa: SIM115
+        )
+        mounted = Mounted(mountpoint, log_path, process, command)
+        mounts.append(mounted)
+        wait_until_mounted(mountpoint, process, log_path)
+        return mounted
+
+    try:
+        yield mount
+    finally:
+        for mounted in mounts:
+            mounted.unmount()
+
+
+@pytest.fixture
+def mounted(mount_ossmount: MountFactory) -> Mounted:
+    """TEST_BUCKET mounted in the foreground with default options."""
+    return mount_ossmount()
