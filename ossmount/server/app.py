@@ -1,0 +1,1494 @@
+"""The OSS REST API: routing a request to its operation, and the operations.
+
+Routing follows OSS: the bucket comes from the Host header (virtual-host style,
+``bucket.<base>``) or from the first path segment (path style); the rest of the path is the
+key; sub-resource query parameters (``?uploads``, ``?append``, ``?symlink`` ...) pick the
+operation. Every answer carries ``x-oss-request-id``; every failure is the OSS error XML (in
+the base64 ``x-oss-err`` header for HEAD).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import calendar
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate, parsedate_tz
+from urllib.parse import quote, unquote
+
+import trio
+
+from ossmount.oss.crc64 import crc64_combine
+from ossmount.server import xmlio
+from ossmount.server.auth import Principal, SignedRequest, Verifier
+from ossmount.server.errors import (
+    OssServerError,
+    invalid_argument,
+    malformed_xml,
+    no_such_bucket,
+    no_such_key,
+)
+from ossmount.server.faults import Faults
+from ossmount.server.http import (
+    RECEIVE_SIZE,
+    Body,
+    FileBody,
+    PeerGone,
+    ProtocolError,
+    Request,
+    Response,
+)
+from ossmount.server.store import (
+    Blob,
+    BlobWriter,
+    BucketRecord,
+    ListEntry,
+    ObjectRecord,
+    PartRecord,
+    Store,
+    UploadRecord,
+    copy_range_to_writer,
+    md5_etag,
+)
+from ossmount.server.xmlio import leaf, node
+
+log = logging.getLogger(__name__)
+
+MAX_OBJECT_SIZE = 5 << 30
+MAX_PART_SIZE = 5 << 30
+MIN_PART_SIZE = 100 * 1024
+MAX_PART_NUMBER = 10000
+MAX_KEY_BYTES = 1023
+MAX_USER_META_BYTES = 8 * 1024
+MAX_XML_BODY = 2 << 20
+# Bodies below this are received on the event loop; larger ones through a worker thread.
+SMALL_BODY = 256 * 1024
+OWNER_ID = "ossmount"
+STANDARD_HEADERS = (
+    "Content-Type", "Content-Disposition", "Content-Encoding", "Content-Language",
+    "Cache-Control", "Expires",
+)  # fmt: skip
+RESPONSE_OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+BUCKET_ACLS = frozenset({"private", "public-read", "public-read-write"})
+OBJECT_ACLS = BUCKET_ACLS | {"default"}
+STORAGE_CLASSES = frozenset({"Standard", "IA", "Archive", "ColdArchive", "DeepColdArchive"})
+# Sub-resources this server does not implement: answered with NotImplemented, never mistaken
+# for a plain GET/PUT of the bucket or object.
+UNSUPPORTED_SUBRESOURCES = frozenset(
+    {
+        "cors", "lifecycle", "logging", "website", "referer", "policy", "replication",
+        "encryption", "versioning", "versions", "versionId", "tagging", "restore", "worm",
+        "inventory", "qos", "requestPayment", "live", "comp", "x-oss-process", "callback",
+        "transferAcceleration", "cname", "metaQuery", "style", "resourceGroup", "select",
+    }
+)  # fmt: skip
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_META_NAME = re.compile(r"^[a-z0-9-]+$")
+
+
+def http_date(epoch_s: float) -> str:
+    return formatdate(epoch_s, usegmt=True)
+
+
+def parse_http_date(value: str) -> float | None:
+    parsed = parsedate_tz(value)
+    if parsed is None:
+        return None
+    return float(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:24].upper()
+
+
+# --- ranges and conditions (pure) -----------------------------------------------------------
+
+
+def parse_range(header: str, size: int, standard: bool) -> tuple[int, int] | None:
+    """The inclusive byte range a Range header selects, or None for the whole object.
+
+    OSS by default ignores any range it cannot satisfy in full (200 with the whole object);
+    with ``x-oss-range-behavior: standard`` it clips the end to the object and answers 416
+    InvalidRange only when the start lies beyond it. Syntactically invalid ranges and
+    multi-range requests are ignored either way.
+    """
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if match is None:
+        return None
+    first_text, last_text = match.groups()
+    if not first_text and not last_text:
+        return None
+    if not first_text:  # suffix: the last N bytes
+        suffix = int(last_text)
+        if suffix == 0:
+            if standard:
+                raise _invalid_range(size)
+            return None
+        if suffix > size and not standard:
+            return None
+        return max(0, size - suffix), size - 1 if size else -1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last_text and last < first:
+        return None
+    if first >= size:
+        if standard:
+            raise _invalid_range(size)
+        return None
+    if last >= size:
+        if not standard:
+            return None
+        last = size - 1
+    return first, last
+
+
+def _invalid_range(size: int) -> OssServerError:
+    return OssServerError(
+        416,
+        "InvalidRange",
+        "The requested range cannot be satisfied",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+
+
+def _etag_matches(condition: str, etag: str) -> bool:
+    bare = etag.strip('"').upper()
+    for candidate in condition.split(","):
+        candidate = candidate.strip()
+        if candidate == "*":
+            return True
+        candidate = candidate.removeprefix("W/").strip('"').upper()
+        if candidate == bare:
+            return True
+    return False
+
+
+def check_conditions(
+    headers: dict[str, str], record: ObjectRecord, *, read: bool, prefix: str = ""
+) -> None:
+    """If-Match / If-Unmodified-Since fail with 412; If-None-Match / If-Modified-Since with 304
+    (412 for writes). `prefix` selects the copy-source variants (x-oss-copy-source-if-...)."""
+    mtime = int(record.mtime)
+    if_match = headers.get(prefix + "if-match")
+    if if_match is not None and not _etag_matches(if_match, record.etag):
+        raise OssServerError(412, "PreconditionFailed", "At least one of the pre-conditions "
+                             "you specified did not hold.", extra={"Condition": "If-Match"})  # fmt: skip
+    if if_match is None:
+        since = headers.get(prefix + "if-unmodified-since")
+        since_epoch = parse_http_date(since) if since else None
+        if since_epoch is not None and mtime > since_epoch:
+            raise OssServerError(412, "PreconditionFailed", "At least one of the pre-conditions "
+                                 "you specified did not hold.",
+                                 extra={"Condition": "If-Unmodified-Since"})  # fmt: skip
+    if_none_match = headers.get(prefix + "if-none-match")
+    if if_none_match is not None and _etag_matches(if_none_match, record.etag):
+        raise _not_modified(record, read)
+    if if_none_match is None:
+        since = headers.get(prefix + "if-modified-since")
+        since_epoch = parse_http_date(since) if since else None
+        if since_epoch is not None and mtime <= since_epoch:
+            raise _not_modified(record, read)
+
+
+def _not_modified(record: ObjectRecord, read: bool) -> OssServerError:
+    if not read:
+        return OssServerError(412, "PreconditionFailed", "At least one of the pre-conditions "
+                              "you specified did not hold.")  # fmt: skip
+    return OssServerError(
+        304,
+        "NotModified",
+        "Not Modified",
+        headers={"ETag": record.etag, "Last-Modified": http_date(record.mtime)},
+    )
+
+
+# --- request context ----------------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    """One request as routed: bucket, key, parameters, operation name, principal."""
+
+    request: Request
+    bucket: str | None
+    key: str | None
+    params: dict[str, str | None]
+    operation: str = ""
+    principal: Principal = field(default_factory=lambda: Principal(None))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.request.headers
+
+    def param(self, name: str, default: str = "") -> str:
+        value = self.params.get(name, default)
+        return default if value is None else value
+
+    def require_bucket(self) -> str:
+        assert self.bucket is not None
+        return self.bucket
+
+    def require_key(self) -> str:
+        assert self.key is not None
+        return self.key
+
+
+Operation = Callable[[Call], Awaitable[Response]]
+
+
+@dataclass
+class Stats:
+    """Request counters: total and per operation (GetObject, PutObject ...)."""
+
+    total: int = 0
+    by_operation: dict[str, int] = field(default_factory=dict)
+
+    def record(self, operation: str) -> None:
+        self.total += 1
+        self.by_operation[operation] = self.by_operation.get(operation, 0) + 1
+
+    def count(self, operation: str | None = None) -> int:
+        if operation is None:
+            return self.total
+        return self.by_operation.get(operation, 0)
+
+    def reset(self) -> None:
+        self.total = 0
+        self.by_operation = {}
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    return group.exceptions[0]
+
+
+class App:
+    """The request handler of one server."""
+
+    def __init__(
+        self,
+        store: Store,
+        verifier: Verifier,
+        faults: Faults,
+        stats: Stats,
+        virtual_host_bases: tuple[str, ...],
+        region: str = "cn-hangzhou",
+    ) -> None:
+        self.store = store
+        self.verifier = verifier
+        self.faults = faults
+        self.stats = stats
+        self.virtual_host_bases = virtual_host_bases
+        self.region = region
+        self.endpoint_host = "127.0.0.1"
+        self._append_locks: dict[tuple[str, str], trio.Lock] = {}
+
+    # --- entry -----------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        request.request_id = new_request_id()
+        head = request.method == "HEAD"
+        try:
+            call = self._route(request)
+            self.stats.record(call.operation)
+            if self.faults.latency_ms > 0:
+                await trio.sleep(self.faults.latency_ms / 1000)
+            injected = self.faults.pick_error(call.operation)
+            if injected is not None:
+                status, code = injected
+                raise OssServerError(status, code, "Injected fault: please reduce your request "
+                                     "rate." if code == "SlowDown" else "Injected fault.")  # fmt: skip
+            self._authorize(call)
+            length = request.body.declared_length
+            if length:
+                request.body.reset_after = self.faults.pick_reset(call.operation, length)
+            response = await self._dispatch(call)
+            if response.file is not None and not response.head_only:
+                response.reset_at = self.faults.pick_reset(call.operation, response.file.length)
+        except OssServerError as exc:
+            response = self.error_response(exc, request.request_id, head)
+        except (PeerGone, ProtocolError):
+            raise
+        except Exception:
+            log.exception("internal error handling %s %s", request.method, request.raw_path)
+            response = self.error_response(
+                OssServerError(500, "InternalError", "We encountered an internal error."),
+                request.request_id,
+                head,
+            )
+        response.headers.append(("x-oss-request-id", request.request_id))
+        response.headers.append(("Date", http_date(time.time())))
+        response.headers.append(("Server", "AliyunOSS"))
+        if head:
+            response.head_only = True
+        return response
+
+    def error_response(self, exc: OssServerError, request_id: str, head: bool) -> Response:
+        fields = [
+            leaf("Code", exc.code),
+            leaf("Message", exc.message),
+            leaf("RequestId", request_id),
+            leaf("HostId", self.endpoint_host),
+        ]
+        fields.extend(leaf(name, value) for name, value in exc.extra.items())
+        fields.append(leaf("EC", exc.ec))
+        body = xmlio.document(node("Error", *fields))
+        headers = list(exc.headers.items())
+        headers.append(("x-oss-ec", exc.ec))
+        if exc.status == 304:
+            return Response(304, headers)
+        if head:
+            headers.append(("x-oss-err", base64.b64encode(body).decode("ascii")))
+            return Response(exc.status, headers, head_only=True)
+        headers.append(("Content-Type", "application/xml"))
+        return Response(exc.status, headers, body)
+
+    def bad_request(self, status: int, message: str) -> Response:
+        """The answer to a request that could not even be parsed."""
+        code = {413: "EntityTooLarge", 431: "RequestHeaderFieldsTooLarge"}.get(status)
+        code = code or ("NotImplemented" if status == 501 else "InvalidRequest")
+        response = self.error_response(
+            OssServerError(status, code, message), new_request_id(), head=False
+        )
+        response.headers.append(("Date", http_date(time.time())))
+        return response
+
+    # --- routing -------------------------------------------------------------------------
+
+    def _split_target(self, request: Request) -> tuple[str | None, str | None]:
+        host = request.header("host").lower()
+        if host.startswith("["):
+            hostname = host.split("]")[0] + "]"
+        else:
+            hostname = host.rsplit(":", 1)[0] if ":" in host else host
+        for base in self.virtual_host_bases:
+            if hostname.endswith("." + base) and len(hostname) > len(base) + 1:
+                bucket = hostname[: -len(base) - 1]
+                key = request.path[1:]
+                return bucket, key
+        path = request.path[1:]
+        if not path:
+            return None, None
+        bucket, _, key = path.partition("/")
+        return bucket, key
+
+    def _route(self, request: Request) -> Call:
+        bucket, key = self._split_target(request)
+        params: dict[str, str | None] = dict(request.query)
+        call = Call(request, bucket, key, params)
+        method = request.method
+        unsupported = UNSUPPORTED_SUBRESOURCES.intersection(params)
+        if unsupported:
+            raise OssServerError(
+                501, "NotImplemented", f"This server does not implement ?{min(unsupported)}."
+            )
+        if bucket is None:
+            if method == "GET":
+                call.operation = "ListBuckets"
+                return call
+            raise _method_not_allowed(method)
+        if key:
+            if len(key.encode("utf-8", errors="surrogateescape")) > MAX_KEY_BYTES:
+                raise OssServerError(400, "InvalidObjectName", "The object name is too long.",
+                                     ec="0016-00000014")  # fmt: skip
+            call.operation = self._object_operation(method, params, request.headers)
+        else:
+            call.key = None
+            call.operation = self._bucket_operation(method, params)
+        return call
+
+    @staticmethod
+    def _bucket_operation(method: str, params: dict[str, str | None]) -> str:
+        table: dict[str, list[tuple[str, str]]] = {
+            "GET": [
+                ("acl", "GetBucketAcl"), ("bucketInfo", "GetBucketInfo"),
+                ("location", "GetBucketLocation"), ("uploads", "ListMultipartUploads"),
+                ("stat", "GetBucketStat"),
+            ],
+            "PUT": [("acl", "PutBucketAcl")],
+            "POST": [("delete", "DeleteMultipleObjects")],
+        }  # fmt: skip
+        for name, operation in table.get(method, []):
+            if name in params:
+                return operation
+        if method == "GET":
+            return "ListObjectsV2" if params.get("list-type") == "2" else "ListObjects"
+        plain = {"PUT": "PutBucket", "DELETE": "DeleteBucket", "HEAD": "HeadBucket"}
+        if method in plain:
+            return plain[method]
+        raise _method_not_allowed(method)
+
+    @staticmethod
+    def _object_operation(
+        method: str, params: dict[str, str | None], headers: dict[str, str]
+    ) -> str:
+        if method == "GET":
+            if "acl" in params:
+                return "GetObjectAcl"
+            if "symlink" in params:
+                return "GetSymlink"
+            if "uploadId" in params:
+                return "ListParts"
+            return "GetObject"
+        if method == "HEAD":
+            return "GetObjectMeta" if "objectMeta" in params else "HeadObject"
+        if method == "PUT":
+            if "acl" in params:
+                return "PutObjectAcl"
+            if "symlink" in params:
+                return "PutSymlink"
+            if "uploadId" in params or "partNumber" in params:
+                return "UploadPartCopy" if "x-oss-copy-source" in headers else "UploadPart"
+            if "x-oss-copy-source" in headers:
+                return "CopyObject"
+            return "PutObject"
+        if method == "POST":
+            if "uploads" in params:
+                return "InitiateMultipartUpload"
+            if "uploadId" in params:
+                return "CompleteMultipartUpload"
+            if "append" in params:
+                return "AppendObject"
+            raise invalid_argument("POST to an object needs ?uploads, ?uploadId or ?append.")
+        if method == "DELETE":
+            return "AbortMultipartUpload" if "uploadId" in params else "DeleteObject"
+        raise _method_not_allowed(method)
+
+    # --- authorization -----------------------------------------------------------------------
+
+    _ANONYMOUS_READS = frozenset(
+        {"GetObject", "HeadObject", "GetObjectMeta", "GetSymlink", "ListObjects", "ListObjectsV2",
+         "ListParts", "ListMultipartUploads", "GetBucketLocation", "HeadBucket"}
+    )  # fmt: skip
+    _ANONYMOUS_WRITES = frozenset(
+        {"PutObject", "AppendObject", "DeleteObject", "CopyObject", "PutSymlink", "UploadPart",
+         "UploadPartCopy", "InitiateMultipartUpload", "CompleteMultipartUpload",
+         "AbortMultipartUpload", "DeleteMultipleObjects"}
+    )  # fmt: skip
+
+    def _authorize(self, call: Call) -> None:
+        signed = SignedRequest(
+            method=call.request.method,
+            bucket=call.bucket,
+            key=call.key or "",
+            params=call.params,
+            headers=call.headers,
+        )
+        call.principal = self.verifier.verify(signed)
+        if not call.principal.anonymous:
+            return
+        bucket = self.store.get_bucket(call.bucket) if call.bucket else None
+        acl = bucket.acl if bucket else "private"
+        if call.operation in self._ANONYMOUS_READS and acl in ("public-read", "public-read-write"):
+            return
+        if call.operation in self._ANONYMOUS_WRITES and acl == "public-read-write":
+            return
+        raise OssServerError(403, "AccessDenied", "You have no right to access this object "
+                             "because of bucket acl.")  # fmt: skip
+
+    # --- dispatch --------------------------------------------------------------------------
+
+    async def _dispatch(self, call: Call) -> Response:
+        handler: Operation = getattr(self, "op_" + call.operation)
+        if call.bucket is not None and call.operation not in ("PutBucket",):
+            self._bucket(call.require_bucket())
+        return await handler(call)
+
+    def _bucket(self, name: str) -> BucketRecord:
+        record = self.store.get_bucket(name)
+        if record is None:
+            raise no_such_bucket(name)
+        return record
+
+    def _object(self, bucket: str, key: str) -> ObjectRecord:
+        record = self.store.get_object(bucket, key)
+        if record is None:
+            raise no_such_key(key)
+        return record
+
+    def _resolve_symlink(self, record: ObjectRecord) -> ObjectRecord:
+        """The object a symlink points at (following chains up to 8 deep)."""
+        seen = 0
+        while record.object_type == "Symlink" and record.symlink_target is not None:
+            seen += 1
+            target = self.store.get_object(record.bucket, record.symlink_target)
+            if target is None or seen > 8:
+                raise OssServerError(404, "SymlinkTargetNotExist", "The symlink target object "
+                                     "does not exist.", extra={"Key": record.key})  # fmt: skip
+            record = target
+        return record
+
+    # --- buckets ----------------------------------------------------------------------------
+
+    async def op_ListBuckets(self, call: Call) -> Response:
+        prefix = call.param("prefix")
+        marker = call.param("marker")
+        max_keys = _int_param(call, "max-keys", 100, 1, 1000)
+        buckets = self.store.list_buckets(prefix, marker, max_keys + 1)
+        truncated = len(buckets) > max_keys
+        buckets = buckets[:max_keys]
+        items = [self._bucket_xml(bucket) for bucket in buckets]
+        body = node(
+            "ListAllMyBucketsResult",
+            leaf("Prefix", prefix),
+            leaf("Marker", marker),
+            leaf("MaxKeys", max_keys),
+            leaf("IsTruncated", truncated),
+            leaf("NextMarker", buckets[-1].name if truncated else ""),
+            node("Owner", leaf("ID", OWNER_ID), leaf("DisplayName", OWNER_ID)),
+            node("Buckets", *items),
+        )
+        return _xml_response(body)
+
+    def _bucket_xml(self, bucket: BucketRecord) -> str:
+        return node(
+            "Bucket",
+            leaf("CreationDate", xmlio.iso8601(bucket.created)),
+            leaf("ExtranetEndpoint", self.endpoint_host),
+            leaf("IntranetEndpoint", self.endpoint_host),
+            leaf("Location", f"oss-{self.region}"),
+            leaf("Name", bucket.name),
+            leaf("Region", self.region),
+            leaf("StorageClass", bucket.storage_class),
+        )
+
+    async def op_PutBucket(self, call: Call) -> Response:
+        name = call.require_bucket()
+        if not _BUCKET_NAME.match(name):
+            raise OssServerError(400, "InvalidBucketName", "The specified bucket is not valid.",
+                                 extra={"BucketName": name})  # fmt: skip
+        acl = call.headers.get("x-oss-acl", "private")
+        if acl not in BUCKET_ACLS:
+            raise invalid_argument("no such bucket access control exists", "x-oss-acl", acl)
+        storage_class = "Standard"
+        body = await call.request.body.read_all(MAX_XML_BODY)
+        if body.strip():
+            root = xmlio.parse_body(body, "CreateBucketConfiguration")
+            storage_class = xmlio.child_text(root, "StorageClass") or "Standard"
+            if storage_class not in STORAGE_CLASSES:
+                raise invalid_argument("invalid storage class", "StorageClass", storage_class)
+        existing = self.store.get_bucket(name)
+        if existing is None:
+            self.store.create_bucket(name, acl, storage_class)
+        elif "x-oss-acl" in call.headers:
+            self.store.set_bucket_acl(name, acl)
+        return Response(200, [("Location", f"/{name}")])
+
+    async def op_DeleteBucket(self, call: Call) -> Response:
+        name = call.require_bucket()
+        if not self.store.bucket_is_empty(name):
+            raise OssServerError(409, "BucketNotEmpty", "The bucket you tried to delete is not "
+                                 "empty.", extra={"BucketName": name})  # fmt: skip
+        self.store.delete_bucket(name)
+        return Response(204)
+
+    async def op_HeadBucket(self, call: Call) -> Response:
+        return Response(200)
+
+    async def op_GetBucketAcl(self, call: Call) -> Response:
+        bucket = self._bucket(call.require_bucket())
+        return _xml_response(_acl_xml(bucket.acl))
+
+    async def op_PutBucketAcl(self, call: Call) -> Response:
+        acl = call.headers.get("x-oss-acl", "")
+        if acl not in BUCKET_ACLS:
+            raise invalid_argument("no such bucket access control exists", "x-oss-acl", acl)
+        self.store.set_bucket_acl(call.require_bucket(), acl)
+        return Response(200)
+
+    async def op_GetBucketInfo(self, call: Call) -> Response:
+        bucket = self._bucket(call.require_bucket())
+        body = node(
+            "BucketInfo",
+            node(
+                "Bucket",
+                leaf("AccessMonitor", "Disabled"),
+                leaf("CreationDate", xmlio.iso8601(bucket.created)),
+                leaf("CrossRegionReplication", "Disabled"),
+                leaf("DataRedundancyType", "LRS"),
+                leaf("ExtranetEndpoint", self.endpoint_host),
+                leaf("IntranetEndpoint", self.endpoint_host),
+                leaf("Location", f"oss-{self.region}"),
+                leaf("Name", bucket.name),
+                leaf("Region", self.region),
+                leaf("StorageClass", bucket.storage_class),
+                leaf("TransferAcceleration", "Disabled"),
+                leaf("Versioning", ""),
+                node("Owner", leaf("DisplayName", OWNER_ID), leaf("ID", OWNER_ID)),
+                node("AccessControlList", leaf("Grant", bucket.acl)),
+                leaf("Comment", ""),
+            ),
+        )
+        return _xml_response(body)
+
+    async def op_GetBucketLocation(self, call: Call) -> Response:
+        return _xml_response(leaf("LocationConstraint", f"oss-{self.region}"))
+
+    async def op_GetBucketStat(self, call: Call) -> Response:
+        count, total = self.store.bucket_usage(call.require_bucket())
+        body = node(
+            "BucketStat",
+            leaf("Storage", total),
+            leaf("ObjectCount", count),
+            leaf("MultipartUploadCount", 0),
+            leaf("LastModifiedTime", int(time.time())),
+            leaf("StandardStorage", total),
+            leaf("StandardObjectCount", count),
+        )
+        return _xml_response(body)
+
+    # --- listing -----------------------------------------------------------------------------
+
+    async def op_ListObjects(self, call: Call) -> Response:
+        return self._list_objects(call, version=1)
+
+    async def op_ListObjectsV2(self, call: Call) -> Response:
+        return self._list_objects(call, version=2)
+
+    def _list_objects(self, call: Call, version: int) -> Response:
+        bucket = call.require_bucket()
+        prefix = call.param("prefix")
+        delimiter = call.param("delimiter")
+        max_keys = _int_param(call, "max-keys", 100, 0, 1000)
+        encoding = call.param("encoding-type")
+        if encoding not in ("", "url"):
+            raise invalid_argument("encoding-type must be url", "encoding-type", encoding)
+        encode = _url_encoder(encoding == "url")
+        token = call.params.get("continuation-token")
+        if version == 1:
+            after = call.param("marker")
+        elif token is not None:
+            after = _decode_token(token)
+        else:
+            after = call.param("start-after")
+        if max_keys == 0:
+            entries: list[ListEntry] = []
+            truncated = False
+        else:
+            entries, truncated = self.store.list_objects(bucket, prefix, delimiter, after, max_keys)
+        fetch_owner = version == 1 or call.param("fetch-owner") == "true"
+        contents: list[str] = []
+        prefixes: list[str] = []
+        for entry in entries:
+            if entry.record is None:
+                prefixes.append(node("CommonPrefixes", leaf("Prefix", encode(entry.name))))
+            else:
+                contents.append(_contents_xml(entry.record, encode, fetch_owner))
+        fields = [leaf("Name", bucket), leaf("Prefix", encode(prefix))]
+        if version == 1:
+            fields.append(leaf("Marker", encode(after)))
+        else:
+            if token is not None:
+                fields.append(leaf("ContinuationToken", token))
+            if "start-after" in call.params:
+                fields.append(leaf("StartAfter", encode(call.param("start-after"))))
+        fields.append(leaf("MaxKeys", max_keys))
+        fields.append(leaf("Delimiter", encode(delimiter)))
+        if encoding:
+            fields.append(leaf("EncodingType", "url"))
+        fields.append(leaf("IsTruncated", truncated))
+        if truncated:
+            last = entries[-1].name
+            if version == 1:
+                fields.append(leaf("NextMarker", encode(last)))
+            else:
+                fields.append(leaf("NextContinuationToken", _encode_token(last)))
+        if version == 2:
+            fields.append(leaf("KeyCount", len(entries)))
+        body = node("ListBucketResult", *fields, *contents, *prefixes)
+        return _xml_response(body)
+
+    # --- objects: read -------------------------------------------------------------------------
+
+    async def op_GetObject(self, call: Call) -> Response:
+        return self._read_object(call, head=False)
+
+    async def op_HeadObject(self, call: Call) -> Response:
+        return self._read_object(call, head=True)
+
+    async def op_GetObjectMeta(self, call: Call) -> Response:
+        link = self._object(call.require_bucket(), call.require_key())
+        record = self._resolve_symlink(link)
+        headers = [
+            ("ETag", record.etag),
+            ("Last-Modified", http_date(max(record.mtime, link.mtime))),
+            ("x-oss-last-access-time", http_date(record.mtime)),
+            ("x-oss-hash-crc64ecma", str(record.crc64)),
+        ]
+        return Response(200, headers, declared_length=record.size)
+
+    def _read_object(self, call: Call, head: bool) -> Response:
+        link = self._object(call.require_bucket(), call.require_key())
+        record = self._resolve_symlink(link)
+        check_conditions(call.headers, record, read=True)
+        standard = call.headers.get("x-oss-range-behavior", "").lower() == "standard"
+        byte_range = None
+        if "range" in call.headers:
+            byte_range = parse_range(call.headers["range"], record.size, standard)
+        headers = _object_headers(link, record)
+        for param, header in RESPONSE_OVERRIDES.items():
+            if param in call.params and not call.principal.anonymous:
+                _set_header(headers, header, call.param(param))
+        if byte_range is None:
+            status, offset, length = 200, 0, record.size
+        else:
+            first, last = byte_range
+            status, offset, length = 206, first, last - first + 1
+            headers.append(("Content-Range", f"bytes {first}-{last}/{record.size}"))
+        if head:
+            return Response(status, headers, declared_length=length)
+        # Lookup and open happen with no checkpoint in between (see store.py).
+        fd = self.store.open_object(record)
+        return Response(status, headers, file=FileBody(fd, offset, length))
+
+    # --- objects: write ------------------------------------------------------------------------
+
+    async def receive_blob(self, body: Body, limit: int, writer: BlobWriter | None = None) -> Blob:
+        """Receive a request body into a fsynced temp file, hashing it on the way."""
+        if body.declared_length is None and not body.chunked:
+            raise OssServerError(411, "MissingContentLength", "You must provide the "
+                                 "Content-Length HTTP header.")  # fmt: skip
+        if body.declared_length is not None and body.declared_length > limit:
+            raise OssServerError(400, "EntityTooLarge", "Your proposed upload exceeds the "
+                                 "maximum allowed size.")  # fmt: skip
+        writer = writer or self.store.new_writer()
+        try:
+            if body.declared_length is not None and body.declared_length <= SMALL_BODY:
+                writer.write(await body.read_all(limit))
+            else:
+                await self._pump(body, writer, limit)
+            return await trio.to_thread.run_sync(writer.finish)
+        except BaseException:
+            writer.discard()
+            raise
+
+    async def _pump(self, body: Body, writer: BlobWriter, limit: int) -> None:
+        """Socket -> worker thread (MD5, CRC-64, write) in 1 MiB chunks, overlapped."""
+        send_channel, receive_channel = trio.open_memory_channel[bytes](1)
+
+        async def consume() -> None:
+            async with receive_channel:
+                async for chunk in receive_channel:
+                    await trio.to_thread.run_sync(writer.write, chunk)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume)
+                async with send_channel:
+                    pending: list[bytes] = []
+                    pending_size = 0
+                    total = 0
+                    while data := await body.receive_some(RECEIVE_SIZE):
+                        total += len(data)
+                        if total > limit:
+                            raise OssServerError(400, "EntityTooLarge", "Your proposed upload "
+                                                 "exceeds the maximum allowed size.")  # fmt: skip
+                        pending.append(data)
+                        pending_size += len(data)
+                        if pending_size >= RECEIVE_SIZE:
+                            await send_channel.send(
+                                pending[0] if len(pending) == 1 else b"".join(pending)
+                            )
+                            pending, pending_size = [], 0
+                    if pending:
+                        await send_channel.send(b"".join(pending))
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+
+    def _check_md5(self, call: Call, blob: Blob) -> None:
+        content_md5 = call.headers.get("content-md5")
+        if content_md5 is None:
+            return
+        try:
+            expected = base64.b64decode(content_md5, validate=True)
+        except binascii.Error:
+            expected = b""
+        if expected != blob.md5:
+            raise OssServerError(400, "InvalidDigest", "The Content-MD5 you specified was "
+                                 "invalid.", extra={"Content-MD5": content_md5})  # fmt: skip
+
+    def _check_forbid_overwrite(self, call: Call, bucket: str, key: str) -> None:
+        if call.headers.get("x-oss-forbid-overwrite", "").lower() != "true":
+            return
+        if self.store.get_object(bucket, key) is not None:
+            raise OssServerError(409, "FileAlreadyExists", "The object you specified already "
+                                 "exists and can not be overwritten.")  # fmt: skip
+
+    async def op_PutObject(self, call: Call) -> Response:
+        bucket, key = call.require_bucket(), call.require_key()
+        headers, metadata = _object_attributes(call.headers, key)
+        acl, storage_class = _object_acl_and_class(call.headers)
+        self._check_forbid_overwrite(call, bucket, key)
+        blob = await self.receive_blob(call.request.body, MAX_OBJECT_SIZE)
+        try:
+            self._check_md5(call, blob)
+            data_file = await trio.to_thread.run_sync(
+                self.store.install_object_file, blob.temp_path
+            )
+        except BaseException:
+            blob.temp_path.unlink(missing_ok=True)
+            raise
+        record = ObjectRecord(
+            bucket=bucket, key=key, data_file=data_file, size=blob.size, etag=md5_etag(blob.md5),
+            crc64=blob.crc64, mtime=time.time(), object_type="Normal", headers=headers,
+            metadata=metadata, acl=acl, storage_class=storage_class,
+        )  # fmt: skip
+        self._commit_new(call, record)
+        return Response(200, _write_headers(record, blob.md5))
+
+    def _commit_new(self, call: Call, record: ObjectRecord) -> None:
+        """Commit, re-checking x-oss-forbid-overwrite now that the body is in."""
+        try:
+            self._check_forbid_overwrite(call, record.bucket, record.key)
+        except OssServerError:
+            if record.data_file is not None:
+                self.store.object_path(record.data_file).unlink(missing_ok=True)
+            raise
+        self.store.commit_object(record)
+
+    async def op_DeleteObject(self, call: Call) -> Response:
+        self.store.delete_object(call.require_bucket(), call.require_key())
+        return Response(204)
+
+    async def op_DeleteMultipleObjects(self, call: Call) -> Response:
+        bucket = call.require_bucket()
+        body = await call.request.body.read_all(MAX_XML_BODY)
+        content_md5 = call.headers.get("content-md5")
+        if content_md5 is not None:
+            if base64.b64encode(hashlib.md5(body).digest()).decode() != content_md5:
+                raise OssServerError(400, "InvalidDigest", "The Content-MD5 you specified was "
+                                     "invalid.")  # fmt: skip
+        root = xmlio.parse_body(body, "Delete")
+        quiet = (xmlio.child_text(root, "Quiet") or "false").strip().lower() == "true"
+        keys = [xmlio.child_text(item, "Key") for item in root.findall("Object")]
+        if len(keys) > 1000:
+            raise malformed_xml("At most 1000 objects can be deleted in one request.")
+        if not keys or any(not key for key in keys):
+            raise malformed_xml("Every Object needs a non-empty Key.")
+        encode = _url_encoder(call.param("encoding-type") == "url")
+        deleted: list[str] = []
+        for key in keys:
+            assert key is not None
+            self.store.delete_object(bucket, key)
+            if not quiet:
+                deleted.append(node("Deleted", leaf("Key", encode(key))))
+        fields = [leaf("EncodingType", "url")] if call.param("encoding-type") == "url" else []
+        return _xml_response(node("DeleteResult", *fields, *deleted))
+
+    async def op_CopyObject(self, call: Call) -> Response:
+        bucket, key = call.require_bucket(), call.require_key()
+        source = self._copy_source(call)
+        directive = call.headers.get("x-oss-metadata-directive", "COPY").upper()
+        if directive not in ("COPY", "REPLACE"):
+            raise invalid_argument("x-oss-metadata-directive must be COPY or REPLACE",
+                                   "x-oss-metadata-directive", directive)  # fmt: skip
+        if directive == "REPLACE":
+            headers, metadata = _object_attributes(call.headers, key)
+        else:
+            headers, metadata = dict(source.headers), dict(source.metadata)
+        acl, storage_class = _object_acl_and_class(call.headers)
+        self._check_forbid_overwrite(call, bucket, key)
+        temp_path = await trio.to_thread.run_sync(self.store.copy_object_file, source)
+        try:
+            data_file = await trio.to_thread.run_sync(self.store.install_object_file, temp_path)
+        except BaseException:
+            temp_path.unlink(missing_ok=True)
+            raise
+        record = ObjectRecord(
+            bucket=bucket, key=key, data_file=data_file, size=source.size, etag=source.etag,
+            crc64=source.crc64, mtime=time.time(),
+            object_type="Multipart" if source.object_type == "Multipart" else "Normal",
+            headers=headers, metadata=metadata, acl=acl, storage_class=storage_class,
+        )  # fmt: skip
+        self._commit_new(call, record)
+        body = node(
+            "CopyObjectResult",
+            leaf("ETag", record.etag),
+            leaf("LastModified", xmlio.iso8601(record.mtime)),
+        )
+        response = _xml_response(body)
+        response.headers.append(("x-oss-hash-crc64ecma", str(record.crc64)))
+        return response
+
+    def _copy_source(self, call: Call) -> ObjectRecord:
+        """The (symlink-resolved) object named by x-oss-copy-source, its conditions checked."""
+        raw = call.headers["x-oss-copy-source"]
+        path, _, query = raw.partition("?")
+        if query:
+            raise OssServerError(501, "NotImplemented", "Versioned copy sources are not "
+                                 "supported.")  # fmt: skip
+        try:
+            decoded = unquote(path, errors="strict")
+        except UnicodeDecodeError:
+            raise invalid_argument("x-oss-copy-source is not UTF-8") from None
+        source_bucket, _, source_key = decoded.lstrip("/").partition("/")
+        if not source_bucket or not source_key:
+            raise invalid_argument("Copy Source must mention the source bucket and key: "
+                                   "/sourcebucket/sourcekey.", "x-oss-copy-source", raw)  # fmt: skip
+        self._bucket(source_bucket)
+        if call.principal.anonymous and source_bucket != call.bucket:
+            bucket = self._bucket(source_bucket)
+            if bucket.acl == "private":
+                raise OssServerError(403, "AccessDenied", "You have no right to read the copy "
+                                     "source.")  # fmt: skip
+        record = self._resolve_symlink(self._object(source_bucket, source_key))
+        check_conditions(call.headers, record, read=True, prefix="x-oss-copy-source-")
+        return record
+
+    async def op_AppendObject(self, call: Call) -> Response:
+        bucket, key = call.require_bucket(), call.require_key()
+        position_text = call.param("position")
+        if not position_text.isdigit():
+            raise invalid_argument("position must be a non-negative integer", "position",
+                                   position_text)  # fmt: skip
+        position = int(position_text)
+        lock = self._append_locks.setdefault((bucket, key), trio.Lock())
+        try:
+            async with lock:
+                return await self._append(call, bucket, key, position)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._append_locks.pop((bucket, key), None)
+
+    async def _append(self, call: Call, bucket: str, key: str, position: int) -> Response:
+        current = self.store.get_object(bucket, key)
+        if current is not None and current.object_type != "Appendable":
+            raise OssServerError(409, "ObjectNotAppendable", "The object is not appendable")
+        expected = current.size if current is not None else 0
+        if position != expected:
+            raise OssServerError(409, "PositionNotEqualToLength", "Position is not equal to "
+                                 "file length", headers={"x-oss-next-append-position":
+                                 str(expected)})  # fmt: skip
+        if current is None:
+            headers, metadata = _object_attributes(call.headers, key)
+            acl, storage_class = _object_acl_and_class(call.headers)
+            data_file = self.store.new_append_file()
+            previous_crc, previous_etag = 0, ""
+        else:
+            headers, metadata = current.headers, current.metadata
+            acl, storage_class = current.acl, current.storage_class
+            assert current.data_file is not None
+            data_file = current.data_file
+            previous_crc, previous_etag = current.crc64, current.etag
+        writer = BlobWriter.for_append(self.store.object_path(data_file), position)
+        try:
+            blob = await self.receive_blob(call.request.body, MAX_OBJECT_SIZE - position, writer)
+        except BaseException:
+            if current is None:
+                self.store.object_path(data_file).unlink(missing_ok=True)
+            raise
+        self._check_md5(call, blob)
+        # Another writer (PUT, DELETE) may have replaced the object while the body came in.
+        latest = self.store.get_object(bucket, key)
+        if (latest is None) != (current is None) or (
+            latest is not None and current is not None
+            and (latest.data_file, latest.size) != (current.data_file, current.size)
+        ):  # fmt: skip
+            if current is None:
+                self.store.object_path(data_file).unlink(missing_ok=True)
+            raise OssServerError(409, "PositionNotEqualToLength", "The object changed during "
+                                 "the append")  # fmt: skip
+        chained = hashlib.md5(previous_etag.encode() + blob.md5).hexdigest().upper()
+        record = ObjectRecord(
+            bucket=bucket, key=key, data_file=data_file, size=position + blob.size,
+            etag=f'"{chained}"', crc64=crc64_combine(previous_crc, blob.crc64, blob.size),
+            mtime=time.time(), object_type="Appendable", headers=headers, metadata=metadata,
+            acl=acl, storage_class=storage_class,
+        )  # fmt: skip
+        self.store.commit_object(record)
+        response_headers = _write_headers(record, None)
+        response_headers.append(("x-oss-next-append-position", str(record.size)))
+        return Response(200, response_headers)
+
+    async def op_PutSymlink(self, call: Call) -> Response:
+        bucket, key = call.require_bucket(), call.require_key()
+        raw_target = call.headers.get("x-oss-symlink-target")
+        if not raw_target:
+            raise invalid_argument("x-oss-symlink-target is required", "x-oss-symlink-target")
+        target = unquote(raw_target)
+        if len(target.encode("utf-8", errors="surrogateescape")) > MAX_KEY_BYTES:
+            raise OssServerError(400, "InvalidObjectName", "The symlink target is too long.")
+        headers, metadata = _object_attributes(call.headers, key)
+        acl, storage_class = _object_acl_and_class(call.headers)
+        etag = md5_etag(hashlib.md5(target.encode("utf-8", errors="surrogateescape")).digest())
+        record = ObjectRecord(
+            bucket=bucket, key=key, data_file=None, size=0, etag=etag, crc64=0,
+            mtime=time.time(), object_type="Symlink", headers=headers, metadata=metadata,
+            symlink_target=target, acl=acl, storage_class=storage_class,
+        )  # fmt: skip
+        self._commit_new(call, record)
+        return Response(200, [("ETag", etag)])
+
+    async def op_GetSymlink(self, call: Call) -> Response:
+        record = self._object(call.require_bucket(), call.require_key())
+        if record.object_type != "Symlink" or record.symlink_target is None:
+            raise OssServerError(400, "NotSymlink", "The specified object is not a symlink.")
+        headers = [
+            ("x-oss-symlink-target", quote(record.symlink_target, safe="")),
+            ("ETag", record.etag),
+            ("Last-Modified", http_date(record.mtime)),
+        ]
+        headers.extend((f"x-oss-meta-{name}", value) for name, value in record.metadata.items())
+        return Response(200, headers)
+
+    async def op_GetObjectAcl(self, call: Call) -> Response:
+        record = self._object(call.require_bucket(), call.require_key())
+        return _xml_response(_acl_xml(record.acl))
+
+    async def op_PutObjectAcl(self, call: Call) -> Response:
+        record = self._object(call.require_bucket(), call.require_key())
+        acl = call.headers.get("x-oss-object-acl", "")
+        if acl not in OBJECT_ACLS:
+            raise invalid_argument("no such object access control exists",
+                                   "x-oss-object-acl", acl)  # fmt: skip
+        self.store.commit_object(_replace(record, acl=acl))
+        return Response(200)
+
+    # --- multipart ----------------------------------------------------------------------------
+
+    def _upload(self, call: Call) -> UploadRecord:
+        upload_id = call.param("uploadId")
+        upload = self.store.get_upload(upload_id)
+        if upload is None or upload.bucket != call.bucket or upload.key != call.key:
+            raise OssServerError(404, "NoSuchUpload", "The specified upload does not exist. "
+                                 "The upload ID may be invalid, or the upload may have been "
+                                 "aborted or completed.", extra={"UploadId": upload_id})  # fmt: skip
+        return upload
+
+    async def op_InitiateMultipartUpload(self, call: Call) -> Response:
+        bucket, key = call.require_bucket(), call.require_key()
+        headers, metadata = _object_attributes(call.headers, key)
+        acl, storage_class = _object_acl_and_class(call.headers)
+        self._check_forbid_overwrite(call, bucket, key)
+        headers["x-oss-object-acl"] = acl
+        headers["x-oss-storage-class"] = storage_class
+        if call.headers.get("x-oss-forbid-overwrite", "").lower() == "true":
+            headers["x-oss-forbid-overwrite"] = "true"
+        upload = self.store.create_upload(bucket, key, headers, metadata)
+        encode = _url_encoder(call.param("encoding-type") == "url")
+        fields = [leaf("EncodingType", "url")] if call.param("encoding-type") == "url" else []
+        body = node(
+            "InitiateMultipartUploadResult",
+            *fields,
+            leaf("Bucket", bucket),
+            leaf("Key", encode(key)),
+            leaf("UploadId", upload.upload_id),
+        )
+        return _xml_response(body)
+
+    def _part_number(self, call: Call) -> int:
+        text = call.param("partNumber")
+        if not text.isdigit() or not 1 <= int(text) <= MAX_PART_NUMBER:
+            raise invalid_argument("Part number must be an integer between 1 and 10000, "
+                                   "inclusive.", "partNumber", text)  # fmt: skip
+        return int(text)
+
+    async def op_UploadPart(self, call: Call) -> Response:
+        upload = self._upload(call)
+        part_number = self._part_number(call)
+        blob = await self.receive_blob(call.request.body, MAX_PART_SIZE)
+        return await self._commit_part(call, upload, part_number, blob)
+
+    async def _commit_part(
+        self, call: Call, upload: UploadRecord, part_number: int, blob: Blob
+    ) -> Response:
+        try:
+            self._check_md5(call, blob)
+            data_file = await trio.to_thread.run_sync(self.store.install_part_file, blob.temp_path)
+        except BaseException:
+            blob.temp_path.unlink(missing_ok=True)
+            raise
+        if self.store.get_upload(upload.upload_id) is None:  # aborted while receiving
+            self.store.part_path(data_file).unlink(missing_ok=True)
+            raise OssServerError(404, "NoSuchUpload", "The specified upload does not exist.",
+                                 extra={"UploadId": upload.upload_id})  # fmt: skip
+        part = PartRecord(
+            upload.upload_id, part_number, data_file, blob.size, md5_etag(blob.md5), blob.crc64,
+            time.time(),
+        )  # fmt: skip
+        self.store.commit_part(part)
+        return Response(
+            200,
+            [
+                ("ETag", part.etag),
+                ("Content-MD5", base64.b64encode(blob.md5).decode()),
+                ("x-oss-hash-crc64ecma", str(part.crc64)),
+            ],
+        )
+
+    async def op_UploadPartCopy(self, call: Call) -> Response:
+        upload = self._upload(call)
+        part_number = self._part_number(call)
+        source = self._copy_source(call)
+        first, last = 0, source.size - 1
+        copy_range = call.headers.get("x-oss-copy-source-range")
+        if copy_range:
+            match = re.fullmatch(r"\s*bytes\s*=\s*(\d+)-(\d*)\s*", copy_range)
+            if match is None:
+                raise invalid_argument("x-oss-copy-source-range is malformed",
+                                       "x-oss-copy-source-range", copy_range)  # fmt: skip
+            first = int(match.group(1))
+            last = int(match.group(2)) if match.group(2) else source.size - 1
+            if first > last or last >= source.size:
+                raise _invalid_range(source.size)
+        length = last - first + 1
+        if length > MAX_PART_SIZE:
+            raise OssServerError(400, "EntityTooLarge", "The part is too large.")
+        writer = self.store.new_writer()
+        fd = self.store.open_object(source)
+        try:
+            await trio.to_thread.run_sync(copy_range_to_writer, fd, first, length, writer)
+            blob = await trio.to_thread.run_sync(writer.finish)
+        except BaseException:
+            writer.discard()
+            raise
+        finally:
+            os.close(fd)
+        response = await self._commit_part(call, upload, part_number, blob)
+        etag = dict(response.headers)["ETag"]
+        body = node(
+            "CopyPartResult", leaf("LastModified", xmlio.iso8601(time.time())), leaf("ETag", etag)
+        )
+        copy_response = _xml_response(body)
+        copy_response.headers.extend(
+            (name, value) for name, value in response.headers if name != "Content-MD5"
+        )
+        return copy_response
+
+    async def op_CompleteMultipartUpload(self, call: Call) -> Response:
+        upload = self._upload(call)
+        bucket, key = upload.bucket, upload.key
+        all_parts = self.store.all_parts(upload.upload_id)
+        body = await call.request.body.read_all(MAX_XML_BODY)
+        if call.headers.get("x-oss-complete-all", "").lower() == "yes":
+            if body.strip():
+                raise invalid_argument("With x-oss-complete-all the body must be empty.")
+            chosen = [all_parts[number] for number in sorted(all_parts)]
+            if not chosen:
+                raise invalid_argument("The upload has no parts.")
+        else:
+            chosen = self._chosen_parts(body, all_parts)
+        for part in chosen[:-1]:
+            if part.size < MIN_PART_SIZE:
+                raise OssServerError(400, "EntityTooSmall", "Your proposed upload is smaller "
+                                     "than the minimum allowed size.",
+                                     extra={"PartNumber": str(part.part_number)})  # fmt: skip
+        if upload.headers.get("x-oss-forbid-overwrite") == "true":
+            self._check_forbid_overwrite(call, bucket, key)
+        temp_path = await trio.to_thread.run_sync(self.store.concatenate_parts, chosen)
+        try:
+            data_file = await trio.to_thread.run_sync(self.store.install_object_file, temp_path)
+        except BaseException:
+            temp_path.unlink(missing_ok=True)
+            raise
+        if self.store.get_upload(upload.upload_id) is None:  # completed or aborted meanwhile
+            self.store.object_path(data_file).unlink(missing_ok=True)
+            raise OssServerError(404, "NoSuchUpload", "The specified upload does not exist.",
+                                 extra={"UploadId": upload.upload_id})  # fmt: skip
+        crc = 0
+        md5s = b""
+        size = 0
+        for part in chosen:
+            crc = crc64_combine(crc, part.crc64, part.size)
+            md5s += bytes.fromhex(part.etag.strip('"'))
+            size += part.size
+        etag = f'"{hashlib.md5(md5s).hexdigest().upper()}-{len(chosen)}"'
+        headers = dict(upload.headers)
+        acl = headers.pop("x-oss-object-acl", "default")
+        storage_class = headers.pop("x-oss-storage-class", "Standard")
+        headers.pop("x-oss-forbid-overwrite", None)
+        record = ObjectRecord(
+            bucket=bucket, key=key, data_file=data_file, size=size, etag=etag, crc64=crc,
+            mtime=time.time(), object_type="Multipart", headers=headers,
+            metadata=dict(upload.metadata), acl=acl, storage_class=storage_class,
+        )  # fmt: skip
+        if upload.headers.get("x-oss-forbid-overwrite") == "true":
+            self._commit_new(call, record)
+        else:
+            self.store.commit_object(record)
+        self.store.delete_upload(upload.upload_id)
+        encoding = call.param("encoding-type") == "url"
+        encode = _url_encoder(encoding)
+        fields = [leaf("EncodingType", "url")] if encoding else []
+        result = node(
+            "CompleteMultipartUploadResult",
+            *fields,
+            leaf("Location", f"http://{self.endpoint_host}/{bucket}/{quote(key)}"),
+            leaf("Bucket", bucket),
+            leaf("Key", encode(key)),
+            leaf("ETag", etag),
+        )
+        response = _xml_response(result)
+        response.headers.append(("ETag", etag))
+        response.headers.append(("x-oss-hash-crc64ecma", str(crc)))
+        return response
+
+    @staticmethod
+    def _chosen_parts(body: bytes, all_parts: dict[int, PartRecord]) -> list[PartRecord]:
+        root = xmlio.parse_body(body, "CompleteMultipartUpload")
+        chosen: list[PartRecord] = []
+        previous = 0
+        for item in root.findall("Part"):
+            number_text = (xmlio.child_text(item, "PartNumber") or "").strip()
+            etag = (xmlio.child_text(item, "ETag") or "").strip()
+            if not number_text.isdigit():
+                raise malformed_xml("PartNumber must be a positive integer.")
+            number = int(number_text)
+            if number <= previous:
+                raise OssServerError(400, "InvalidPartOrder", "The list of parts was not in "
+                                     "ascending order. The parts list must be specified in "
+                                     "order by part number.")  # fmt: skip
+            previous = number
+            part = all_parts.get(number)
+            if part is None or part.etag.strip('"').upper() != etag.strip('"').upper():
+                raise OssServerError(400, "InvalidPart", "One or more of the specified parts "
+                                     "could not be found or the specified entity tag might not "
+                                     "have matched the part's entity tag.",
+                                     extra={"PartNumber": number_text, "ETag": etag})  # fmt: skip
+            chosen.append(part)
+        if not chosen:
+            raise malformed_xml("CompleteMultipartUpload lists no parts.")
+        return chosen
+
+    async def op_AbortMultipartUpload(self, call: Call) -> Response:
+        upload = self._upload(call)
+        self.store.delete_upload(upload.upload_id)
+        return Response(204)
+
+    async def op_ListParts(self, call: Call) -> Response:
+        upload = self._upload(call)
+        marker = _int_param(call, "part-number-marker", 0, 0, MAX_PART_NUMBER)
+        max_parts = _int_param(call, "max-parts", 1000, 1, 1000)
+        parts = self.store.list_parts(upload.upload_id, marker, max_parts + 1)
+        truncated = len(parts) > max_parts
+        parts = parts[:max_parts]
+        encode = _url_encoder(call.param("encoding-type") == "url")
+        items = [
+            node(
+                "Part",
+                leaf("PartNumber", part.part_number),
+                leaf("LastModified", xmlio.iso8601(part.mtime)),
+                leaf("ETag", part.etag),
+                leaf("HashCrc64ecma", part.crc64),
+                leaf("Size", part.size),
+            )
+            for part in parts
+        ]
+        fields = [leaf("EncodingType", "url")] if call.param("encoding-type") == "url" else []
+        body = node(
+            "ListPartsResult",
+            *fields,
+            leaf("Bucket", upload.bucket),
+            leaf("Key", encode(upload.key)),
+            leaf("UploadId", upload.upload_id),
+            leaf("StorageClass", upload.headers.get("x-oss-storage-class", "Standard")),
+            leaf("PartNumberMarker", marker),
+            leaf("NextPartNumberMarker", parts[-1].part_number if parts else marker),
+            leaf("MaxParts", max_parts),
+            leaf("IsTruncated", truncated),
+            *items,
+        )
+        return _xml_response(body)
+
+    async def op_ListMultipartUploads(self, call: Call) -> Response:
+        bucket = call.require_bucket()
+        prefix = call.param("prefix")
+        delimiter = call.param("delimiter")
+        key_marker = call.param("key-marker")
+        upload_id_marker = call.param("upload-id-marker") if key_marker else ""
+        max_uploads = _int_param(call, "max-uploads", 1000, 1, 1000)
+        entries, truncated = self.store.list_uploads(
+            bucket, prefix, delimiter, key_marker, upload_id_marker, max_uploads
+        )
+        encoding = call.param("encoding-type") == "url"
+        encode = _url_encoder(encoding)
+        uploads: list[str] = []
+        prefixes: list[str] = []
+        next_key, next_id = "", ""
+        for entry in entries:
+            if isinstance(entry, str):
+                prefixes.append(node("CommonPrefixes", leaf("Prefix", encode(entry))))
+                next_key, next_id = entry, ""
+            else:
+                uploads.append(
+                    node(
+                        "Upload",
+                        leaf("Key", encode(entry.key)),
+                        leaf("UploadId", entry.upload_id),
+                        leaf("StorageClass", entry.headers.get("x-oss-storage-class", "Standard")),
+                        leaf("Initiated", xmlio.iso8601(entry.initiated)),
+                    )
+                )
+                next_key, next_id = entry.key, entry.upload_id
+        if not truncated:
+            next_key, next_id = "", ""
+        fields = [leaf("EncodingType", "url")] if encoding else []
+        body = node(
+            "ListMultipartUploadsResult",
+            *fields,
+            leaf("Bucket", bucket),
+            leaf("KeyMarker", encode(key_marker)),
+            leaf("UploadIdMarker", upload_id_marker),
+            leaf("NextKeyMarker", encode(next_key)),
+            leaf("NextUploadIdMarker", next_id),
+            leaf("Delimiter", encode(delimiter)),
+            leaf("Prefix", encode(prefix)),
+            leaf("MaxUploads", max_uploads),
+            leaf("IsTruncated", truncated),
+            *uploads,
+            *prefixes,
+        )
+        return _xml_response(body)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _method_not_allowed(method: str) -> OssServerError:
+    return OssServerError(405, "MethodNotAllowed", f"The specified method ({method}) is not "
+                          "allowed against this resource.")  # fmt: skip
+
+
+def _int_param(call: Call, name: str, default: int, low: int, high: int) -> int:
+    text = call.params.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise invalid_argument(f"{name} must be an integer between {low} and {high}", name, text)
+    return int(text)
+
+
+def _url_encoder(enabled: bool) -> Callable[[str], str]:
+    if not enabled:
+        return lambda text: text
+    return lambda text: quote(text, safe="/", errors="surrogateescape")
+
+
+def _encode_token(key: str) -> str:
+    raw = key.encode("utf-8", errors="surrogateescape")
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def _decode_token(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
+    except (ValueError, UnicodeError):
+        raise invalid_argument("The continuation token is not valid.", "continuation-token",
+                               token) from None  # fmt: skip
+
+
+def _xml_response(root: str) -> Response:
+    return Response(200, [("Content-Type", "application/xml")], xmlio.document(root))
+
+
+def _acl_xml(acl: str) -> str:
+    return node(
+        "AccessControlPolicy",
+        node("Owner", leaf("ID", OWNER_ID), leaf("DisplayName", OWNER_ID)),
+        node("AccessControlList", leaf("Grant", acl)),
+    )
+
+
+def _contents_xml(record: ObjectRecord, encode: Callable[[str], str], owner: bool) -> str:
+    fields = [
+        leaf("Key", encode(record.key)),
+        leaf("LastModified", xmlio.iso8601(record.mtime)),
+        leaf("ETag", record.etag),
+        leaf("Type", record.object_type),
+        leaf("Size", record.size),
+        leaf("StorageClass", record.storage_class),
+    ]
+    if owner:
+        fields.append(node("Owner", leaf("ID", OWNER_ID), leaf("DisplayName", OWNER_ID)))
+    return node("Contents", *fields)
+
+
+def _object_attributes(headers: dict[str, str], key: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The standard headers and the user metadata of a write request (metadata checked)."""
+    standard: dict[str, str] = {}
+    for name in STANDARD_HEADERS:
+        value = headers.get(name.lower())
+        if value is not None:
+            standard[name] = value
+    standard.setdefault("Content-Type", "application/octet-stream")
+    metadata: dict[str, str] = {}
+    total = 0
+    for name, value in headers.items():
+        if not name.startswith("x-oss-meta-"):
+            continue
+        short = name[len("x-oss-meta-") :]
+        if not short or not _META_NAME.match(short):
+            raise OssServerError(400, "InvalidArgument", "User metadata names may hold only "
+                                 "letters, digits and hyphens.",
+                                 extra={"ArgumentName": name}, ec="0011-00000004")  # fmt: skip
+        metadata[short] = value
+        total += len(name) + len(value.encode("utf-8", errors="surrogateescape"))
+    if total > MAX_USER_META_BYTES:
+        raise OssServerError(400, "InvalidArgument", "The user metadata exceeds the 8 KB limit.",
+                             extra={"ArgumentName": "x-oss-meta-*"},
+                             ec="0011-00000002")  # fmt: skip
+    return standard, metadata
+
+
+def _object_acl_and_class(headers: dict[str, str]) -> tuple[str, str]:
+    acl = headers.get("x-oss-object-acl", "default")
+    if acl not in OBJECT_ACLS:
+        raise invalid_argument("no such object access control exists", "x-oss-object-acl", acl)
+    storage_class = headers.get("x-oss-storage-class", "Standard")
+    if storage_class not in STORAGE_CLASSES:
+        raise invalid_argument("invalid storage class", "x-oss-storage-class", storage_class)
+    return acl, storage_class
+
+
+def _object_headers(link: ObjectRecord, record: ObjectRecord) -> list[tuple[str, str]]:
+    headers = list(record.headers.items())
+    headers.extend(
+        [
+            ("ETag", record.etag),
+            ("Last-Modified", http_date(max(record.mtime, link.mtime))),
+            ("Accept-Ranges", "bytes"),
+            ("x-oss-object-type", link.object_type),
+            ("x-oss-storage-class", record.storage_class),
+            ("x-oss-hash-crc64ecma", str(record.crc64)),
+        ]
+    )
+    if record.object_type == "Appendable":
+        headers.append(("x-oss-next-append-position", str(record.size)))
+    headers.extend((f"x-oss-meta-{name}", value) for name, value in link.metadata.items())
+    return headers
+
+
+def _set_header(headers: list[tuple[str, str]], name: str, value: str) -> None:
+    lower = name.lower()
+    headers[:] = [(key, val) for key, val in headers if key.lower() != lower]
+    headers.append((name, value))
+
+
+def _write_headers(record: ObjectRecord, md5: bytes | None) -> list[tuple[str, str]]:
+    headers = [("ETag", record.etag), ("x-oss-hash-crc64ecma", str(record.crc64))]
+    if md5 is not None:
+        headers.append(("Content-MD5", base64.b64encode(md5).decode()))
+    return headers
+
+
+def _replace(record: ObjectRecord, *, acl: str) -> ObjectRecord:
+    return dataclasses.replace(record, acl=acl)

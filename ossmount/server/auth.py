@@ -1,0 +1,256 @@
+"""Verifying request signatures: V1 and V4, in headers and in presigned URLs, STS tokens.
+
+The server recomputes the signature with the same pure functions the client signs with
+(ossmount.oss.signer) and compares in constant time. Four ways a request can carry credentials:
+
+- ``Authorization: OSS AK:signature`` (V1, HMAC-SHA1 over Date and the canonical resource),
+- ``Authorization: OSS4-HMAC-SHA256 Credential=AK/date/region/oss/aliyun_v4_request, ...``,
+- a V1 presigned URL (``OSSAccessKeyId``, ``Expires`` as epoch seconds, ``Signature``),
+- a V4 presigned URL (``x-oss-credential``, ``x-oss-date``, ``x-oss-expires`` seconds,
+  ``x-oss-signature``).
+
+Anything else is anonymous; whether an anonymous request may proceed is the bucket ACL's call
+(app.py). Header-signed requests must be dated within 15 minutes of the server clock.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hmac
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_tz
+
+from ossmount.oss.signer import (
+    V4_ALGORITHM,
+    Credentials,
+    canonical_resource_v1,
+    parse_v4_authorization,
+    parse_v4_credential,
+    v1_signature,
+    v1_string_to_sign,
+    v4_canonical_request,
+    v4_signature,
+    v4_string_to_sign,
+)
+from ossmount.server.errors import OssServerError, invalid_argument
+
+log = logging.getLogger(__name__)
+
+MAX_CLOCK_SKEW_S = 15 * 60
+V4_MAX_EXPIRES_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """What a signature covers, as the router resolved it."""
+
+    method: str
+    bucket: str | None
+    key: str | None
+    params: Mapping[str, str | None]
+    headers: Mapping[str, str]  # lower-case names
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who sent the request: an access key id, or None for anonymous."""
+
+    access_key_id: str | None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.access_key_id is None
+
+
+ANONYMOUS = Principal(None)
+
+
+def _access_denied(message: str) -> OssServerError:
+    return OssServerError(403, "AccessDenied", message)
+
+
+def _signature_mismatch(string_to_sign: str, access_key_id: str) -> OssServerError:
+    return OssServerError(
+        403,
+        "SignatureDoesNotMatch",
+        "The request signature we calculated does not match the signature you provided. "
+        "Check your key and signing method.",
+        extra={"StringToSign": string_to_sign, "OSSAccessKeyId": access_key_id},
+    )
+
+
+class Verifier:
+    """Checks signatures against a fixed set of credentials."""
+
+    def __init__(self, credentials: list[Credentials]) -> None:
+        self._by_key = {cred.access_key_id: cred for cred in credentials}
+
+    def _lookup(self, access_key_id: str) -> Credentials:
+        credentials = self._by_key.get(access_key_id)
+        if credentials is None:
+            raise OssServerError(
+                403,
+                "InvalidAccessKeyId",
+                "The OSS Access Key Id you provided does not exist in our records.",
+                extra={"OSSAccessKeyId": access_key_id},
+            )
+        return credentials
+
+    @staticmethod
+    def _check_token(credentials: Credentials, token: str | None) -> None:
+        expected = credentials.security_token
+        if expected is None:
+            return
+        if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+            raise OssServerError(
+                403,
+                "InvalidAccessKeyId",
+                "The security token you provided is invalid.",
+                extra={"OSSAccessKeyId": credentials.access_key_id},
+            )
+
+    def verify(self, request: SignedRequest, now: float | None = None) -> Principal:
+        """The principal of a correctly signed request; raises OssServerError otherwise."""
+        now = time.time() if now is None else now
+        authorization = request.headers.get("authorization")
+        params = request.params
+        if authorization is not None:
+            if authorization.startswith("OSS "):
+                return self._verify_v1_header(request, authorization, now)
+            if authorization.startswith(V4_ALGORITHM):
+                return self._verify_v4_header(request, authorization, now)
+            raise invalid_argument("Authorization header is invalid.", "Authorization", "")
+        if "Signature" in params or "OSSAccessKeyId" in params:
+            return self._verify_v1_url(request, now)
+        if params.get("x-oss-signature-version") == V4_ALGORITHM or "x-oss-signature" in params:
+            return self._verify_v4_url(request, now)
+        return ANONYMOUS
+
+    # --- V1 ------------------------------------------------------------------------------
+
+    def _verify_v1_header(
+        self, request: SignedRequest, authorization: str, now: float
+    ) -> Principal:
+        access_key_id, sep, signature = authorization[4:].strip().rpartition(":")
+        if not sep or not access_key_id:
+            raise invalid_argument("Authorization header is invalid.", "Authorization", "")
+        credentials = self._lookup(access_key_id)
+        self._check_token(credentials, request.headers.get("x-oss-security-token"))
+        self._check_date(request.headers.get("x-oss-date") or request.headers.get("date"), now)
+        resource = canonical_resource_v1(request.bucket, request.key, request.params)
+        string_to_sign = v1_string_to_sign(request.method, request.headers, resource)
+        expected = v1_signature(credentials.access_key_secret, string_to_sign)
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            raise _signature_mismatch(string_to_sign, access_key_id)
+        return Principal(access_key_id)
+
+    def _verify_v1_url(self, request: SignedRequest, now: float) -> Principal:
+        params = request.params
+        access_key_id = params.get("OSSAccessKeyId") or ""
+        expires = params.get("Expires") or ""
+        signature = params.get("Signature") or ""
+        if not access_key_id or not signature or not expires.isdigit():
+            raise _access_denied("Presigned URL lacks OSSAccessKeyId, Expires or Signature.")
+        credentials = self._lookup(access_key_id)
+        if int(expires) < now:
+            raise _access_denied("Request has expired.")
+        self._check_token(credentials, params.get("security-token"))
+        resource = canonical_resource_v1(request.bucket, request.key, params)
+        string_to_sign = v1_string_to_sign(request.method, request.headers, resource, expires)
+        expected = v1_signature(credentials.access_key_secret, string_to_sign)
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            raise _signature_mismatch(string_to_sign, access_key_id)
+        return Principal(access_key_id)
+
+    # --- V4 ------------------------------------------------------------------------------
+
+    def _verify_v4_header(
+        self, request: SignedRequest, authorization: str, now: float
+    ) -> Principal:
+        try:
+            parsed = parse_v4_authorization(authorization)
+        except ValueError as exc:
+            raise invalid_argument(f"Authorization header is invalid: {exc}") from None
+        credentials = self._lookup(parsed.access_key_id)
+        self._check_token(credentials, request.headers.get("x-oss-security-token"))
+        timestamp = request.headers.get("x-oss-date", "")
+        epoch = _parse_v4_timestamp(timestamp)
+        if epoch is None or timestamp[:8] != parsed.date:
+            raise _access_denied("x-oss-date is missing, malformed, or not the credential date.")
+        if abs(epoch - now) > MAX_CLOCK_SKEW_S:
+            raise OssServerError(
+                403, "RequestTimeTooSkewed", "The difference between the request time and the "
+                "current time is too large."
+            )  # fmt: skip
+        canonical = v4_canonical_request(
+            request.method, request.bucket, request.key, request.params, request.headers,
+            parsed.additional_headers,
+        )  # fmt: skip
+        string_to_sign = v4_string_to_sign(canonical, timestamp, parsed.region)
+        expected = v4_signature(
+            credentials.access_key_secret, timestamp, parsed.region, string_to_sign
+        )
+        if not hmac.compare_digest(expected.encode(), parsed.signature.encode()):
+            raise _signature_mismatch(string_to_sign, parsed.access_key_id)
+        return Principal(parsed.access_key_id)
+
+    def _verify_v4_url(self, request: SignedRequest, now: float) -> Principal:
+        params = dict(request.params)
+        signature = params.pop("x-oss-signature", None) or ""
+        try:
+            access_key_id, date, region, _product = parse_v4_credential(
+                params.get("x-oss-credential") or ""
+            )
+        except ValueError:
+            raise _access_denied("Presigned URL has a malformed x-oss-credential.") from None
+        credentials = self._lookup(access_key_id)
+        timestamp = params.get("x-oss-date") or ""
+        epoch = _parse_v4_timestamp(timestamp)
+        expires = params.get("x-oss-expires") or ""
+        if epoch is None or timestamp[:8] != date or not expires.isdigit() or not signature:
+            raise _access_denied(
+                "Presigned URL lacks x-oss-date, x-oss-expires or x-oss-signature."
+            )
+        if int(expires) > V4_MAX_EXPIRES_S:
+            raise invalid_argument("x-oss-expires is too large.", "x-oss-expires", expires)
+        if epoch + int(expires) < now:
+            raise _access_denied("Request has expired.")
+        if epoch - now > MAX_CLOCK_SKEW_S:
+            raise _access_denied("Presigned URL is dated in the future.")
+        self._check_token(credentials, params.get("x-oss-security-token"))
+        additional = tuple(
+            name for name in (params.get("x-oss-additional-headers") or "").split(";") if name
+        )
+        canonical = v4_canonical_request(
+            request.method, request.bucket, request.key, params, request.headers, additional
+        )
+        string_to_sign = v4_string_to_sign(canonical, timestamp, region)
+        expected = v4_signature(credentials.access_key_secret, timestamp, region, string_to_sign)
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            raise _signature_mismatch(string_to_sign, access_key_id)
+        return Principal(access_key_id)
+
+    @staticmethod
+    def _check_date(value: str | None, now: float) -> None:
+        if not value:
+            raise _access_denied("The request has no Date header.")
+        parsed = parsedate_tz(value)
+        if parsed is None:
+            raise _access_denied("The Date header is malformed.")
+        epoch = calendar.timegm(parsed[:9]) - (parsed[9] or 0)
+        if abs(epoch - now) > MAX_CLOCK_SKEW_S:
+            raise OssServerError(
+                403, "RequestTimeTooSkewed", "The difference between the request time and the "
+                "current time is too large."
+            )  # fmt: skip
+
+
+def _parse_v4_timestamp(value: str) -> float | None:
+    try:
+        parsed = time.strptime(value, "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return None
+    return float(calendar.timegm(parsed))

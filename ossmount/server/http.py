@@ -1,0 +1,511 @@
+"""HTTP/1.1 on raw trio sockets, built for bulk transfer.
+
+The request head is parsed here (request line and header fields, with the usual size limits);
+bodies are framed here too (Content-Length or chunked transfer coding, `Expect: 100-continue`)
+so that a PUT body goes from the socket to its consumer in large reads with no per-chunk
+protocol machinery in between. Responses are a head plus either an in-memory body or a slice
+of an open file; file slices go out with `os.sendfile` (zero copy) unless a bandwidth cap or
+an injected reset needs to see the bytes.
+
+One `Connection` per accepted socket; requests on it are handled one after another
+(keep-alive). A request whose body was not read to the end closes the connection after the
+response, because the unread bytes would be taken for the next request.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import unquote
+
+import trio
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_LINE_BYTES = 8 * 1024
+RECEIVE_SIZE = 1 << 20
+SENDFILE_CHUNK = 8 << 20
+_TOKEN_CHARS = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP framing; answer `status` (if still possible) and close."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PeerGone(Exception):
+    """The peer closed or reset the connection in the middle of a message."""
+
+
+@dataclass
+class FileBody:
+    """`length` bytes of the open file `fd` from `offset`; the response owns (closes) the fd."""
+
+    fd: int
+    offset: int
+    length: int
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    file: FileBody | None = None
+    # HEAD: send the head with the Content-Length a GET would have, and no body.
+    head_only: bool = False
+    # Fault injection: reset the connection after this many body bytes.
+    reset_at: int | None = None
+    # The Content-Length to announce when no body is sent (HEAD).
+    declared_length: int | None = None
+
+    @property
+    def content_length(self) -> int:
+        if self.declared_length is not None:
+            return self.declared_length
+        return self.file.length if self.file is not None else len(self.body)
+
+    def close_file(self) -> None:
+        if self.file is not None:
+            os.close(self.file.fd)
+            self.file = None
+
+
+class Throttle:
+    """A shared bandwidth cap: every chunk books its transfer time on one timeline.
+
+    `rate_bytes_per_s` is read at each chunk, so the cap can change while transfers run.
+    """
+
+    def __init__(self, rate_bytes_per_s: Callable[[], float] = lambda: 0.0) -> None:
+        self._rate = rate_bytes_per_s
+        self._next_free = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self._rate() > 0
+
+    async def take(self, nbytes: int) -> None:
+        rate = self._rate()
+        if rate <= 0:
+            return
+        now = trio.current_time()
+        start = max(now, self._next_free)
+        self._next_free = start + nbytes / rate
+        await trio.sleep_until(self._next_free)
+
+
+class Connection:
+    """One accepted socket: buffered reads of heads, raw reads of bodies, sends."""
+
+    def __init__(self, sock: trio.socket.SocketType, throttle: Throttle) -> None:
+        self.sock = sock
+        self.throttle = throttle
+        self._buffer = bytearray()
+
+    async def _fill(self, size: int = 65536) -> bool:
+        try:
+            data = await self.sock.recv(size)
+        except OSError as exc:
+            raise PeerGone(str(exc)) from exc
+        if not data:
+            return False
+        self._buffer += data
+        return True
+
+    async def read_head(self) -> bytes | None:
+        """The bytes of the next request head (without the blank line); None at a clean EOF."""
+        searched = 0
+        while True:
+            end = self._buffer.find(b"\r\n\r\n", max(0, searched - 3))
+            if end >= 0:
+                head = bytes(self._buffer[:end])
+                del self._buffer[: end + 4]
+                return head
+            searched = len(self._buffer)
+            if searched > MAX_HEAD_BYTES:
+                raise ProtocolError("request head too large", 431)
+            if not await self._fill():
+                if self._buffer.strip():
+                    raise PeerGone("connection closed inside a request head")
+                return None
+
+    async def read_line(self) -> bytes:
+        searched = 0
+        while True:
+            end = self._buffer.find(b"\r\n", max(0, searched - 1))
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 2]
+                return line
+            searched = len(self._buffer)
+            if searched > MAX_LINE_BYTES:
+                raise ProtocolError("line too long")
+            if not await self._fill():
+                raise PeerGone("connection closed inside a chunked body")
+
+    async def receive(self, max_bytes: int) -> bytes:
+        """Up to `max_bytes` from the buffer, or else straight from the socket."""
+        if self._buffer:
+            data = bytes(self._buffer[:max_bytes])
+            del self._buffer[:max_bytes]
+        else:
+            try:
+                data = await self.sock.recv(max_bytes)
+            except OSError as exc:
+                raise PeerGone(str(exc)) from exc
+            if not data:
+                raise PeerGone("connection closed inside a request body")
+        await self.throttle.take(len(data))
+        return data
+
+    async def send_all(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                sent = await self.sock.send(view)
+                view = view[sent:]
+        except OSError as exc:
+            raise PeerGone(str(exc)) from exc
+
+    async def send_file(self, body: FileBody, limit: int | None = None) -> None:
+        """Send the file slice (at most `limit` bytes of it): sendfile, or pread+send if throttled."""
+        offset = body.offset
+        remaining = body.length if limit is None else min(limit, body.length)
+        out_fd = self.sock.fileno()
+        while remaining > 0:
+            if self.throttle.active:
+                chunk = os.pread(body.fd, min(remaining, 64 * 1024), offset)
+                if not chunk:
+                    raise PeerGone("file shrank while being sent")
+                await self.throttle.take(len(chunk))
+                await self.send_all(chunk)
+                sent = len(chunk)
+            else:
+                try:
+                    sent = os.sendfile(out_fd, body.fd, offset, min(remaining, SENDFILE_CHUNK))
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self.sock)
+                    continue
+                except OSError as exc:
+                    raise PeerGone(str(exc)) from exc
+                if sent == 0:
+                    raise PeerGone("file shrank while being sent")
+                # Let other tasks run between big chunks on a fast socket.
+                await trio.lowlevel.checkpoint()
+            offset += sent
+            remaining -= sent
+
+    def abort(self) -> None:
+        """Reset the connection (RST instead of FIN)."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class Body:
+    """A request body: `receive_some` until it returns b"" (Content-Length or chunked)."""
+
+    def __init__(
+        self, conn: Connection, content_length: int | None, chunked: bool, expect_continue: bool
+    ) -> None:
+        self._conn = conn
+        self.declared_length = content_length
+        self.chunked = chunked
+        self._remaining = content_length or 0
+        self._chunk_left = 0
+        self.received = 0
+        self.complete = not chunked and not content_length
+        self.continue_pending = expect_continue and not self.complete
+        self.reset_after: int | None = None  # fault injection: abort after this many bytes
+
+    async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
+        if self.complete:
+            return b""
+        if self.continue_pending:
+            self.continue_pending = False
+            await self._conn.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self.reset_after is not None and self.received >= self.reset_after:
+            self._conn.abort()
+            raise PeerGone("injected reset")
+        if self.reset_after is not None:
+            max_bytes = max(1, min(max_bytes, self.reset_after - self.received))
+        if not self.chunked:
+            data = await self._conn.receive(min(max_bytes, self._remaining))
+            self._remaining -= len(data)
+            self.complete = self._remaining == 0
+            self.received += len(data)
+            return data
+        if self._chunk_left == 0:
+            line = await self._conn.read_line()
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise ProtocolError("bad chunk size") from None
+            if size < 0:
+                raise ProtocolError("bad chunk size")
+            if size == 0:
+                while await self._conn.read_line():
+                    pass  # trailer fields are ignored
+                self.complete = True
+                return b""
+            self._chunk_left = size
+        data = await self._conn.receive(min(max_bytes, self._chunk_left))
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0 and await self._conn.read_line() != b"":
+            raise ProtocolError("chunk not followed by CRLF")
+        self.received += len(data)
+        return data
+
+    async def read_all(self, limit: int) -> bytes:
+        """The whole body; ProtocolError(413) if it is larger than `limit`."""
+        if self.declared_length is not None and self.declared_length > limit:
+            raise ProtocolError("request body too large", 413)
+        parts = []
+        total = 0
+        while data := await self.receive_some():
+            total += len(data)
+            if total > limit:
+                raise ProtocolError("request body too large", 413)
+            parts.append(data)
+        return b"".join(parts)
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    raw_path: str  # percent-encoded, as sent
+    path: str  # decoded (UTF-8)
+    query: list[tuple[str, str | None]]  # decoded; None for a bare name (`?uploads`)
+    headers: dict[str, str]  # lower-case names; repeated fields joined with ","
+    body: Body
+    version: str
+    peer: str
+    request_id: str = ""
+
+    def header(self, name: str, default: str = "") -> str:
+        return self.headers.get(name, default)
+
+    def param(self, name: str) -> str | None:
+        for key, value in self.query:
+            if key == name:
+                return value if value is not None else ""
+        return None
+
+    def has_param(self, name: str) -> bool:
+        return any(key == name for key, _ in self.query)
+
+
+def parse_query(raw_query: str) -> list[tuple[str, str | None]]:
+    result: list[tuple[str, str | None]] = []
+    for item in raw_query.split("&"):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        result.append(
+            (unquote(name, errors="strict"), unquote(value, errors="strict") if sep else None)
+        )
+    return result
+
+
+def parse_head(head: bytes, conn: Connection, peer: str) -> Request:
+    lines = head.split(b"\r\n")
+    request_line = lines[0]
+    parts = request_line.split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        raise ProtocolError("malformed request line")
+    method_bytes, target_bytes, version_bytes = parts
+    if not method_bytes or not set(method_bytes) <= _TOKEN_CHARS:
+        raise ProtocolError("malformed method")
+    if not target_bytes or any(byte <= 0x20 or byte >= 0x7F for byte in target_bytes):
+        raise ProtocolError("malformed request target")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or not set(name) <= _TOKEN_CHARS:
+            raise ProtocolError("malformed header field")
+        if any(byte < 0x20 and byte != 0x09 for byte in value) or b"\x7f" in value:
+            raise ProtocolError("control character in header value")
+        key = name.decode("ascii").lower()
+        text = value.strip(b" \t").decode("utf-8", errors="surrogateescape")
+        headers[key] = f"{headers[key]},{text}" if key in headers else text
+    target = target_bytes.decode("ascii")
+    raw_path, _, raw_query = target.partition("?")
+    if raw_path.startswith(("http://", "https://")):  # absolute-form
+        rest = raw_path.split("://", 1)[1]
+        raw_path = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+    if not raw_path.startswith("/"):
+        raise ProtocolError("request target is not a path")
+    try:
+        path = unquote(raw_path, errors="strict")
+        query = parse_query(raw_query)
+    except UnicodeDecodeError:
+        raise ProtocolError("request target is not UTF-8") from None
+
+    chunked = False
+    if "transfer-encoding" in headers:
+        codings = [item.strip().lower() for item in headers["transfer-encoding"].split(",")]
+        if codings != ["chunked"]:
+            raise ProtocolError("unsupported transfer coding", 501)
+        if "content-length" in headers:
+            raise ProtocolError("both Content-Length and Transfer-Encoding")
+        chunked = True
+    content_length: int | None = None
+    if "content-length" in headers:
+        values = {item.strip() for item in headers["content-length"].split(",")}
+        if len(values) != 1 or not next(iter(values)).isdigit():
+            raise ProtocolError("bad Content-Length")
+        content_length = int(next(iter(values)))
+    expect = headers.get("expect", "").lower() == "100-continue"
+    body = Body(conn, content_length, chunked, expect)
+    return Request(
+        method=method_bytes.decode("ascii"),
+        target=target,
+        raw_path=raw_path,
+        path=path,
+        query=query,
+        headers=headers,
+        body=body,
+        version=version_bytes.decode("ascii"),
+        peer=peer,
+    )
+
+
+def wants_close(request: Request) -> bool:
+    connection = request.header("connection").lower()
+    if request.version == "HTTP/1.0":
+        return "keep-alive" not in connection
+    return "close" in connection
+
+
+def encode_head(response: Response, close: bool) -> bytes:
+    try:
+        reason = HTTPStatus(response.status).phrase
+    except ValueError:
+        reason = "Unknown"
+    lines = [f"HTTP/1.1 {response.status} {reason}"]
+    lines.extend(f"{name}: {value}" for name, value in response.headers)
+    if response.status != 304:
+        lines.append(f"Content-Length: {response.content_length}")
+    if close:
+        lines.append("Connection: close")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", errors="surrogateescape")
+
+
+# What the application hands us: a request in, a response out.
+Handler = Callable[[Request], Awaitable[Response]]
+# Called when the head could not be parsed: status, message -> response.
+ErrorResponder = Callable[[int, str], Response]
+
+
+async def serve_connection(
+    sock: trio.socket.SocketType,
+    peer: str,
+    handler: Handler,
+    on_bad_request: ErrorResponder,
+    throttle: Throttle,
+    idle_timeout_s: float = 120.0,
+) -> None:
+    """Serve requests on one socket until the peer closes or a request asks to close."""
+    conn = Connection(sock, throttle)
+    try:
+        while True:
+            with trio.move_on_after(idle_timeout_s) as idle:
+                try:
+                    head = await conn.read_head()
+                except ProtocolError as exc:
+                    await _send_error_and_close(conn, on_bad_request(exc.status, str(exc)))
+                    return
+            if idle.cancelled_caught or head is None:
+                return
+            try:
+                request = parse_head(head, conn, peer)
+            except ProtocolError as exc:
+                await _send_error_and_close(conn, on_bad_request(exc.status, str(exc)))
+                return
+            try:
+                response = await handler(request)
+            except ProtocolError as exc:
+                await _send_error_and_close(conn, on_bad_request(exc.status, str(exc)))
+                return
+            try:
+                close = wants_close(request)
+                if not request.body.complete:
+                    # Small leftovers are cheaper to drain than a new connection; a body the
+                    # client holds back (100-continue) is never sent, so close instead.
+                    close = (
+                        close
+                        or request.body.continue_pending
+                        or not await _drain(request.body, 1 << 20)
+                    )
+                await conn.send_all(encode_head(response, close))
+                if not response.head_only and response.status != 304:
+                    await _send_body(conn, response, response.reset_at)
+            finally:
+                response.close_file()
+            if close:
+                return
+    except PeerGone as exc:
+        log.debug("connection from %s ended: %s", peer, exc)
+    finally:
+        _close_quietly(sock)
+
+
+async def _drain(body: Body, limit: int) -> bool:
+    if body.declared_length is not None and body.declared_length - body.received > limit:
+        return False
+    drained = 0
+    while data := await body.receive_some():
+        drained += len(data)
+        if drained > limit:
+            return False
+    return True
+
+
+async def _send_body(conn: Connection, response: Response, reset_at: int | None) -> None:
+    if response.file is not None:
+        await conn.send_file(response.file, reset_at)
+    elif response.body:
+        body = response.body if reset_at is None else response.body[:reset_at]
+        if conn.throttle.active:
+            view = memoryview(body)
+            for start in range(0, len(view), 64 * 1024):
+                chunk = view[start : start + 64 * 1024]
+                await conn.throttle.take(len(chunk))
+                await conn.send_all(chunk)
+        else:
+            await conn.send_all(body)
+    if reset_at is not None and reset_at < response.content_length:
+        conn.abort()
+        raise PeerGone("injected reset")
+
+
+async def _send_error_and_close(conn: Connection, response: Response) -> None:
+    try:
+        await conn.send_all(encode_head(response, close=True) + response.body)
+    except PeerGone:
+        pass
+
+
+def _close_quietly(sock: trio.socket.SocketType) -> None:
+    try:
+        sock.close()
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise

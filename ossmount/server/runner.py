@@ -1,0 +1,205 @@
+"""Starting and stopping the server: in the caller's trio loop, in a thread, or as a command."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from ossmount.oss.signer import Credentials
+from ossmount.server.app import App, Stats
+from ossmount.server.auth import Verifier
+from ossmount.server.faults import Faults
+from ossmount.server.http import Throttle, serve_connection
+from ossmount.server.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerConfig:
+    """Everything a server needs. An empty `credentials` list admits only anonymous requests
+    (to buckets whose ACL allows them)."""
+
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    credentials: list[Credentials] = field(default_factory=list)
+    buckets: list[str] = field(default_factory=list)
+    bucket_acl: str = "private"  # ACL of the buckets created from `buckets`
+    region: str = "cn-hangzhou"
+    # Host names under which `bucket.<name>` means virtual-host style.
+    virtual_host_bases: tuple[str, ...] = ("localhost",)
+    latency_ms: float = 0.0
+    bandwidth_bytes_per_s: float = 0.0
+    error_rate: float = 0.0
+    reset_rate: float = 0.0
+    fault_seed: int = 0
+
+
+@dataclass
+class RunningServer:
+    """A server that answers at `endpoint`; `faults` may be changed while it runs."""
+
+    endpoint: str
+    host: str
+    port: int
+    root: Path
+    faults: Faults
+    stats: Stats
+    store: Store
+
+    def virtual_host(self, bucket: str) -> str:
+        """The Host header value that addresses `bucket` virtual-host style."""
+        return f"{bucket}.localhost:{self.port}"
+
+
+def _display_host(host: str) -> str:
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]"
+    except ValueError:
+        pass
+    return host
+
+
+@asynccontextmanager
+async def open_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
+    """Serve in the current trio loop until the block exits."""
+    config.root.mkdir(parents=True, exist_ok=True)
+    store = Store(config.root)
+    try:
+        for name in config.buckets:
+            store.create_bucket(name, config.bucket_acl)
+        faults = Faults(
+            latency_ms=config.latency_ms,
+            bandwidth_bytes_per_s=config.bandwidth_bytes_per_s,
+            error_rate=config.error_rate,
+            reset_rate=config.reset_rate,
+            seed=config.fault_seed,
+        )
+        stats = Stats()
+        bases = list(config.virtual_host_bases)
+        try:
+            ipaddress.ip_address(config.host)
+        except ValueError:
+            if config.host and config.host not in bases:
+                bases.append(config.host)
+        app = App(store, Verifier(config.credentials), faults, stats, tuple(bases), config.region)
+        throttle = Throttle(lambda: faults.bandwidth_bytes_per_s)
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        listener = trio.socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        await listener.bind((config.host, config.port))
+        listener.listen(512)
+        port = listener.getsockname()[1]
+        display = f"{_display_host(config.host)}:{port}"
+        app.endpoint_host = display
+        running = RunningServer(
+            endpoint=f"http://{display}",
+            host=config.host,
+            port=port,
+            root=config.root,
+            faults=faults,
+            stats=stats,
+            store=store,
+        )
+
+        async def accept_loop(nursery: trio.Nursery) -> None:
+            with listener:
+                while True:
+                    sock, address = await listener.accept()
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    peer = f"{address[0]}:{address[1]}"
+                    nursery.start_soon(
+                        serve_connection, sock, peer, app.handle, app.bad_request, throttle
+                    )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(accept_loop, nursery)
+            log.info("serving %s from %s", running.endpoint, config.root)
+            try:
+                yield running
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+@contextmanager
+def run_server_in_thread(config: ServerConfig) -> Iterator[RunningServer]:
+    """Serve from a thread of its own (with its own trio loop), for synchronous callers."""
+    started = threading.Event()
+    state: dict[str, object] = {}
+
+    async def main() -> None:
+        stop = trio.Event()
+        state["token"] = trio.lowlevel.current_trio_token()
+        state["stop"] = stop
+        try:
+            async with open_server(config) as running:
+                state["running"] = running
+                started.set()
+                await stop.wait()
+        finally:
+            started.set()
+
+    def run() -> None:
+        try:
+            trio.run(main)
+        except BaseException as exc:
+            state["error"] = exc
+            started.set()
+
+    thread = threading.Thread(target=run, name="ossmount-server", daemon=True)
+    thread.start()
+    started.wait()
+    if "running" not in state:
+        thread.join()
+        error = state.get("error")
+        raise RuntimeError(f"server failed to start: {error!r}") from (
+            error if isinstance(error, BaseException) else None
+        )
+    running = state["running"]
+    assert isinstance(running, RunningServer)
+    try:
+        yield running
+    finally:
+        token = state["token"]
+        stop = state["stop"]
+        assert isinstance(token, trio.lowlevel.TrioToken) and isinstance(stop, trio.Event)
+        trio.from_thread.run_sync(stop.set, trio_token=token)
+        thread.join(timeout=30)
+        error = state.get("error")
+        if isinstance(error, BaseException):
+            raise error
+
+
+def serve_until_signalled(config: ServerConfig) -> int:
+    """Run the server, print its endpoint on one line once it answers, stop on SIGINT/SIGTERM."""
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_server(config) as running:
+                print(running.endpoint, flush=True)
+                async for signum in signals:
+                    log.info("stopping on signal %d", signum)
+                    break
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        print(f"ossmount server: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,645 @@
+"""Objects on disk and their index in SQLite.
+
+Layout under the root directory::
+
+    index.sqlite3        buckets, objects, multipart uploads and parts (WAL mode)
+    data/ab/<32 hex>     object data, one file per object version, named by a random id
+    parts/ab/<32 hex>    uploaded parts, named the same way
+    tmp/<32 hex>         bodies being received
+
+A key never becomes a path: files are named by random ids and the index maps keys to them, so no
+key (``../``, ``%2F``, NUL, 1023 bytes of anything) can reach outside the root.
+
+A write is atomic: the body goes to a file in tmp/, which is fsynced and renamed into data/;
+only then does the index row change (one SQLite transaction), and only after that commit is the
+previous version's file removed. A process killed at any point leaves the old object or the new
+one. Files the index does not name (a kill between rename and commit) are removed at start-up.
+
+Appendable objects are the one exception to "files never change": an append truncates the file
+to the indexed size (dropping what a killed append may have left), writes, fsyncs, and then
+commits the new size; readers never look past the indexed size.
+
+All index access happens on the trio thread (SQLite calls take microseconds); file data moves in
+worker threads. Looking up a row and opening its file happen without a checkpoint in between, so
+a concurrent overwrite cannot remove the file between the two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ossmount.oss.crc64 import crc64
+
+log = logging.getLogger(__name__)
+
+COPY_CHUNK = 8 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS buckets (
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    acl TEXT NOT NULL,
+    storage_class TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data_file TEXT,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    crc64 TEXT NOT NULL,
+    mtime REAL NOT NULL,
+    object_type TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    symlink_target TEXT,
+    acl TEXT NOT NULL,
+    storage_class TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploads (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    initiated REAL NOT NULL,
+    headers TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    PRIMARY KEY (bucket, key, upload_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS uploads_by_id ON uploads (upload_id);
+CREATE TABLE IF NOT EXISTS parts (
+    upload_id TEXT NOT NULL,
+    part_number INTEGER NOT NULL,
+    data_file TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    crc64 TEXT NOT NULL,
+    mtime REAL NOT NULL,
+    PRIMARY KEY (upload_id, part_number)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BucketRecord:
+    name: str
+    created: float
+    acl: str
+    storage_class: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRecord:
+    """One object as indexed. `headers` holds the standard headers (Content-Type ...)."""
+
+    bucket: str
+    key: str
+    data_file: str | None
+    size: int
+    etag: str  # with quotes, as sent
+    crc64: int
+    mtime: float
+    object_type: str  # Normal | Appendable | Multipart | Symlink
+    headers: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    symlink_target: str | None = None
+    acl: str = "default"
+    storage_class: str = "Standard"
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    bucket: str
+    key: str
+    upload_id: str
+    initiated: float
+    headers: dict[str, str]
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PartRecord:
+    upload_id: str
+    part_number: int
+    data_file: str
+    size: int
+    etag: str
+    crc64: int
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """A finished body in tmp/: its checksums, ready to be committed."""
+
+    temp_path: Path
+    size: int
+    md5: bytes
+    crc64: int
+
+
+class BlobWriter:
+    """Receives one body into tmp/: write() and finish() block, so run them in a worker thread."""
+
+    def __init__(self, path: Path, fd: int, append_offset: int | None = None) -> None:
+        self.path = path
+        self._fd = fd
+        self._append_offset = append_offset
+        self._md5 = hashlib.md5()
+        self._crc = 0
+        self.size = 0
+
+    @classmethod
+    def create(cls, tmp_dir: Path) -> BlobWriter:
+        """A writer of a new temp file."""
+        path = tmp_dir / uuid.uuid4().hex
+        return cls(path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+    @classmethod
+    def for_append(cls, path: Path, offset: int) -> BlobWriter:
+        """A writer that appends to the data file at `offset`, dropping anything beyond it.
+
+        The checksums cover only the appended bytes; discard() truncates back to `offset`.
+        """
+        fd = os.open(path, os.O_WRONLY)
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+        return cls(path, fd, append_offset=offset)
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._md5.update(data)
+        self._crc = crc64(data, self._crc)
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.size += len(data)
+
+    def finish(self) -> Blob:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        return Blob(self.path, self.size, self._md5.digest(), self._crc)
+
+    def discard(self) -> None:
+        if self._append_offset is not None:
+            if self._fd >= 0:
+                os.ftruncate(self._fd, self._append_offset)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._append_offset is None:
+            self.path.unlink(missing_ok=True)
+
+
+def copy_range_to_writer(src_fd: int, offset: int, length: int, writer: BlobWriter) -> None:
+    """Copy `length` bytes from `src_fd` at `offset` into `writer` (hashing them). Blocking."""
+    while length > 0:
+        chunk = os.pread(src_fd, min(length, COPY_CHUNK), offset)
+        if not chunk:
+            raise OSError("source file shorter than its index entry")
+        writer.write(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+
+
+def md5_etag(md5: bytes) -> str:
+    return f'"{md5.hex().upper()}"'
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The least string above every string that starts with `prefix` (None: no bound).
+
+    SQLite compares TEXT as UTF-8 bytes, which orders like code points, so raising the last
+    code point (stepping over the surrogates, which UTF-8 cannot hold) gives the bound.
+    """
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            following = 0xE000 if last == 0xD7FF else last + 1
+            return prefix[:-1] + chr(following)
+        prefix = prefix[:-1]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    """One listing entry: an object summary, or a common prefix (record is None)."""
+
+    name: str
+    record: ObjectRecord | None
+
+
+class Store:
+    """The index and the data files under one root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.parts_dir = root / "parts"
+        self.tmp_dir = root / "tmp"
+        for directory in (self.data_dir, self.parts_dir, self.tmp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            root / "index.sqlite3", isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a killed process (it is in the WAL file);
+        # only a power cut can lose the latest commits, never consistency.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._remove_orphans()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- files ---------------------------------------------------------------------------
+
+    def new_writer(self) -> BlobWriter:
+        return BlobWriter.create(self.tmp_dir)
+
+    def _data_path(self, directory: Path, name: str) -> Path:
+        return directory / name[:2] / name
+
+    def object_path(self, data_file: str) -> Path:
+        return self._data_path(self.data_dir, data_file)
+
+    def part_path(self, data_file: str) -> Path:
+        return self._data_path(self.parts_dir, data_file)
+
+    def _install(self, temp_path: Path, directory: Path) -> str:
+        """Rename a finished temp file into `directory` under a fresh id; returns the id."""
+        name = uuid.uuid4().hex
+        target = self._data_path(directory, name)
+        target.parent.mkdir(exist_ok=True)
+        os.rename(temp_path, target)
+        return name
+
+    def open_object(self, record: ObjectRecord) -> int:
+        """An fd for reading the record's data (call right after the lookup, no await between)."""
+        if record.data_file is None:
+            return os.open(os.devnull, os.O_RDONLY)
+        return os.open(self.object_path(record.data_file), os.O_RDONLY)
+
+    def open_part(self, part: PartRecord) -> int:
+        return os.open(self.part_path(part.data_file), os.O_RDONLY)
+
+    def _remove_orphans(self) -> None:
+        for leftover in self.tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+        known_objects = {
+            row[0]
+            for row in self._db.execute("SELECT data_file FROM objects WHERE data_file NOT NULL")
+        }
+        known_parts = {row[0] for row in self._db.execute("SELECT data_file FROM parts")}
+        removed = 0
+        for directory, known in ((self.data_dir, known_objects), (self.parts_dir, known_parts)):
+            for path in directory.glob("*/*"):
+                if path.name not in known:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            log.info("removed %d data files that no index entry named", removed)
+
+    # --- buckets -------------------------------------------------------------------------
+
+    def create_bucket(
+        self, name: str, acl: str = "private", storage_class: str = "Standard"
+    ) -> bool:
+        """Create the bucket; False if it already exists."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO buckets (name, created, acl, storage_class) VALUES (?,?,?,?)",
+            (name, time.time(), acl, storage_class),
+        )
+        return cursor.rowcount == 1
+
+    def get_bucket(self, name: str) -> BucketRecord | None:
+        row = self._db.execute(
+            "SELECT name, created, acl, storage_class FROM buckets WHERE name = ?", (name,)
+        ).fetchone()
+        return BucketRecord(*row) if row else None
+
+    def set_bucket_acl(self, name: str, acl: str) -> None:
+        self._db.execute("UPDATE buckets SET acl = ? WHERE name = ?", (acl, name))
+
+    def list_buckets(self, prefix: str, marker: str, limit: int) -> list[BucketRecord]:
+        upper = prefix_upper_bound(prefix)
+        rows = self._db.execute(
+            "SELECT name, created, acl, storage_class FROM buckets"
+            " WHERE name > ? AND name >= ? AND (? IS NULL OR name < ?) ORDER BY name LIMIT ?",
+            (marker, prefix, upper, upper, limit),
+        ).fetchall()
+        return [BucketRecord(*row) for row in rows]
+
+    def bucket_is_empty(self, name: str) -> bool:
+        has_object = self._db.execute(
+            "SELECT 1 FROM objects WHERE bucket = ? LIMIT 1", (name,)
+        ).fetchone()
+        has_upload = self._db.execute(
+            "SELECT 1 FROM uploads WHERE bucket = ? LIMIT 1", (name,)
+        ).fetchone()
+        return has_object is None and has_upload is None
+
+    def delete_bucket(self, name: str) -> None:
+        self._db.execute("DELETE FROM buckets WHERE name = ?", (name,))
+
+    def bucket_usage(self, name: str) -> tuple[int, int]:
+        """(object count, total bytes)."""
+        count, total = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM objects WHERE bucket = ?", (name,)
+        ).fetchone()
+        return int(count), int(total)
+
+    # --- objects -------------------------------------------------------------------------
+
+    _OBJECT_COLUMNS = (
+        "bucket, key, data_file, size, etag, crc64, mtime, object_type, headers, metadata,"
+        " symlink_target, acl, storage_class"
+    )
+
+    @staticmethod
+    def _object_from_row(row: tuple[object, ...]) -> ObjectRecord:
+        (bucket, key, data_file, size, etag, crc, mtime, object_type, headers, metadata,
+         symlink_target, acl, storage_class) = row  # fmt: skip
+        return ObjectRecord(
+            bucket=str(bucket),
+            key=str(key),
+            data_file=None if data_file is None else str(data_file),
+            size=int(size),  # type: ignore[call-overload]
+            etag=str(etag),
+            crc64=int(str(crc)),
+            mtime=float(mtime),  # type: ignore[arg-type]
+            object_type=str(object_type),
+            headers=json.loads(str(headers)),
+            metadata=json.loads(str(metadata)),
+            symlink_target=None if symlink_target is None else str(symlink_target),
+            acl=str(acl),
+            storage_class=str(storage_class),
+        )
+
+    def get_object(self, bucket: str, key: str) -> ObjectRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",  # noqa: S608
+            (bucket, key),
+        ).fetchone()
+        return self._object_from_row(row) if row else None
+
+    def install_object_file(self, temp_path: Path) -> str:
+        """Rename a finished temp file into data/ (blocking: run in a worker thread)."""
+        return self._install(temp_path, self.data_dir)
+
+    def commit_object(self, record: ObjectRecord) -> ObjectRecord | None:
+        """Make `record` the current version of its key; returns the version it replaced.
+
+        The replaced version's data file is removed after the commit.
+        """
+        previous = self.get_object(record.bucket, record.key)
+        self._db.execute(
+            f"INSERT OR REPLACE INTO objects ({self._OBJECT_COLUMNS})"  # noqa: S608
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                record.bucket, record.key, record.data_file, record.size, record.etag,
+                str(record.crc64), record.mtime, record.object_type,
+                json.dumps(record.headers), json.dumps(record.metadata),
+                record.symlink_target, record.acl, record.storage_class,
+            ),
+        )  # fmt: skip
+        if previous is not None and previous.data_file not in (None, record.data_file):
+            self._unlink_data(previous)
+        return previous
+
+    def delete_object(self, bucket: str, key: str) -> bool:
+        previous = self.get_object(bucket, key)
+        if previous is None:
+            return False
+        self._db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
+        self._unlink_data(previous)
+        return True
+
+    def _unlink_data(self, record: ObjectRecord) -> None:
+        if record.data_file is not None:
+            self.object_path(record.data_file).unlink(missing_ok=True)
+
+    def list_objects(
+        self, bucket: str, prefix: str, delimiter: str, after: str, limit: int
+    ) -> tuple[list[ListEntry], bool]:
+        """Up to `limit` entries (keys and common prefixes) after `after`, and is-truncated.
+
+        Common prefixes are collapsed in SQL: after emitting one, the scan jumps past every key
+        that starts with it, so a page costs O(page) index reads however large the prefixes are.
+        """
+        upper = prefix_upper_bound(prefix)
+        entries: list[ListEntry] = []
+        lower, inclusive = (after, False) if after > prefix else (prefix, True)
+        while True:
+            want = limit + 1 - len(entries)
+            rows = self._db.execute(
+                f"SELECT {self._OBJECT_COLUMNS} FROM objects WHERE bucket = ?"  # noqa: S608
+                f" AND key {'>=' if inclusive else '>'} ? AND (? IS NULL OR key < ?)"
+                " ORDER BY key LIMIT ?",
+                (bucket, lower, upper, upper, want),
+            ).fetchall()
+            jumped = False
+            for row in rows:
+                key = str(row[1])
+                cut = key.find(delimiter, len(prefix)) if delimiter else -1
+                if cut < 0:
+                    entries.append(ListEntry(key, self._object_from_row(row)))
+                    lower, inclusive = key, False
+                else:
+                    common = key[: cut + len(delimiter)]
+                    if common > after:
+                        entries.append(ListEntry(common, None))
+                    skip_to = prefix_upper_bound(common)
+                    if skip_to is None:
+                        return entries[:limit], False
+                    lower, inclusive, jumped = skip_to, True, True
+                if len(entries) > limit:
+                    return entries[:limit], True
+                if jumped:
+                    break
+            if not jumped and len(rows) < want:
+                return entries, False
+
+    # --- appends -------------------------------------------------------------------------
+
+    def new_append_file(self) -> str:
+        name = uuid.uuid4().hex
+        path = self.object_path(name)
+        path.parent.mkdir(exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return name
+
+    # --- multipart -----------------------------------------------------------------------
+
+    def create_upload(
+        self, bucket: str, key: str, headers: dict[str, str], metadata: dict[str, str]
+    ) -> UploadRecord:
+        # Upload ids sort by creation time, so listings show them in initiation order.
+        upload_id = f"{time.time_ns():x}".upper() + uuid.uuid4().hex.upper()[:16]
+        record = UploadRecord(bucket, key, upload_id, time.time(), headers, metadata)
+        self._db.execute(
+            "INSERT INTO uploads (bucket, key, upload_id, initiated, headers, metadata)"
+            " VALUES (?,?,?,?,?,?)",
+            (bucket, key, upload_id, record.initiated, json.dumps(headers), json.dumps(metadata)),
+        )
+        return record
+
+    def get_upload(self, upload_id: str) -> UploadRecord | None:
+        row = self._db.execute(
+            "SELECT bucket, key, upload_id, initiated, headers, metadata FROM uploads"
+            " WHERE upload_id = ?",
+            (upload_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return UploadRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5]))
+
+    def install_part_file(self, temp_path: Path) -> str:
+        return self._install(temp_path, self.parts_dir)
+
+    def commit_part(self, part: PartRecord) -> None:
+        previous = self._db.execute(
+            "SELECT data_file FROM parts WHERE upload_id = ? AND part_number = ?",
+            (part.upload_id, part.part_number),
+        ).fetchone()
+        self._db.execute(
+            "INSERT OR REPLACE INTO parts"
+            " (upload_id, part_number, data_file, size, etag, crc64, mtime)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (part.upload_id, part.part_number, part.data_file, part.size, part.etag,
+             str(part.crc64), part.mtime),
+        )  # fmt: skip
+        if previous is not None and previous[0] != part.data_file:
+            self.part_path(previous[0]).unlink(missing_ok=True)
+
+    def list_parts(self, upload_id: str, after_part: int, limit: int) -> list[PartRecord]:
+        rows = self._db.execute(
+            "SELECT upload_id, part_number, data_file, size, etag, crc64, mtime FROM parts"
+            " WHERE upload_id = ? AND part_number > ? ORDER BY part_number LIMIT ?",
+            (upload_id, after_part, limit),
+        ).fetchall()
+        return [
+            PartRecord(row[0], row[1], row[2], row[3], row[4], int(row[5]), row[6]) for row in rows
+        ]
+
+    def all_parts(self, upload_id: str) -> dict[int, PartRecord]:
+        return {part.part_number: part for part in self.list_parts(upload_id, 0, 1 << 31)}
+
+    def list_uploads(
+        self,
+        bucket: str,
+        prefix: str,
+        delimiter: str,
+        key_marker: str,
+        upload_id_marker: str,
+        limit: int,
+    ) -> tuple[list[UploadRecord | str], bool]:
+        """Uploads (and common prefixes) after the markers, ordered by key then upload id."""
+        upper = prefix_upper_bound(prefix)
+        rows: Iterator[tuple[str, str, str, float, str, str]] = self._db.execute(
+            "SELECT bucket, key, upload_id, initiated, headers, metadata FROM uploads"
+            " WHERE bucket = ? AND key >= ? AND (? IS NULL OR key < ?)"
+            " AND (key > ? OR (key = ? AND ? != '' AND upload_id > ?))"
+            " ORDER BY key, upload_id",
+            (bucket, prefix, upper, upper, key_marker, key_marker, upload_id_marker,
+             upload_id_marker),
+        )  # fmt: skip
+        entries: list[UploadRecord | str] = []
+        seen_prefixes: set[str] = set()
+        for row in rows:
+            key = row[1]
+            cut = key.find(delimiter, len(prefix)) if delimiter else -1
+            if cut >= 0:
+                common = key[: cut + len(delimiter)]
+                if common in seen_prefixes or common <= key_marker:
+                    continue
+                seen_prefixes.add(common)
+                entry: UploadRecord | str = common
+            else:
+                entry = UploadRecord(
+                    row[0], row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5])
+                )
+            if len(entries) == limit:
+                return entries, True
+            entries.append(entry)
+        return entries, False
+
+    def delete_upload(self, upload_id: str, keep_files: frozenset[str] = frozenset()) -> None:
+        files = [
+            row[0]
+            for row in self._db.execute(
+                "SELECT data_file FROM parts WHERE upload_id = ?", (upload_id,)
+            )
+        ]
+        self._db.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
+        self._db.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+        for name in files:
+            if name not in keep_files:
+                self.part_path(name).unlink(missing_ok=True)
+
+    def concatenate_parts(self, parts: list[PartRecord]) -> Path:
+        """Join part files into one temp file (fsynced), in-kernel where possible. Blocking."""
+        temp_path = self.tmp_dir / uuid.uuid4().hex
+        out_fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            for part in parts:
+                in_fd = self.open_part(part)
+                try:
+                    _copy_fd(in_fd, out_fd, part.size)
+                finally:
+                    os.close(in_fd)
+            os.fsync(out_fd)
+        except BaseException:
+            os.close(out_fd)
+            temp_path.unlink(missing_ok=True)
+            raise
+        os.close(out_fd)
+        return temp_path
+
+    def copy_object_file(self, record: ObjectRecord) -> Path:
+        """A fsynced temp copy of an object's data. Blocking."""
+        temp_path = self.tmp_dir / uuid.uuid4().hex
+        out_fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if record.data_file is not None and record.size:
+                in_fd = self.open_object(record)
+                try:
+                    _copy_fd(in_fd, out_fd, record.size)
+                finally:
+                    os.close(in_fd)
+            os.fsync(out_fd)
+        except BaseException:
+            os.close(out_fd)
+            temp_path.unlink(missing_ok=True)
+            raise
+        os.close(out_fd)
+        return temp_path
+
+
+def _copy_fd(in_fd: int, out_fd: int, length: int) -> None:
+    """Copy `length` bytes from the start of `in_fd` to the current end of `out_fd`."""
+    offset = 0
+    while offset < length:
+        try:
+            copied = os.copy_file_range(in_fd, out_fd, min(length - offset, 1 << 30), offset)
+        except OSError:
+            copied = 0
+        if copied == 0:
+            chunk = os.pread(in_fd, min(length - offset, COPY_CHUNK), offset)
+            if not chunk:
+                raise OSError("source file shorter than its index entry")
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(out_fd, view) :]
+            copied = len(chunk)
+        offset += copied
