@@ -12,9 +12,46 @@ from collections.abc import Sequence
 
 
 def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("server", help="run the bundled OSS-compatible server")
-    # Owned by ossmount/server (issue 2): arguments and run function.
-    parser.set_defaults(run=lambda args: _not_built("server"))
+    parser = sub.add_parser(
+        "server",
+        help="run the bundled OSS-compatible server",
+        description="Serve the OSS REST API from a directory; prints the endpoint once it "
+        "answers and serves until SIGINT/SIGTERM. Credentials default to the environment "
+        "(OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET).",
+    )
+    parser.add_argument("--root", required=True, help="directory holding the data and index")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=9000, help="port (0: any free port)")
+    parser.add_argument("--access-key-id", help="access key id clients sign with")
+    parser.add_argument("--access-key-secret", help="its secret")
+    parser.add_argument("--security-token", help="require this STS token with the key")
+    parser.add_argument(
+        "--bucket", action="append", default=[], help="create this bucket (repeatable)"
+    )
+    parser.add_argument(
+        "--public-read", action="store_true", help="buckets from --bucket allow anonymous reads"
+    )
+    parser.add_argument("--region", default="cn-hangzhou", help="region the server reports")
+    faults = parser.add_argument_group("fault injection (for tests and benchmarks)")
+    faults.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
+    faults.add_argument(
+        "--bandwidth", type=float, default=0.0, metavar="BYTES_PER_S", help="shared cap (0: none)"
+    )
+    faults.add_argument(
+        "--error-rate", type=float, default=0.0, help="share of 500/503 SlowDown answers"
+    )
+    faults.add_argument(
+        "--reset-rate", type=float, default=0.0, help="share of bodies cut by a reset"
+    )
+    faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault choices")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+
+    def run(args: argparse.Namespace) -> int:
+        from ossmount.server.command import run_server_command  # noqa: PLC0415
+
+        return run_server_command(args)
+
+    parser.set_defaults(run=run)
 
 
 def _add_mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

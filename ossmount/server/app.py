@@ -13,7 +13,6 @@ import base64
 import binascii
 import calendar
 import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -41,7 +40,7 @@ from ossmount.server.http import (
     RECEIVE_SIZE,
     Body,
     FileBody,
-    PeerGone,
+    PeerGoneError,
     ProtocolError,
     Request,
     Response,
@@ -56,6 +55,7 @@ from ossmount.server.store import (
     Store,
     UploadRecord,
     copy_range_to_writer,
+    md5_digest,
     md5_etag,
 )
 from ossmount.server.xmlio import leaf, node
@@ -73,9 +73,13 @@ MAX_XML_BODY = 2 << 20
 SMALL_BODY = 256 * 1024
 OWNER_ID = "ossmount"
 STANDARD_HEADERS = (
-    "Content-Type", "Content-Disposition", "Content-Encoding", "Content-Language",
-    "Cache-Control", "Expires",
-)  # fmt: skip
+    "Content-Type",
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "Cache-Control",
+    "Expires",
+)
 RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
     "response-content-language": "Content-Language",
@@ -91,12 +95,35 @@ STORAGE_CLASSES = frozenset({"Standard", "IA", "Archive", "ColdArchive", "DeepCo
 # for a plain GET/PUT of the bucket or object.
 UNSUPPORTED_SUBRESOURCES = frozenset(
     {
-        "cors", "lifecycle", "logging", "website", "referer", "policy", "replication",
-        "encryption", "versioning", "versions", "versionId", "tagging", "restore", "worm",
-        "inventory", "qos", "requestPayment", "live", "comp", "x-oss-process", "callback",
-        "transferAcceleration", "cname", "metaQuery", "style", "resourceGroup", "select",
+        "cors",
+        "lifecycle",
+        "logging",
+        "website",
+        "referer",
+        "policy",
+        "replication",
+        "encryption",
+        "versioning",
+        "versions",
+        "versionId",
+        "tagging",
+        "restore",
+        "worm",
+        "inventory",
+        "qos",
+        "requestPayment",
+        "live",
+        "comp",
+        "x-oss-process",
+        "callback",
+        "transferAcceleration",
+        "cname",
+        "metaQuery",
+        "style",
+        "resourceGroup",
+        "select",
     }
-)  # fmt: skip
+)
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _META_NAME = re.compile(r"^[a-z0-9-]+$")
 
@@ -168,12 +195,9 @@ def _invalid_range(size: int) -> OssServerError:
 
 def _etag_matches(condition: str, etag: str) -> bool:
     bare = etag.strip('"').upper()
-    for candidate in condition.split(","):
-        candidate = candidate.strip()
-        if candidate == "*":
-            return True
-        candidate = candidate.removeprefix("W/").strip('"').upper()
-        if candidate == bare:
+    for item in condition.split(","):
+        candidate = item.strip()
+        if candidate == "*" or candidate.removeprefix("W/").strip('"').upper() == bare:
             return True
     return False
 
@@ -186,15 +210,22 @@ def check_conditions(
     mtime = int(record.mtime)
     if_match = headers.get(prefix + "if-match")
     if if_match is not None and not _etag_matches(if_match, record.etag):
-        raise OssServerError(412, "PreconditionFailed", "At least one of the pre-conditions "
-                             "you specified did not hold.", extra={"Condition": "If-Match"})  # fmt: skip
+        raise OssServerError(
+            412,
+            "PreconditionFailed",
+            "At least one of the pre-conditions you specified did not hold.",
+            extra={"Condition": "If-Match"},
+        )
     if if_match is None:
         since = headers.get(prefix + "if-unmodified-since")
         since_epoch = parse_http_date(since) if since else None
         if since_epoch is not None and mtime > since_epoch:
-            raise OssServerError(412, "PreconditionFailed", "At least one of the pre-conditions "
-                                 "you specified did not hold.",
-                                 extra={"Condition": "If-Unmodified-Since"})  # fmt: skip
+            raise OssServerError(
+                412,
+                "PreconditionFailed",
+                "At least one of the pre-conditions you specified did not hold.",
+                extra={"Condition": "If-Unmodified-Since"},
+            )
     if_none_match = headers.get(prefix + "if-none-match")
     if if_none_match is not None and _etag_matches(if_none_match, record.etag):
         raise _not_modified(record, read)
@@ -207,8 +238,11 @@ def check_conditions(
 
 def _not_modified(record: ObjectRecord, read: bool) -> OssServerError:
     if not read:
-        return OssServerError(412, "PreconditionFailed", "At least one of the pre-conditions "
-                              "you specified did not hold.")  # fmt: skip
+        return OssServerError(
+            412,
+            "PreconditionFailed",
+            "At least one of the pre-conditions you specified did not hold.",
+        )
     return OssServerError(
         304,
         "NotModified",
@@ -301,6 +335,38 @@ class App:
         self.region = region
         self.endpoint_host = "127.0.0.1"
         self._append_locks: dict[tuple[str, str], trio.Lock] = {}
+        self._operations: dict[str, Operation] = {
+            "ListBuckets": self._op_list_buckets,
+            "PutBucket": self._op_put_bucket,
+            "DeleteBucket": self._op_delete_bucket,
+            "HeadBucket": self._op_head_bucket,
+            "GetBucketAcl": self._op_get_bucket_acl,
+            "PutBucketAcl": self._op_put_bucket_acl,
+            "GetBucketInfo": self._op_get_bucket_info,
+            "GetBucketLocation": self._op_get_bucket_location,
+            "GetBucketStat": self._op_get_bucket_stat,
+            "ListObjects": self._op_list_objects,
+            "ListObjectsV2": self._op_list_objects_v2,
+            "GetObject": self._op_get_object,
+            "HeadObject": self._op_head_object,
+            "GetObjectMeta": self._op_get_object_meta,
+            "PutObject": self._op_put_object,
+            "DeleteObject": self._op_delete_object,
+            "DeleteMultipleObjects": self._op_delete_multiple_objects,
+            "CopyObject": self._op_copy_object,
+            "AppendObject": self._op_append_object,
+            "PutSymlink": self._op_put_symlink,
+            "GetSymlink": self._op_get_symlink,
+            "GetObjectAcl": self._op_get_object_acl,
+            "PutObjectAcl": self._op_put_object_acl,
+            "InitiateMultipartUpload": self._op_initiate_multipart_upload,
+            "UploadPart": self._op_upload_part,
+            "UploadPartCopy": self._op_upload_part_copy,
+            "CompleteMultipartUpload": self._op_complete_multipart_upload,
+            "AbortMultipartUpload": self._op_abort_multipart_upload,
+            "ListParts": self._op_list_parts,
+            "ListMultipartUploads": self._op_list_multipart_uploads,
+        }
 
     # --- entry -----------------------------------------------------------------------------
 
@@ -308,25 +374,10 @@ class App:
         request.request_id = new_request_id()
         head = request.method == "HEAD"
         try:
-            call = self._route(request)
-            self.stats.record(call.operation)
-            if self.faults.latency_ms > 0:
-                await trio.sleep(self.faults.latency_ms / 1000)
-            injected = self.faults.pick_error(call.operation)
-            if injected is not None:
-                status, code = injected
-                raise OssServerError(status, code, "Injected fault: please reduce your request "
-                                     "rate." if code == "SlowDown" else "Injected fault.")  # fmt: skip
-            self._authorize(call)
-            length = request.body.declared_length
-            if length:
-                request.body.reset_after = self.faults.pick_reset(call.operation, length)
-            response = await self._dispatch(call)
-            if response.file is not None and not response.head_only:
-                response.reset_at = self.faults.pick_reset(call.operation, response.file.length)
+            response = await self._handle_routed(self._route(request))
         except OssServerError as exc:
             response = self.error_response(exc, request.request_id, head)
-        except (PeerGone, ProtocolError):
+        except (PeerGoneError, ProtocolError):
             raise
         except Exception:
             log.exception("internal error handling %s %s", request.method, request.raw_path)
@@ -340,6 +391,22 @@ class App:
         response.headers.append(("Server", "AliyunOSS"))
         if head:
             response.head_only = True
+        return response
+
+    async def _handle_routed(self, call: Call) -> Response:
+        self.stats.record(call.operation)
+        if self.faults.latency_ms > 0:
+            await trio.sleep(self.faults.latency_ms / 1000)
+        injected = self.faults.pick_error(call.operation)
+        if injected is not None:
+            raise _injected_error(*injected)
+        self._authorize(call)
+        length = call.request.body.declared_length
+        if length:
+            call.request.body.reset_after = self.faults.pick_reset(call.operation, length)
+        response = await self._dispatch(call)
+        if response.file is not None and call.request.method != "HEAD":
+            response.reset_at = self.faults.pick_reset(call.operation, response.file.length)
         return response
 
     def error_response(self, exc: OssServerError, request_id: str, head: bool) -> Response:
@@ -408,8 +475,9 @@ class App:
             raise _method_not_allowed(method)
         if key:
             if len(key.encode("utf-8", errors="surrogateescape")) > MAX_KEY_BYTES:
-                raise OssServerError(400, "InvalidObjectName", "The object name is too long.",
-                                     ec="0016-00000014")  # fmt: skip
+                raise OssServerError(
+                    400, "InvalidObjectName", "The object name is too long.", ec="0016-00000014"
+                )
             call.operation = self._object_operation(method, params, request.headers)
         else:
             call.key = None
@@ -420,13 +488,15 @@ class App:
     def _bucket_operation(method: str, params: dict[str, str | None]) -> str:
         table: dict[str, list[tuple[str, str]]] = {
             "GET": [
-                ("acl", "GetBucketAcl"), ("bucketInfo", "GetBucketInfo"),
-                ("location", "GetBucketLocation"), ("uploads", "ListMultipartUploads"),
+                ("acl", "GetBucketAcl"),
+                ("bucketInfo", "GetBucketInfo"),
+                ("location", "GetBucketLocation"),
+                ("uploads", "ListMultipartUploads"),
                 ("stat", "GetBucketStat"),
             ],
             "PUT": [("acl", "PutBucketAcl")],
             "POST": [("delete", "DeleteMultipleObjects")],
-        }  # fmt: skip
+        }
         for name, operation in table.get(method, []):
             if name in params:
                 return operation
@@ -476,14 +546,34 @@ class App:
     # --- authorization -----------------------------------------------------------------------
 
     _ANONYMOUS_READS = frozenset(
-        {"GetObject", "HeadObject", "GetObjectMeta", "GetSymlink", "ListObjects", "ListObjectsV2",
-         "ListParts", "ListMultipartUploads", "GetBucketLocation", "HeadBucket"}
-    )  # fmt: skip
+        {
+            "GetObject",
+            "HeadObject",
+            "GetObjectMeta",
+            "GetSymlink",
+            "ListObjects",
+            "ListObjectsV2",
+            "ListParts",
+            "ListMultipartUploads",
+            "GetBucketLocation",
+            "HeadBucket",
+        }
+    )
     _ANONYMOUS_WRITES = frozenset(
-        {"PutObject", "AppendObject", "DeleteObject", "CopyObject", "PutSymlink", "UploadPart",
-         "UploadPartCopy", "InitiateMultipartUpload", "CompleteMultipartUpload",
-         "AbortMultipartUpload", "DeleteMultipleObjects"}
-    )  # fmt: skip
+        {
+            "PutObject",
+            "AppendObject",
+            "DeleteObject",
+            "CopyObject",
+            "PutSymlink",
+            "UploadPart",
+            "UploadPartCopy",
+            "InitiateMultipartUpload",
+            "CompleteMultipartUpload",
+            "AbortMultipartUpload",
+            "DeleteMultipleObjects",
+        }
+    )
 
     def _authorize(self, call: Call) -> None:
         signed = SignedRequest(
@@ -502,13 +592,14 @@ class App:
             return
         if call.operation in self._ANONYMOUS_WRITES and acl == "public-read-write":
             return
-        raise OssServerError(403, "AccessDenied", "You have no right to access this object "
-                             "because of bucket acl.")  # fmt: skip
+        raise OssServerError(
+            403, "AccessDenied", "You have no right to access this object because of bucket acl."
+        )
 
     # --- dispatch --------------------------------------------------------------------------
 
     async def _dispatch(self, call: Call) -> Response:
-        handler: Operation = getattr(self, "op_" + call.operation)
+        handler = self._operations[call.operation]
         if call.bucket is not None and call.operation not in ("PutBucket",):
             self._bucket(call.require_bucket())
         return await handler(call)
@@ -532,14 +623,18 @@ class App:
             seen += 1
             target = self.store.get_object(record.bucket, record.symlink_target)
             if target is None or seen > 8:
-                raise OssServerError(404, "SymlinkTargetNotExist", "The symlink target object "
-                                     "does not exist.", extra={"Key": record.key})  # fmt: skip
+                raise OssServerError(
+                    404,
+                    "SymlinkTargetNotExist",
+                    "The symlink target object does not exist.",
+                    extra={"Key": record.key},
+                )
             record = target
         return record
 
     # --- buckets ----------------------------------------------------------------------------
 
-    async def op_ListBuckets(self, call: Call) -> Response:
+    async def _op_list_buckets(self, call: Call) -> Response:
         prefix = call.param("prefix")
         marker = call.param("marker")
         max_keys = _int_param(call, "max-keys", 100, 1, 1000)
@@ -571,11 +666,15 @@ class App:
             leaf("StorageClass", bucket.storage_class),
         )
 
-    async def op_PutBucket(self, call: Call) -> Response:
+    async def _op_put_bucket(self, call: Call) -> Response:
         name = call.require_bucket()
         if not _BUCKET_NAME.match(name):
-            raise OssServerError(400, "InvalidBucketName", "The specified bucket is not valid.",
-                                 extra={"BucketName": name})  # fmt: skip
+            raise OssServerError(
+                400,
+                "InvalidBucketName",
+                "The specified bucket is not valid.",
+                extra={"BucketName": name},
+            )
         acl = call.headers.get("x-oss-acl", "private")
         if acl not in BUCKET_ACLS:
             raise invalid_argument("no such bucket access control exists", "x-oss-acl", acl)
@@ -593,29 +692,33 @@ class App:
             self.store.set_bucket_acl(name, acl)
         return Response(200, [("Location", f"/{name}")])
 
-    async def op_DeleteBucket(self, call: Call) -> Response:
+    async def _op_delete_bucket(self, call: Call) -> Response:
         name = call.require_bucket()
         if not self.store.bucket_is_empty(name):
-            raise OssServerError(409, "BucketNotEmpty", "The bucket you tried to delete is not "
-                                 "empty.", extra={"BucketName": name})  # fmt: skip
+            raise OssServerError(
+                409,
+                "BucketNotEmpty",
+                "The bucket you tried to delete is not empty.",
+                extra={"BucketName": name},
+            )
         self.store.delete_bucket(name)
         return Response(204)
 
-    async def op_HeadBucket(self, call: Call) -> Response:
+    async def _op_head_bucket(self, call: Call) -> Response:
         return Response(200)
 
-    async def op_GetBucketAcl(self, call: Call) -> Response:
+    async def _op_get_bucket_acl(self, call: Call) -> Response:
         bucket = self._bucket(call.require_bucket())
         return _xml_response(_acl_xml(bucket.acl))
 
-    async def op_PutBucketAcl(self, call: Call) -> Response:
+    async def _op_put_bucket_acl(self, call: Call) -> Response:
         acl = call.headers.get("x-oss-acl", "")
         if acl not in BUCKET_ACLS:
             raise invalid_argument("no such bucket access control exists", "x-oss-acl", acl)
         self.store.set_bucket_acl(call.require_bucket(), acl)
         return Response(200)
 
-    async def op_GetBucketInfo(self, call: Call) -> Response:
+    async def _op_get_bucket_info(self, call: Call) -> Response:
         bucket = self._bucket(call.require_bucket())
         body = node(
             "BucketInfo",
@@ -640,10 +743,10 @@ class App:
         )
         return _xml_response(body)
 
-    async def op_GetBucketLocation(self, call: Call) -> Response:
+    async def _op_get_bucket_location(self, call: Call) -> Response:
         return _xml_response(leaf("LocationConstraint", f"oss-{self.region}"))
 
-    async def op_GetBucketStat(self, call: Call) -> Response:
+    async def _op_get_bucket_stat(self, call: Call) -> Response:
         count, total = self.store.bucket_usage(call.require_bucket())
         body = node(
             "BucketStat",
@@ -658,10 +761,10 @@ class App:
 
     # --- listing -----------------------------------------------------------------------------
 
-    async def op_ListObjects(self, call: Call) -> Response:
+    async def _op_list_objects(self, call: Call) -> Response:
         return self._list_objects(call, version=1)
 
-    async def op_ListObjectsV2(self, call: Call) -> Response:
+    async def _op_list_objects_v2(self, call: Call) -> Response:
         return self._list_objects(call, version=2)
 
     def _list_objects(self, call: Call, version: int) -> Response:
@@ -719,13 +822,13 @@ class App:
 
     # --- objects: read -------------------------------------------------------------------------
 
-    async def op_GetObject(self, call: Call) -> Response:
+    async def _op_get_object(self, call: Call) -> Response:
         return self._read_object(call, head=False)
 
-    async def op_HeadObject(self, call: Call) -> Response:
+    async def _op_head_object(self, call: Call) -> Response:
         return self._read_object(call, head=True)
 
-    async def op_GetObjectMeta(self, call: Call) -> Response:
+    async def _op_get_object_meta(self, call: Call) -> Response:
         link = self._object(call.require_bucket(), call.require_key())
         record = self._resolve_symlink(link)
         headers = [
@@ -765,11 +868,13 @@ class App:
     async def receive_blob(self, body: Body, limit: int, writer: BlobWriter | None = None) -> Blob:
         """Receive a request body into a fsynced temp file, hashing it on the way."""
         if body.declared_length is None and not body.chunked:
-            raise OssServerError(411, "MissingContentLength", "You must provide the "
-                                 "Content-Length HTTP header.")  # fmt: skip
+            raise OssServerError(
+                411, "MissingContentLength", "You must provide the Content-Length HTTP header."
+            )
         if body.declared_length is not None and body.declared_length > limit:
-            raise OssServerError(400, "EntityTooLarge", "Your proposed upload exceeds the "
-                                 "maximum allowed size.")  # fmt: skip
+            raise OssServerError(
+                400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size."
+            )
         writer = writer or self.store.new_writer()
         try:
             if body.declared_length is not None and body.declared_length <= SMALL_BODY:
@@ -800,8 +905,11 @@ class App:
                     while data := await body.receive_some(RECEIVE_SIZE):
                         total += len(data)
                         if total > limit:
-                            raise OssServerError(400, "EntityTooLarge", "Your proposed upload "
-                                                 "exceeds the maximum allowed size.")  # fmt: skip
+                            raise OssServerError(
+                                400,
+                                "EntityTooLarge",
+                                "Your proposed upload exceeds the maximum allowed size.",
+                            )
                         pending.append(data)
                         pending_size += len(data)
                         if pending_size >= RECEIVE_SIZE:
@@ -823,17 +931,24 @@ class App:
         except binascii.Error:
             expected = b""
         if expected != blob.md5:
-            raise OssServerError(400, "InvalidDigest", "The Content-MD5 you specified was "
-                                 "invalid.", extra={"Content-MD5": content_md5})  # fmt: skip
+            raise OssServerError(
+                400,
+                "InvalidDigest",
+                "The Content-MD5 you specified was invalid.",
+                extra={"Content-MD5": content_md5},
+            )
 
     def _check_forbid_overwrite(self, call: Call, bucket: str, key: str) -> None:
         if call.headers.get("x-oss-forbid-overwrite", "").lower() != "true":
             return
         if self.store.get_object(bucket, key) is not None:
-            raise OssServerError(409, "FileAlreadyExists", "The object you specified already "
-                                 "exists and can not be overwritten.")  # fmt: skip
+            raise OssServerError(
+                409,
+                "FileAlreadyExists",
+                "The object you specified already exists and can not be overwritten.",
+            )
 
-    async def op_PutObject(self, call: Call) -> Response:
+    async def _op_put_object(self, call: Call) -> Response:
         bucket, key = call.require_bucket(), call.require_key()
         headers, metadata = _object_attributes(call.headers, key)
         acl, storage_class = _object_acl_and_class(call.headers)
@@ -848,10 +963,19 @@ class App:
             blob.temp_path.unlink(missing_ok=True)
             raise
         record = ObjectRecord(
-            bucket=bucket, key=key, data_file=data_file, size=blob.size, etag=md5_etag(blob.md5),
-            crc64=blob.crc64, mtime=time.time(), object_type="Normal", headers=headers,
-            metadata=metadata, acl=acl, storage_class=storage_class,
-        )  # fmt: skip
+            bucket=bucket,
+            key=key,
+            data_file=data_file,
+            size=blob.size,
+            etag=md5_etag(blob.md5),
+            crc64=blob.crc64,
+            mtime=time.time(),
+            object_type="Normal",
+            headers=headers,
+            metadata=metadata,
+            acl=acl,
+            storage_class=storage_class,
+        )
         self._commit_new(call, record)
         return Response(200, _write_headers(record, blob.md5))
 
@@ -865,18 +989,16 @@ class App:
             raise
         self.store.commit_object(record)
 
-    async def op_DeleteObject(self, call: Call) -> Response:
+    async def _op_delete_object(self, call: Call) -> Response:
         self.store.delete_object(call.require_bucket(), call.require_key())
         return Response(204)
 
-    async def op_DeleteMultipleObjects(self, call: Call) -> Response:
+    async def _op_delete_multiple_objects(self, call: Call) -> Response:
         bucket = call.require_bucket()
         body = await call.request.body.read_all(MAX_XML_BODY)
         content_md5 = call.headers.get("content-md5")
-        if content_md5 is not None:
-            if base64.b64encode(hashlib.md5(body).digest()).decode() != content_md5:
-                raise OssServerError(400, "InvalidDigest", "The Content-MD5 you specified was "
-                                     "invalid.")  # fmt: skip
+        if content_md5 is not None and base64.b64encode(md5_digest(body)).decode() != content_md5:
+            raise OssServerError(400, "InvalidDigest", "The Content-MD5 you specified was invalid.")
         root = xmlio.parse_body(body, "Delete")
         quiet = (xmlio.child_text(root, "Quiet") or "false").strip().lower() == "true"
         keys = [xmlio.child_text(item, "Key") for item in root.findall("Object")]
@@ -894,13 +1016,16 @@ class App:
         fields = [leaf("EncodingType", "url")] if call.param("encoding-type") == "url" else []
         return _xml_response(node("DeleteResult", *fields, *deleted))
 
-    async def op_CopyObject(self, call: Call) -> Response:
+    async def _op_copy_object(self, call: Call) -> Response:
         bucket, key = call.require_bucket(), call.require_key()
         source = self._copy_source(call)
         directive = call.headers.get("x-oss-metadata-directive", "COPY").upper()
         if directive not in ("COPY", "REPLACE"):
-            raise invalid_argument("x-oss-metadata-directive must be COPY or REPLACE",
-                                   "x-oss-metadata-directive", directive)  # fmt: skip
+            raise invalid_argument(
+                "x-oss-metadata-directive must be COPY or REPLACE",
+                "x-oss-metadata-directive",
+                directive,
+            )
         if directive == "REPLACE":
             headers, metadata = _object_attributes(call.headers, key)
         else:
@@ -914,11 +1039,19 @@ class App:
             temp_path.unlink(missing_ok=True)
             raise
         record = ObjectRecord(
-            bucket=bucket, key=key, data_file=data_file, size=source.size, etag=source.etag,
-            crc64=source.crc64, mtime=time.time(),
+            bucket=bucket,
+            key=key,
+            data_file=data_file,
+            size=source.size,
+            etag=source.etag,
+            crc64=source.crc64,
+            mtime=time.time(),
             object_type="Multipart" if source.object_type == "Multipart" else "Normal",
-            headers=headers, metadata=metadata, acl=acl, storage_class=storage_class,
-        )  # fmt: skip
+            headers=headers,
+            metadata=metadata,
+            acl=acl,
+            storage_class=storage_class,
+        )
         self._commit_new(call, record)
         body = node(
             "CopyObjectResult",
@@ -934,32 +1067,36 @@ class App:
         raw = call.headers["x-oss-copy-source"]
         path, _, query = raw.partition("?")
         if query:
-            raise OssServerError(501, "NotImplemented", "Versioned copy sources are not "
-                                 "supported.")  # fmt: skip
+            raise OssServerError(501, "NotImplemented", "Versioned copy sources are not supported.")
         try:
             decoded = unquote(path, errors="strict")
         except UnicodeDecodeError:
             raise invalid_argument("x-oss-copy-source is not UTF-8") from None
         source_bucket, _, source_key = decoded.lstrip("/").partition("/")
         if not source_bucket or not source_key:
-            raise invalid_argument("Copy Source must mention the source bucket and key: "
-                                   "/sourcebucket/sourcekey.", "x-oss-copy-source", raw)  # fmt: skip
+            raise invalid_argument(
+                "Copy Source must mention the source bucket and key: /sourcebucket/sourcekey.",
+                "x-oss-copy-source",
+                raw,
+            )
         self._bucket(source_bucket)
         if call.principal.anonymous and source_bucket != call.bucket:
             bucket = self._bucket(source_bucket)
             if bucket.acl == "private":
-                raise OssServerError(403, "AccessDenied", "You have no right to read the copy "
-                                     "source.")  # fmt: skip
+                raise OssServerError(
+                    403, "AccessDenied", "You have no right to read the copy source."
+                )
         record = self._resolve_symlink(self._object(source_bucket, source_key))
         check_conditions(call.headers, record, read=True, prefix="x-oss-copy-source-")
         return record
 
-    async def op_AppendObject(self, call: Call) -> Response:
+    async def _op_append_object(self, call: Call) -> Response:
         bucket, key = call.require_bucket(), call.require_key()
         position_text = call.param("position")
         if not position_text.isdigit():
-            raise invalid_argument("position must be a non-negative integer", "position",
-                                   position_text)  # fmt: skip
+            raise invalid_argument(
+                "position must be a non-negative integer", "position", position_text
+            )
         position = int(position_text)
         lock = self._append_locks.setdefault((bucket, key), trio.Lock())
         try:
@@ -975,9 +1112,12 @@ class App:
             raise OssServerError(409, "ObjectNotAppendable", "The object is not appendable")
         expected = current.size if current is not None else 0
         if position != expected:
-            raise OssServerError(409, "PositionNotEqualToLength", "Position is not equal to "
-                                 "file length", headers={"x-oss-next-append-position":
-                                 str(expected)})  # fmt: skip
+            raise OssServerError(
+                409,
+                "PositionNotEqualToLength",
+                "Position is not equal to file length",
+                headers={"x-oss-next-append-position": str(expected)},
+            )
         if current is None:
             headers, metadata = _object_attributes(call.headers, key)
             acl, storage_class = _object_acl_and_class(call.headers)
@@ -1000,26 +1140,36 @@ class App:
         # Another writer (PUT, DELETE) may have replaced the object while the body came in.
         latest = self.store.get_object(bucket, key)
         if (latest is None) != (current is None) or (
-            latest is not None and current is not None
+            latest is not None
+            and current is not None
             and (latest.data_file, latest.size) != (current.data_file, current.size)
-        ):  # fmt: skip
+        ):
             if current is None:
                 self.store.object_path(data_file).unlink(missing_ok=True)
-            raise OssServerError(409, "PositionNotEqualToLength", "The object changed during "
-                                 "the append")  # fmt: skip
-        chained = hashlib.md5(previous_etag.encode() + blob.md5).hexdigest().upper()
+            raise OssServerError(
+                409, "PositionNotEqualToLength", "The object changed during the append"
+            )
+        chained = md5_digest(previous_etag.encode() + blob.md5).hex().upper()
         record = ObjectRecord(
-            bucket=bucket, key=key, data_file=data_file, size=position + blob.size,
-            etag=f'"{chained}"', crc64=crc64_combine(previous_crc, blob.crc64, blob.size),
-            mtime=time.time(), object_type="Appendable", headers=headers, metadata=metadata,
-            acl=acl, storage_class=storage_class,
-        )  # fmt: skip
+            bucket=bucket,
+            key=key,
+            data_file=data_file,
+            size=position + blob.size,
+            etag=f'"{chained}"',
+            crc64=crc64_combine(previous_crc, blob.crc64, blob.size),
+            mtime=time.time(),
+            object_type="Appendable",
+            headers=headers,
+            metadata=metadata,
+            acl=acl,
+            storage_class=storage_class,
+        )
         self.store.commit_object(record)
         response_headers = _write_headers(record, None)
         response_headers.append(("x-oss-next-append-position", str(record.size)))
         return Response(200, response_headers)
 
-    async def op_PutSymlink(self, call: Call) -> Response:
+    async def _op_put_symlink(self, call: Call) -> Response:
         bucket, key = call.require_bucket(), call.require_key()
         raw_target = call.headers.get("x-oss-symlink-target")
         if not raw_target:
@@ -1029,16 +1179,26 @@ class App:
             raise OssServerError(400, "InvalidObjectName", "The symlink target is too long.")
         headers, metadata = _object_attributes(call.headers, key)
         acl, storage_class = _object_acl_and_class(call.headers)
-        etag = md5_etag(hashlib.md5(target.encode("utf-8", errors="surrogateescape")).digest())
+        etag = md5_etag(md5_digest(target.encode("utf-8", errors="surrogateescape")))
         record = ObjectRecord(
-            bucket=bucket, key=key, data_file=None, size=0, etag=etag, crc64=0,
-            mtime=time.time(), object_type="Symlink", headers=headers, metadata=metadata,
-            symlink_target=target, acl=acl, storage_class=storage_class,
-        )  # fmt: skip
+            bucket=bucket,
+            key=key,
+            data_file=None,
+            size=0,
+            etag=etag,
+            crc64=0,
+            mtime=time.time(),
+            object_type="Symlink",
+            headers=headers,
+            metadata=metadata,
+            symlink_target=target,
+            acl=acl,
+            storage_class=storage_class,
+        )
         self._commit_new(call, record)
         return Response(200, [("ETag", etag)])
 
-    async def op_GetSymlink(self, call: Call) -> Response:
+    async def _op_get_symlink(self, call: Call) -> Response:
         record = self._object(call.require_bucket(), call.require_key())
         if record.object_type != "Symlink" or record.symlink_target is None:
             raise OssServerError(400, "NotSymlink", "The specified object is not a symlink.")
@@ -1050,16 +1210,15 @@ class App:
         headers.extend((f"x-oss-meta-{name}", value) for name, value in record.metadata.items())
         return Response(200, headers)
 
-    async def op_GetObjectAcl(self, call: Call) -> Response:
+    async def _op_get_object_acl(self, call: Call) -> Response:
         record = self._object(call.require_bucket(), call.require_key())
         return _xml_response(_acl_xml(record.acl))
 
-    async def op_PutObjectAcl(self, call: Call) -> Response:
+    async def _op_put_object_acl(self, call: Call) -> Response:
         record = self._object(call.require_bucket(), call.require_key())
         acl = call.headers.get("x-oss-object-acl", "")
         if acl not in OBJECT_ACLS:
-            raise invalid_argument("no such object access control exists",
-                                   "x-oss-object-acl", acl)  # fmt: skip
+            raise invalid_argument("no such object access control exists", "x-oss-object-acl", acl)
         self.store.commit_object(_replace(record, acl=acl))
         return Response(200)
 
@@ -1069,12 +1228,17 @@ class App:
         upload_id = call.param("uploadId")
         upload = self.store.get_upload(upload_id)
         if upload is None or upload.bucket != call.bucket or upload.key != call.key:
-            raise OssServerError(404, "NoSuchUpload", "The specified upload does not exist. "
-                                 "The upload ID may be invalid, or the upload may have been "
-                                 "aborted or completed.", extra={"UploadId": upload_id})  # fmt: skip
+            raise OssServerError(
+                404,
+                "NoSuchUpload",
+                "The specified upload does not exist. "
+                "The upload ID may be invalid, or the upload may have been "
+                "aborted or completed.",
+                extra={"UploadId": upload_id},
+            )
         return upload
 
-    async def op_InitiateMultipartUpload(self, call: Call) -> Response:
+    async def _op_initiate_multipart_upload(self, call: Call) -> Response:
         bucket, key = call.require_bucket(), call.require_key()
         headers, metadata = _object_attributes(call.headers, key)
         acl, storage_class = _object_acl_and_class(call.headers)
@@ -1098,11 +1262,12 @@ class App:
     def _part_number(self, call: Call) -> int:
         text = call.param("partNumber")
         if not text.isdigit() or not 1 <= int(text) <= MAX_PART_NUMBER:
-            raise invalid_argument("Part number must be an integer between 1 and 10000, "
-                                   "inclusive.", "partNumber", text)  # fmt: skip
+            raise invalid_argument(
+                "Part number must be an integer between 1 and 10000, inclusive.", "partNumber", text
+            )
         return int(text)
 
-    async def op_UploadPart(self, call: Call) -> Response:
+    async def _op_upload_part(self, call: Call) -> Response:
         upload = self._upload(call)
         part_number = self._part_number(call)
         blob = await self.receive_blob(call.request.body, MAX_PART_SIZE)
@@ -1119,12 +1284,21 @@ class App:
             raise
         if self.store.get_upload(upload.upload_id) is None:  # aborted while receiving
             self.store.part_path(data_file).unlink(missing_ok=True)
-            raise OssServerError(404, "NoSuchUpload", "The specified upload does not exist.",
-                                 extra={"UploadId": upload.upload_id})  # fmt: skip
+            raise OssServerError(
+                404,
+                "NoSuchUpload",
+                "The specified upload does not exist.",
+                extra={"UploadId": upload.upload_id},
+            )
         part = PartRecord(
-            upload.upload_id, part_number, data_file, blob.size, md5_etag(blob.md5), blob.crc64,
+            upload.upload_id,
+            part_number,
+            data_file,
+            blob.size,
+            md5_etag(blob.md5),
+            blob.crc64,
             time.time(),
-        )  # fmt: skip
+        )
         self.store.commit_part(part)
         return Response(
             200,
@@ -1135,7 +1309,7 @@ class App:
             ],
         )
 
-    async def op_UploadPartCopy(self, call: Call) -> Response:
+    async def _op_upload_part_copy(self, call: Call) -> Response:
         upload = self._upload(call)
         part_number = self._part_number(call)
         source = self._copy_source(call)
@@ -1144,8 +1318,9 @@ class App:
         if copy_range:
             match = re.fullmatch(r"\s*bytes\s*=\s*(\d+)-(\d*)\s*", copy_range)
             if match is None:
-                raise invalid_argument("x-oss-copy-source-range is malformed",
-                                       "x-oss-copy-source-range", copy_range)  # fmt: skip
+                raise invalid_argument(
+                    "x-oss-copy-source-range is malformed", "x-oss-copy-source-range", copy_range
+                )
             first = int(match.group(1))
             last = int(match.group(2)) if match.group(2) else source.size - 1
             if first > last or last >= source.size:
@@ -1174,7 +1349,7 @@ class App:
         )
         return copy_response
 
-    async def op_CompleteMultipartUpload(self, call: Call) -> Response:
+    async def _op_complete_multipart_upload(self, call: Call) -> Response:
         upload = self._upload(call)
         bucket, key = upload.bucket, upload.key
         all_parts = self.store.all_parts(upload.upload_id)
@@ -1189,9 +1364,12 @@ class App:
             chosen = self._chosen_parts(body, all_parts)
         for part in chosen[:-1]:
             if part.size < MIN_PART_SIZE:
-                raise OssServerError(400, "EntityTooSmall", "Your proposed upload is smaller "
-                                     "than the minimum allowed size.",
-                                     extra={"PartNumber": str(part.part_number)})  # fmt: skip
+                raise OssServerError(
+                    400,
+                    "EntityTooSmall",
+                    "Your proposed upload is smaller than the minimum allowed size.",
+                    extra={"PartNumber": str(part.part_number)},
+                )
         if upload.headers.get("x-oss-forbid-overwrite") == "true":
             self._check_forbid_overwrite(call, bucket, key)
         temp_path = await trio.to_thread.run_sync(self.store.concatenate_parts, chosen)
@@ -1202,8 +1380,12 @@ class App:
             raise
         if self.store.get_upload(upload.upload_id) is None:  # completed or aborted meanwhile
             self.store.object_path(data_file).unlink(missing_ok=True)
-            raise OssServerError(404, "NoSuchUpload", "The specified upload does not exist.",
-                                 extra={"UploadId": upload.upload_id})  # fmt: skip
+            raise OssServerError(
+                404,
+                "NoSuchUpload",
+                "The specified upload does not exist.",
+                extra={"UploadId": upload.upload_id},
+            )
         crc = 0
         md5s = b""
         size = 0
@@ -1211,16 +1393,25 @@ class App:
             crc = crc64_combine(crc, part.crc64, part.size)
             md5s += bytes.fromhex(part.etag.strip('"'))
             size += part.size
-        etag = f'"{hashlib.md5(md5s).hexdigest().upper()}-{len(chosen)}"'
+        etag = f'"{md5_digest(md5s).hex().upper()}-{len(chosen)}"'
         headers = dict(upload.headers)
         acl = headers.pop("x-oss-object-acl", "default")
         storage_class = headers.pop("x-oss-storage-class", "Standard")
         headers.pop("x-oss-forbid-overwrite", None)
         record = ObjectRecord(
-            bucket=bucket, key=key, data_file=data_file, size=size, etag=etag, crc64=crc,
-            mtime=time.time(), object_type="Multipart", headers=headers,
-            metadata=dict(upload.metadata), acl=acl, storage_class=storage_class,
-        )  # fmt: skip
+            bucket=bucket,
+            key=key,
+            data_file=data_file,
+            size=size,
+            etag=etag,
+            crc64=crc,
+            mtime=time.time(),
+            object_type="Multipart",
+            headers=headers,
+            metadata=dict(upload.metadata),
+            acl=acl,
+            storage_class=storage_class,
+        )
         if upload.headers.get("x-oss-forbid-overwrite") == "true":
             self._commit_new(call, record)
         else:
@@ -1254,27 +1445,35 @@ class App:
                 raise malformed_xml("PartNumber must be a positive integer.")
             number = int(number_text)
             if number <= previous:
-                raise OssServerError(400, "InvalidPartOrder", "The list of parts was not in "
-                                     "ascending order. The parts list must be specified in "
-                                     "order by part number.")  # fmt: skip
+                raise OssServerError(
+                    400,
+                    "InvalidPartOrder",
+                    "The list of parts was not in "
+                    "ascending order. The parts list must be specified in "
+                    "order by part number.",
+                )
             previous = number
             part = all_parts.get(number)
             if part is None or part.etag.strip('"').upper() != etag.strip('"').upper():
-                raise OssServerError(400, "InvalidPart", "One or more of the specified parts "
-                                     "could not be found or the specified entity tag might not "
-                                     "have matched the part's entity tag.",
-                                     extra={"PartNumber": number_text, "ETag": etag})  # fmt: skip
+                raise OssServerError(
+                    400,
+                    "InvalidPart",
+                    "One or more of the specified parts "
+                    "could not be found or the specified entity tag might not "
+                    "have matched the part's entity tag.",
+                    extra={"PartNumber": number_text, "ETag": etag},
+                )
             chosen.append(part)
         if not chosen:
             raise malformed_xml("CompleteMultipartUpload lists no parts.")
         return chosen
 
-    async def op_AbortMultipartUpload(self, call: Call) -> Response:
+    async def _op_abort_multipart_upload(self, call: Call) -> Response:
         upload = self._upload(call)
         self.store.delete_upload(upload.upload_id)
         return Response(204)
 
-    async def op_ListParts(self, call: Call) -> Response:
+    async def _op_list_parts(self, call: Call) -> Response:
         upload = self._upload(call)
         marker = _int_param(call, "part-number-marker", 0, 0, MAX_PART_NUMBER)
         max_parts = _int_param(call, "max-parts", 1000, 1, 1000)
@@ -1309,7 +1508,7 @@ class App:
         )
         return _xml_response(body)
 
-    async def op_ListMultipartUploads(self, call: Call) -> Response:
+    async def _op_list_multipart_uploads(self, call: Call) -> Response:
         bucket = call.require_bucket()
         prefix = call.param("prefix")
         delimiter = call.param("delimiter")
@@ -1363,9 +1562,18 @@ class App:
 # --- helpers ------------------------------------------------------------------------------------
 
 
+def _injected_error(status: int, code: str) -> OssServerError:
+    if code == "SlowDown":
+        return OssServerError(status, code, "Injected fault: please reduce your request rate.")
+    return OssServerError(status, code, "Injected fault: we encountered an internal error.")
+
+
 def _method_not_allowed(method: str) -> OssServerError:
-    return OssServerError(405, "MethodNotAllowed", f"The specified method ({method}) is not "
-                          "allowed against this resource.")  # fmt: skip
+    return OssServerError(
+        405,
+        "MethodNotAllowed",
+        f"The specified method ({method}) is not allowed against this resource.",
+    )
 
 
 def _int_param(call: Call, name: str, default: int, low: int, high: int) -> int:
@@ -1392,8 +1600,9 @@ def _decode_token(token: str) -> str:
     try:
         return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
     except (ValueError, UnicodeError):
-        raise invalid_argument("The continuation token is not valid.", "continuation-token",
-                               token) from None  # fmt: skip
+        raise invalid_argument(
+            "The continuation token is not valid.", "continuation-token", token
+        ) from None
 
 
 def _xml_response(root: str) -> Response:
@@ -1437,15 +1646,23 @@ def _object_attributes(headers: dict[str, str], key: str) -> tuple[dict[str, str
             continue
         short = name[len("x-oss-meta-") :]
         if not short or not _META_NAME.match(short):
-            raise OssServerError(400, "InvalidArgument", "User metadata names may hold only "
-                                 "letters, digits and hyphens.",
-                                 extra={"ArgumentName": name}, ec="0011-00000004")  # fmt: skip
+            raise OssServerError(
+                400,
+                "InvalidArgument",
+                "User metadata names may hold only letters, digits and hyphens.",
+                extra={"ArgumentName": name},
+                ec="0011-00000004",
+            )
         metadata[short] = value
         total += len(name) + len(value.encode("utf-8", errors="surrogateescape"))
     if total > MAX_USER_META_BYTES:
-        raise OssServerError(400, "InvalidArgument", "The user metadata exceeds the 8 KB limit.",
-                             extra={"ArgumentName": "x-oss-meta-*"},
-                             ec="0011-00000002")  # fmt: skip
+        raise OssServerError(
+            400,
+            "InvalidArgument",
+            "The user metadata exceeds the 8 KB limit.",
+            extra={"ArgumentName": "x-oss-meta-*"},
+            ec="0011-00000002",
+        )
     return standard, metadata
 
 

@@ -182,13 +182,18 @@ class Verifier:
             raise _access_denied("x-oss-date is missing, malformed, or not the credential date.")
         if abs(epoch - now) > MAX_CLOCK_SKEW_S:
             raise OssServerError(
-                403, "RequestTimeTooSkewed", "The difference between the request time and the "
-                "current time is too large."
-            )  # fmt: skip
+                403,
+                "RequestTimeTooSkewed",
+                "The difference between the request time and the current time is too large.",
+            )
         canonical = v4_canonical_request(
-            request.method, request.bucket, request.key, request.params, request.headers,
+            request.method,
+            request.bucket,
+            request.key,
+            request.params,
+            request.headers,
             parsed.additional_headers,
-        )  # fmt: skip
+        )
         string_to_sign = v4_string_to_sign(canonical, timestamp, parsed.region)
         expected = v4_signature(
             credentials.access_key_secret, timestamp, parsed.region, string_to_sign
@@ -243,9 +248,10 @@ class Verifier:
         epoch = calendar.timegm(parsed[:9]) - (parsed[9] or 0)
         if abs(epoch - now) > MAX_CLOCK_SKEW_S:
             raise OssServerError(
-                403, "RequestTimeTooSkewed", "The difference between the request time and the "
-                "current time is too large."
-            )  # fmt: skip
+                403,
+                "RequestTimeTooSkewed",
+                "The difference between the request time and the current time is too large.",
+            )
 
 
 def _parse_v4_timestamp(value: str) -> float | None:

@@ -14,6 +14,7 @@ response, because the unread bytes would be taken for the next request.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -45,7 +46,7 @@ class ProtocolError(Exception):
         self.status = status
 
 
-class PeerGone(Exception):
+class PeerGoneError(Exception):
     """The peer closed or reset the connection in the middle of a message."""
 
 
@@ -119,7 +120,7 @@ class Connection:
         try:
             data = await self.sock.recv(size)
         except OSError as exc:
-            raise PeerGone(str(exc)) from exc
+            raise PeerGoneError(str(exc)) from exc
         if not data:
             return False
         self._buffer += data
@@ -139,7 +140,7 @@ class Connection:
                 raise ProtocolError("request head too large", 431)
             if not await self._fill():
                 if self._buffer.strip():
-                    raise PeerGone("connection closed inside a request head")
+                    raise PeerGoneError("connection closed inside a request head")
                 return None
 
     async def read_line(self) -> bytes:
@@ -154,7 +155,7 @@ class Connection:
             if searched > MAX_LINE_BYTES:
                 raise ProtocolError("line too long")
             if not await self._fill():
-                raise PeerGone("connection closed inside a chunked body")
+                raise PeerGoneError("connection closed inside a chunked body")
 
     async def receive(self, max_bytes: int) -> bytes:
         """Up to `max_bytes` from the buffer, or else straight from the socket."""
@@ -165,9 +166,9 @@ class Connection:
             try:
                 data = await self.sock.recv(max_bytes)
             except OSError as exc:
-                raise PeerGone(str(exc)) from exc
+                raise PeerGoneError(str(exc)) from exc
             if not data:
-                raise PeerGone("connection closed inside a request body")
+                raise PeerGoneError("connection closed inside a request body")
         await self.throttle.take(len(data))
         return data
 
@@ -178,10 +179,10 @@ class Connection:
                 sent = await self.sock.send(view)
                 view = view[sent:]
         except OSError as exc:
-            raise PeerGone(str(exc)) from exc
+            raise PeerGoneError(str(exc)) from exc
 
     async def send_file(self, body: FileBody, limit: int | None = None) -> None:
-        """Send the file slice (at most `limit` bytes of it): sendfile, or pread+send if throttled."""
+        """Send the file slice (at most `limit` bytes): sendfile, or pread+send if throttled."""
         offset = body.offset
         remaining = body.length if limit is None else min(limit, body.length)
         out_fd = self.sock.fileno()
@@ -189,7 +190,7 @@ class Connection:
             if self.throttle.active:
                 chunk = os.pread(body.fd, min(remaining, 64 * 1024), offset)
                 if not chunk:
-                    raise PeerGone("file shrank while being sent")
+                    raise PeerGoneError("file shrank while being sent")
                 await self.throttle.take(len(chunk))
                 await self.send_all(chunk)
                 sent = len(chunk)
@@ -197,12 +198,12 @@ class Connection:
                 try:
                     sent = os.sendfile(out_fd, body.fd, offset, min(remaining, SENDFILE_CHUNK))
                 except BlockingIOError:
-                    await trio.lowlevel.wait_writable(self.sock)
+                    await trio.lowlevel.wait_writable(out_fd)
                     continue
                 except OSError as exc:
-                    raise PeerGone(str(exc)) from exc
+                    raise PeerGoneError(str(exc)) from exc
                 if sent == 0:
-                    raise PeerGone("file shrank while being sent")
+                    raise PeerGoneError("file shrank while being sent")
                 # Let other tasks run between big chunks on a fast socket.
                 await trio.lowlevel.checkpoint()
             offset += sent
@@ -210,10 +211,8 @@ class Connection:
 
     def abort(self) -> None:
         """Reset the connection (RST instead of FIN)."""
-        try:
+        with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
         self.sock.close()
 
 
@@ -241,7 +240,7 @@ class Body:
             await self._conn.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.reset_after is not None and self.received >= self.reset_after:
             self._conn.abort()
-            raise PeerGone("injected reset")
+            raise PeerGoneError("injected reset")
         if self.reset_after is not None:
             max_bytes = max(1, min(max_bytes, self.reset_after - self.received))
         if not self.chunked:
@@ -461,7 +460,7 @@ async def serve_connection(
                 response.close_file()
             if close:
                 return
-    except PeerGone as exc:
+    except PeerGoneError as exc:
         log.debug("connection from %s ended: %s", peer, exc)
     finally:
         _close_quietly(sock)
@@ -493,14 +492,12 @@ async def _send_body(conn: Connection, response: Response, reset_at: int | None)
             await conn.send_all(body)
     if reset_at is not None and reset_at < response.content_length:
         conn.abort()
-        raise PeerGone("injected reset")
+        raise PeerGoneError("injected reset")
 
 
 async def _send_error_and_close(conn: Connection, response: Response) -> None:
-    try:
+    with contextlib.suppress(PeerGoneError):
         await conn.send_all(encode_head(response, close=True) + response.body)
-    except PeerGone:
-        pass
 
 
 def _close_quietly(sock: trio.socket.SocketType) -> None:

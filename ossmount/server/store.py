@@ -154,7 +154,7 @@ class BlobWriter:
         self.path = path
         self._fd = fd
         self._append_offset = append_offset
-        self._md5 = hashlib.md5()
+        self._md5 = hashlib.md5(usedforsecurity=False)
         self._crc = 0
         self.size = 0
 
@@ -191,9 +191,8 @@ class BlobWriter:
         return Blob(self.path, self.size, self._md5.digest(), self._crc)
 
     def discard(self) -> None:
-        if self._append_offset is not None:
-            if self._fd >= 0:
-                os.ftruncate(self._fd, self._append_offset)
+        if self._append_offset is not None and self._fd >= 0:
+            os.ftruncate(self._fd, self._append_offset)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -210,6 +209,10 @@ def copy_range_to_writer(src_fd: int, offset: int, length: int, writer: BlobWrit
         writer.write(chunk)
         offset += len(chunk)
         length -= len(chunk)
+
+
+def md5_digest(data: bytes) -> bytes:
+    return hashlib.md5(data, usedforsecurity=False).digest()
 
 
 def md5_etag(md5: bytes) -> str:
@@ -368,8 +371,21 @@ class Store:
 
     @staticmethod
     def _object_from_row(row: tuple[object, ...]) -> ObjectRecord:
-        (bucket, key, data_file, size, etag, crc, mtime, object_type, headers, metadata,
-         symlink_target, acl, storage_class) = row  # fmt: skip
+        (
+            bucket,
+            key,
+            data_file,
+            size,
+            etag,
+            crc,
+            mtime,
+            object_type,
+            headers,
+            metadata,
+            symlink_target,
+            acl,
+            storage_class,
+        ) = row
         return ObjectRecord(
             bucket=str(bucket),
             key=str(key),
@@ -407,12 +423,21 @@ class Store:
             f"INSERT OR REPLACE INTO objects ({self._OBJECT_COLUMNS})"  # noqa: S608
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                record.bucket, record.key, record.data_file, record.size, record.etag,
-                str(record.crc64), record.mtime, record.object_type,
-                json.dumps(record.headers), json.dumps(record.metadata),
-                record.symlink_target, record.acl, record.storage_class,
+                record.bucket,
+                record.key,
+                record.data_file,
+                record.size,
+                record.etag,
+                str(record.crc64),
+                record.mtime,
+                record.object_type,
+                json.dumps(record.headers),
+                json.dumps(record.metadata),
+                record.symlink_target,
+                record.acl,
+                record.storage_class,
             ),
-        )  # fmt: skip
+        )
         if previous is not None and previous.data_file not in (None, record.data_file):
             self._unlink_data(previous)
         return previous
@@ -516,9 +541,16 @@ class Store:
             "INSERT OR REPLACE INTO parts"
             " (upload_id, part_number, data_file, size, etag, crc64, mtime)"
             " VALUES (?,?,?,?,?,?,?)",
-            (part.upload_id, part.part_number, part.data_file, part.size, part.etag,
-             str(part.crc64), part.mtime),
-        )  # fmt: skip
+            (
+                part.upload_id,
+                part.part_number,
+                part.data_file,
+                part.size,
+                part.etag,
+                str(part.crc64),
+                part.mtime,
+            ),
+        )
         if previous is not None and previous[0] != part.data_file:
             self.part_path(previous[0]).unlink(missing_ok=True)
 
@@ -551,9 +583,17 @@ class Store:
             " WHERE bucket = ? AND key >= ? AND (? IS NULL OR key < ?)"
             " AND (key > ? OR (key = ? AND ? != '' AND upload_id > ?))"
             " ORDER BY key, upload_id",
-            (bucket, prefix, upper, upper, key_marker, key_marker, upload_id_marker,
-             upload_id_marker),
-        )  # fmt: skip
+            (
+                bucket,
+                prefix,
+                upper,
+                upper,
+                key_marker,
+                key_marker,
+                upload_id_marker,
+                upload_id_marker,
+            ),
+        )
         entries: list[UploadRecord | str] = []
         seen_prefixes: set[str] = set()
         for row in rows:
