@@ -1,0 +1,1299 @@
+"""The write path: staging files, uploads at flush, the crash journal and recovery.
+
+One :class:`WriteStaging` per mount owns the state directory (``journal.sqlite``, ``staging/``,
+``downloads/``), the disk budget, the upload concurrency limit and the background retry task.
+Each object being written has one :class:`StagedFile`, shared by every handle of its inode.
+
+A staged file is in one of three modes:
+
+``stream``
+    A new (or truncated) file written from the start. Its bytes live in part files of
+    ``part_size`` (``<id>.part<N>``). When part N >= 2 fills, it is sent with UploadPart at once
+    (``upload_concurrency`` parts in flight across the mount) and its file deleted, so a huge
+    sequential write keeps only a few parts on disk. Part 1 is kept until the end, so that a
+    program that rewrites a header at the start of the file (zip, mp4 muxers) still can, and it
+    is sent at flush with the last part; the flush then only completes the upload. Writes
+    into part 1 or the last part are made in place. A write anywhere else (random writes, a
+    truncate) turns the file into a ``local`` one while every part is still on disk; once a part
+    was sent and dropped, a write or read into it fails with :class:`StreamedRangeGoneError`
+    (EIO), as out-of-order writes do in mountpoint-s3.
+``local``
+    A full staging file ``<id>.data``. For an existing object it is first a complete copy made
+    by the checkpointed downloader (``transfer.download_file``; an interrupted copy resumes),
+    and the changed byte ranges are tracked. At flush a file below ``multipart_threshold`` is
+    one PutObject; above it a multipart upload whose unchanged runs of >= 100 KB are copied
+    server-side from the base object (UploadPartCopy, If-Match on its ETag; a 412 sends those
+    bytes from the local copy instead), and the rest is sent from the staging file.
+``remote``
+    Nothing staged: an existing object opened without O_TRUNC and not written yet, or a
+    streamed file after its upload completed. ``read`` returns None: the reader serves the range
+    from the object (``remote_etag``). The first write or truncate fetches the full copy.
+
+Every upload is checked by CRC-64: PutObject and each part by the client, the completed object
+by combining the parts' CRCs (for copied parts, the CRC of the same bytes of the local copy).
+
+Journal and crash (see journal.py): a file is ``dirty`` while written, ``flushing`` from the
+moment flush() begins until the upload is confirmed, ``clean`` after. The next start (mount or
+``ossmount recover``) finishes ``flushing`` files (resuming the multipart upload with ListParts)
+and discards the others, aborting their multipart uploads, so a file that was never closed is
+never published: the old object stays.
+
+A flush that fails after the client's retries raises the OssError (EIO for the caller); the data
+stays staged, the file stays ``flushing`` and the task started by :meth:`WriteStaging.run` retries
+it with growing delays, even after the last handle is closed, until it succeeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import trio
+
+from ossmount.fs.journal import (
+    MODE_LOCAL,
+    MODE_REMOTE,
+    MODE_STREAM,
+    STATE_CLEAN,
+    STATE_DIRTY,
+    STATE_FLUSHING,
+    Journal,
+    JournalEntry,
+    PlannedPart,
+)
+from ossmount.fs.staging import DiskBudget, RangeSet, plan_parts
+from ossmount.oss import transfer
+from ossmount.oss.client import FileSlice, OssClient
+from ossmount.oss.crc64 import crc64, crc64_combine
+from ossmount.oss.errors import (
+    FileAlreadyExists,
+    IntegrityError,
+    NoSuchUpload,
+    OssError,
+    PreconditionFailed,
+)
+from ossmount.oss.model import ObjectInfo, PartInfo, PutResult
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# CopyObject handles objects up to 1 GB; above, a metadata change is a multipart copy.
+COPY_OBJECT_LIMIT = 1024 * MiB
+FORBID_OVERWRITE_HEADER = {"x-oss-forbid-overwrite": "true"}
+# Window in which an upload initiated just before a crash is recognised as ours.
+UPLOAD_INTENT_SLACK_S = 300.0
+READ_CHUNK = 4 * MiB
+
+
+class StreamedRangeGoneError(OSError):
+    """A write or read below the last part of a streamed new file, in a part already uploaded
+    and dropped from the staging disk (EIO)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
+
+
+class StateDirBusyError(OSError):
+    """Another process (a mount or `ossmount recover`) holds the state directory."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EBUSY, message)
+
+
+def default_state_dir(bucket: str, prefix: str) -> Path:
+    """$XDG_CACHE_HOME/ossmount/<bucket>-<hash of bucket and prefix> (~/.cache/ossmount/...)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    digest = hashlib.sha256(f"{bucket}\0{prefix}".encode()).hexdigest()[:16]
+    return Path(cache) / "ossmount" / f"{bucket}-{digest}"
+
+
+@dataclass
+class RecoveryReport:
+    """What :meth:`WriteStaging.recover` did."""
+
+    completed: list[str] = field(default_factory=list)  # uploads finished, by key
+    discarded: list[str] = field(default_factory=list)  # staged files never closed, by key
+    aborted_uploads: list[str] = field(default_factory=list)  # "key (upload id)"
+    failed: list[str] = field(default_factory=list)  # "key: reason"; still staged
+
+    def lines(self) -> list[str]:
+        """One line per action, for the log and `ossmount recover`."""
+        return (
+            [f"completed upload of {key}" for key in self.completed]
+            + [f"discarded unclosed writes to {key} (old object kept)" for key in self.discarded]
+            + [f"aborted multipart upload {item}" for item in self.aborted_uploads]
+            + [f"FAILED to finish {item} (still staged, will retry)" for item in self.failed]
+        )
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _pread_exact(path: Path, offset: int, size: int) -> bytes:
+    """``size`` bytes from ``offset``; bytes past the end of the file read as zeros."""
+    with open(path, "rb", buffering=0) as file:
+        data = os.pread(file.fileno(), size, offset)
+    if len(data) < size:
+        data += bytes(size - len(data))
+    return data
+
+
+def _crc_of_file_range(path: Path, offset: int, size: int) -> int:
+    crc = 0
+    with open(path, "rb", buffering=0) as file:
+        fd = file.fileno()
+        position = offset
+        end = offset + size
+        while position < end:
+            chunk = os.pread(fd, min(READ_CHUNK, end - position), position)
+            if not chunk:
+                # A sparse tail past the file's end reads as zeros.
+                chunk = bytes(min(READ_CHUNK, end - position))
+            crc = crc64(chunk, crc)
+            position += len(chunk)
+    return crc
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class StagedFile:
+    """The staged state of one object being written, shared by all handles of its inode.
+
+    ``size`` is the file's current size as the writer sees it (use it for getattr while the file
+    is staged). All methods may raise OssError (errno from the error table) or OSError
+    (ENOSPC for a full staging budget, EIO for :class:`StreamedRangeGoneError`).
+    """
+
+    def __init__(
+        self,
+        staging: WriteStaging,
+        entry: JournalEntry,
+        *,
+        remote_etag: str | None,
+        dirty: bool,
+    ) -> None:
+        self._staging = staging
+        self._file_id = entry.file_id
+        self.key = entry.key
+        self.size = entry.size
+        self._mode = entry.mode
+        self._state = entry.state
+        self._base_key = entry.base_key
+        self._base_etag = entry.base_etag
+        self._base_size = entry.base_size
+        self._base_crc64 = entry.base_crc64
+        self._upload_id = entry.upload_id
+        self._plan = entry.plan
+        self._metadata: dict[str, str] = dict(entry.metadata)
+        self._forbid_overwrite = entry.forbid_overwrite
+        self.remote_etag = remote_etag
+        # Bytes of the local staging file that differ from the base object.
+        self._changed = RangeSet()
+        # True while the staged data or metadata differ from the object in OSS.
+        self._dirty = dirty
+        self._handles = 0
+        self._unlinked = False
+        self._lock = trio.Lock()
+        # Stream mode: bytes below _stream_base are in sealed parts (1 .. _stream_base/part_size).
+        self._stream_base = (entry.size // staging.part_size) * staging.part_size
+        self._uploaded_parts: dict[int, PartInfo] = {}
+        self._failed_parts: dict[int, BaseException] = {}
+        self._parts_in_flight = 0
+        self._parts_changed = trio.Event()
+        self._upload_init_lock = trio.Lock()
+        # Background retry of a failed flush.
+        self._retry_due_s: float | None = None
+        self._retry_delay_s = staging.retry_initial_s
+        self._retrying = False
+        self.last_error: BaseException | None = None
+        # Set for files rebuilt from the journal at start: their parts are checked by ListParts.
+        self._resumed = False
+        # The metadata the current multipart upload was initiated with (None: not known).
+        self._upload_metadata: dict[str, str] | None = None
+        # When the data last changed, and whether mtime was set explicitly since (utimens).
+        self._data_changed_ns: int | None = None
+        self._mtime_explicit = False
+
+    def __repr__(self) -> str:
+        return f"StagedFile({self.key!r}, mode={self._mode}, size={self.size}, dirty={self._dirty})"
+
+    # --- paths and accounting ------------------------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        """True while the staged data or metadata are not (yet) in OSS."""
+        return self._dirty
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return dict(self._metadata)
+
+    def _data_path(self) -> Path:
+        return self._staging.staging_dir / f"{self._file_id}.data"
+
+    def _part_path(self, number: int) -> Path:
+        return self._staging.staging_dir / f"{self._file_id}.part{number}"
+
+    def _part_number_at(self, offset: int) -> int:
+        return offset // self._staging.part_size + 1
+
+    def _journal(self, **fields: object) -> None:
+        self._staging.journal.update(self._file_id, **fields)
+
+    def _data_changed(self) -> None:
+        self._data_changed_ns = time.time_ns()
+        self._mtime_explicit = False
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        """Data changed: a crash from now on discards the staged file (old object stays), and a
+        planned upload of older content is no longer valid."""
+        self._dirty = True
+        if self._state != STATE_DIRTY:
+            self._state = STATE_DIRTY
+            self._journal(state=STATE_DIRTY)
+        if self._plan is not None:
+            self._plan = None
+            self._journal(plan=None)
+
+    # --- public operations ---------------------------------------------------------------
+
+    async def write(self, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset`` (past the end leaves a hole of zeros); -> bytes written."""
+        if not data:
+            return 0
+        async with self._lock:
+            if self._mode == MODE_REMOTE:
+                await self._make_local()
+            if self._mode == MODE_STREAM:
+                if offset < self._stream_base and not self._in_part_one(offset, len(data)):
+                    if not await self._stream_to_local():
+                        raise StreamedRangeGoneError(
+                            f"{self.key}: write at {offset} into a part of a streamed new file "
+                            "that was already uploaded; only sequential writes are possible "
+                            "past the second part"
+                        )
+                else:
+                    await self._stream_write(offset, data)
+                    return len(data)
+            await self._local_write(offset, data)
+            return len(data)
+
+    async def read(self, offset: int, size: int) -> bytes | None:
+        """Read-your-writes: the staged bytes of [offset, offset+size) (short at the end of the
+        file), or None when nothing is staged (mode remote): read the object ``key`` at ETag
+        ``remote_etag`` instead."""
+        if self._mode == MODE_REMOTE:
+            return None
+        end = min(offset + size, self.size)
+        if end <= offset:
+            return b""
+        if self._mode == MODE_LOCAL:
+            return await trio.to_thread.run_sync(
+                _pread_exact, self._data_path(), offset, end - offset
+            )
+        pieces = []
+        position = offset
+        while position < end:
+            number = self._part_number_at(position)
+            part_start = (number - 1) * self._staging.part_size
+            part_end = min(part_start + self._staging.part_size, end)
+            path = self._part_path(number)
+            if not path.exists():
+                raise StreamedRangeGoneError(
+                    f"{self.key}: read at {position} of a streamed new file, in a part that was "
+                    "already uploaded"
+                )
+            pieces.append(
+                await trio.to_thread.run_sync(
+                    _pread_exact, path, position - part_start, part_end - position
+                )
+            )
+            position = part_end
+        return b"".join(pieces)
+
+    async def truncate(self, size: int) -> None:
+        """Set the file's size (cut, or extend with zeros)."""
+        async with self._lock:
+            if size == self.size and self._mode != MODE_REMOTE:
+                return
+            if size == 0:
+                await self._reset_to_empty()
+                return
+            if self._mode == MODE_REMOTE:
+                if size == self.size:
+                    return
+                await self._make_local()
+            if self._mode == MODE_STREAM and not await self._stream_to_local():
+                raise StreamedRangeGoneError(
+                    f"{self.key}: truncate to {size} of a streamed new file whose earlier parts "
+                    "were already uploaded"
+                )
+            await self._local_truncate(size)
+
+    def set_metadata(self, metadata: Mapping[str, str]) -> None:
+        """Set the x-oss-meta-* values (names without the prefix; ossfs's mode/uid/gid/mtime)
+        that the next upload carries; a flush with no data change sends them alone."""
+        updated = {**self._metadata, **metadata}
+        if "mtime" in metadata:
+            self._mtime_explicit = True
+        if updated == self._metadata:
+            return
+        self._metadata = updated
+        self._journal(metadata=updated)
+        self._mark_dirty()
+
+    async def flush(self) -> None:
+        """Upload if dirty; return only once OSS has it, CRC-64 checked.
+
+        Raises the OssError when the upload fails after the client's retries (EIO, or EEXIST for
+        an O_EXCL file that appeared meanwhile); the data stays staged and the background task
+        retries. A file unlinked while open is never uploaded.
+        """
+        async with self._lock:
+            await self._flush_locked()
+
+    async def release(self) -> None:
+        """The last of the handles that opened this file was closed (call once per open)."""
+        await self._staging._release(self)
+
+    async def detach(self) -> None:
+        """The file is being unlinked while open: keep a full local copy so that open handles
+        keep working, never upload it again, and drop it at the last release."""
+        async with self._lock:
+            if self._mode == MODE_REMOTE:
+                await self._make_local()
+            if self._mode == MODE_STREAM and not await self._stream_to_local():
+                # Parts already left the disk: what is still staged is all that can be read.
+                log.warning(
+                    "%s: unlinked while open; earlier parts are no longer readable", self.key
+                )
+            self._unlinked = True
+            self._dirty = False
+            self._retry_due_s = None
+            self._state = STATE_DIRTY
+            self._journal(state=STATE_DIRTY, plan=None)
+            await self._abort_upload()
+
+    # --- stream mode ---------------------------------------------------------------------
+
+    def _in_part_one(self, offset: int, length: int) -> bool:
+        return offset + length <= self._staging.part_size
+
+    async def _stream_write(self, offset: int, data: bytes) -> None:
+        part_size = self._staging.part_size
+        end = offset + len(data)
+        if offset > self.size:
+            # A hole: written as zeros, keeping the parts contiguous.
+            await self._stream_write(self.size, bytes(offset - self.size))
+        grow = max(0, end - self.size)
+        await self._staging.budget.reserve(grow)
+        try:
+            position = offset
+            view = memoryview(data)
+            while view:
+                number = self._part_number_at(position)
+                part_start = (number - 1) * part_size
+                take = min(len(view), part_start + part_size - position)
+                if self._uploaded_parts.pop(number, None) is not None:
+                    # Sent by an earlier flush (part 1 or the last part): it must go again.
+                    self._staging.journal.forget_part(self._file_id, number)
+                fd = os.open(self._part_path(number), os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    _pwrite_all(fd, view[:take], position - part_start)
+                finally:
+                    os.close(fd)
+                view = view[take:]
+                position += take
+                self.size = max(self.size, position)
+        except BaseException:
+            self._staging.budget.release(grow)
+            raise
+        self._data_changed()
+        # Seal every part that is now full.
+        while self.size >= self._stream_base + part_size:
+            number = self._part_number_at(self._stream_base)
+            self._stream_base += part_size
+            if number >= 2:
+                await self._start_part_upload(number)
+
+    async def _start_part_upload(self, number: int) -> None:
+        staging = self._staging
+        while self._parts_in_flight >= staging.max_parts_in_flight:
+            await self._wait_parts_changed()
+        await self._ensure_upload()
+        self._parts_in_flight += 1
+        staging.budget.expect_release()
+        staging.nursery().start_soon(self._upload_stream_part, number)
+
+    async def _wait_parts_changed(self) -> None:
+        await self._parts_changed.wait()
+
+    def _notify_parts_changed(self) -> None:
+        self._parts_changed.set()
+        self._parts_changed = trio.Event()
+
+    async def _upload_stream_part(self, number: int) -> None:
+        """Background: send sealed part ``number`` (>= 2) and drop its file."""
+        path = self._part_path(number)
+        try:
+            part = await self._send_part_file(number, path)
+        except Exception as exc:
+            log.warning("%s: upload of part %d failed (%s); it stays staged", self.key, number, exc)
+            self._failed_parts[number] = exc
+        else:
+            self._failed_parts.pop(number, None)
+            self._uploaded_parts[number] = part
+            self._staging.journal.record_part(self._file_id, part)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            self._staging.budget.release(part.size)
+        finally:
+            self._parts_in_flight -= 1
+            self._staging.budget.release_expected()
+            self._notify_parts_changed()
+
+    async def _send_part_file(self, number: int, path: Path) -> PartInfo:
+        assert self._upload_id is not None
+        async with self._staging.upload_limiter:
+            return await self._staging.client.upload_part(
+                self._staging.bucket, self.key, self._upload_id, number, FileSlice(path)
+            )
+
+    async def _ensure_upload(self) -> str:
+        """The multipart upload of this file, initiated (and journalled) on first need."""
+        async with self._upload_init_lock:
+            if self._upload_id is None:
+                self._journal(upload_intent_s=time.time(), upload_key=self.key)
+                self._prepare_metadata()
+                self._upload_metadata = dict(self._metadata)
+                self._upload_id = await self._staging.client.init_multipart_upload(
+                    self._staging.bucket,
+                    self.key,
+                    metadata=self._upload_metadata,
+                    forbid_overwrite=self._forbid_overwrite,
+                )
+                self._journal(upload_id=self._upload_id)
+                self._staging.journal.clear_parts(self._file_id)
+                self._uploaded_parts.clear()
+            return self._upload_id
+
+    async def _wait_stream_parts(self) -> None:
+        while self._parts_in_flight:
+            await self._wait_parts_changed()
+
+    async def _stream_to_local(self) -> bool:
+        """Turn a streamed file into a local one, if no part left the disk yet; -> done."""
+        await self._wait_stream_parts()
+        numbers = range(1, self._part_number_at(max(0, self.size - 1)) + 1)
+        if any(not self._part_path(n).exists() for n in numbers if self.size > 0):
+            return False
+        data_path = self._data_path()
+        part_one = self._part_path(1)
+        if part_one.exists():
+            os.replace(part_one, data_path)
+        else:
+            data_path.touch()
+        with open(data_path, "r+b") as target:
+            for number in numbers:
+                if number == 1:
+                    continue
+                path = self._part_path(number)
+                with open(path, "rb") as source:
+                    target.seek((number - 1) * self._staging.part_size)
+                    shutil.copyfileobj(source, target)
+                path.unlink()
+            target.truncate(self.size)
+        await self._abort_upload()
+        self._mode = MODE_LOCAL
+        self._base_key = self._base_etag = None
+        self._base_size = 0
+        self._changed = RangeSet([(0, self.size)])
+        self._journal(mode=MODE_LOCAL, base_key=None, base_etag=None, base_size=0)
+        return True
+
+    async def _abort_upload(self) -> None:
+        await self._wait_stream_parts()
+        upload_id = self._upload_id
+        if upload_id is None:
+            return
+        try:
+            await self._staging.client.abort_multipart_upload(
+                self._staging.bucket, self.key, upload_id
+            )
+        except OssError as exc:
+            # Left in the journal (state dirty): the next start aborts it.
+            log.warning("%s: could not abort upload %s: %s", self.key, upload_id, exc)
+            return
+        self._upload_id = None
+        self._uploaded_parts.clear()
+        self._failed_parts.clear()
+        self._staging.journal.clear_parts(self._file_id)
+        self._journal(upload_id=None, upload_intent_s=None)
+
+    async def _reset_to_empty(self) -> None:
+        """Truncate to 0: whatever was staged goes; the file streams again from the start."""
+        await self._abort_upload()
+        released = self._staged_bytes_accounted
+        self._delete_staging_files()
+        self._staging.budget.release(released)
+        self.size = 0
+        self._stream_base = 0
+        self._mode = MODE_STREAM
+        self._changed = RangeSet()
+        self._journal(mode=MODE_STREAM, size=0, base_key=None, base_etag=None, base_size=0)
+        self._data_changed()
+
+    # --- local mode ----------------------------------------------------------------------
+
+    @property
+    def _staged_bytes_accounted(self) -> int:
+        """Budget bytes this file holds: its local copy, or its part files on disk."""
+        if self._mode == MODE_LOCAL:
+            return self.size
+        if self._mode == MODE_STREAM:
+            return sum(
+                min(self._staging.part_size, self.size - (n - 1) * self._staging.part_size)
+                for n in range(1, self._part_number_at(max(0, self.size - 1)) + 1)
+                if self._part_path(n).exists()
+            )
+        return 0
+
+    async def _make_local(self) -> None:
+        """Fetch the full copy of the object (checkpointed, resumable) to write into."""
+        staging = self._staging
+        await staging.budget.reserve(self.size)
+        checkpoint_dir = staging.download_dir / str(self._file_id)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            info = await transfer.download_file(
+                staging.client,
+                staging.bucket,
+                self.key,
+                self._data_path(),
+                part_size=staging.part_size,
+                concurrency=staging.upload_concurrency,
+                checkpoint_dir=checkpoint_dir,
+            )
+        except BaseException:
+            staging.budget.release(self.size)
+            raise
+        if info.size != self.size:
+            staging.budget.release(self.size)
+            staging.budget.force(info.size)
+        if self.remote_etag is not None and info.etag != self.remote_etag:
+            log.info("%s changed since it was opened; writing into the new version", self.key)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        self.size = info.size
+        self.remote_etag = info.etag
+        self._mode = MODE_LOCAL
+        self._base_key = self.key
+        self._base_etag = info.etag
+        self._base_size = info.size
+        self._base_crc64 = info.crc64
+        self._changed = RangeSet()
+        self._journal(
+            mode=MODE_LOCAL,
+            size=info.size,
+            base_key=self.key,
+            base_etag=info.etag,
+            base_size=info.size,
+            base_crc64=info.crc64,
+        )
+
+    async def _local_write(self, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        grow = max(0, end - self.size)
+        await self._staging.budget.reserve(grow)
+        try:
+            fd = os.open(self._data_path(), os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                _pwrite_all(fd, data, offset)
+            finally:
+                os.close(fd)
+        except BaseException:
+            self._staging.budget.release(grow)
+            raise
+        if offset > self.size:
+            self._changed.add(self.size, offset)  # the hole reads as zeros
+        self._changed.add(offset, end)
+        self.size = max(self.size, end)
+        self._data_changed()
+
+    async def _local_truncate(self, size: int) -> None:
+        if size > self.size:
+            await self._staging.budget.reserve(size - self.size)
+        with open(self._data_path(), "r+b") as file:
+            file.truncate(size)
+        if size < self.size:
+            self._staging.budget.release(self.size - size)
+            # Bytes past the cut no longer match the base, should the file grow again.
+            self._changed.add(size, max(self.size, self._base_size))
+        else:
+            self._changed.add(self.size, size)
+        self.size = size
+        self._data_changed()
+
+    # --- flush ---------------------------------------------------------------------------
+
+    def _prepare_metadata(self) -> None:
+        """After a data change, a stale x-oss-meta-mtime goes (the object's Last-Modified is
+        then the mtime), unless utimens set one since."""
+        stale = self._data_changed_ns is not None and not self._mtime_explicit
+        if stale and "mtime" in self._metadata:
+            del self._metadata["mtime"]
+            self._journal(metadata=self._metadata)
+
+    async def _flush_locked(self) -> None:
+        if self._unlinked or not self._dirty:
+            return
+        self._prepare_metadata()
+        if self._state != STATE_FLUSHING:
+            self._state = STATE_FLUSHING
+            self._journal(state=STATE_FLUSHING, size=self.size, metadata=self._metadata)
+        try:
+            if self._mode == MODE_STREAM:
+                result = await self._flush_stream()
+            elif self._mode == MODE_LOCAL:
+                result = await self._flush_local()
+            else:
+                result = await self._flush_metadata_only()
+        except FileAlreadyExists:
+            # O_EXCL lost a race: the other writer's object stays, and this one is dropped.
+            log.error(  # noqa: TRY400 (the reason is the message; no traceback)
+                "%s: created meanwhile by another writer (O_EXCL); not uploaded", self.key
+            )
+            self._unlinked = True
+            self._dirty = False
+            self._state = STATE_DIRTY
+            self._journal(state=STATE_DIRTY, plan=None)
+            raise
+        except BaseException as exc:
+            self.last_error = exc
+            if isinstance(exc, Exception):
+                self._staging._schedule_retry(self)
+                log.error(  # noqa: TRY400 (the reason is the message; no traceback)
+                    "%s: upload of %d bytes failed; the data stays staged and is retried in the "
+                    "background: %s",
+                    self.key,
+                    self.size,
+                    exc,
+                )
+            raise
+        await self._published(result)
+
+    async def _published(self, result: PutResult) -> None:
+        """The upload is in OSS and checked: the staged copy is now clean."""
+        self._dirty = False
+        self._forbid_overwrite = False
+        self._retry_due_s = None
+        self._retry_delay_s = self._staging.retry_initial_s
+        self.last_error = None
+        self.remote_etag = result.etag
+        self._upload_id = None
+        self._plan = None
+        self._uploaded_parts.clear()
+        self._staging.journal.clear_parts(self._file_id)
+        if self._mode == MODE_STREAM:
+            # The parts are in OSS; the remaining part files are no longer needed.
+            released = self._staged_bytes_accounted
+            self._delete_staging_files()
+            self._staging.budget.release(released)
+            self._mode = MODE_REMOTE
+        self._base_key = self.key
+        self._base_etag = result.etag
+        self._base_size = self.size
+        self._base_crc64 = result.crc64
+        self._changed = RangeSet()
+        self._state = STATE_CLEAN
+        self._journal(
+            state=STATE_CLEAN,
+            mode=self._mode,
+            size=self.size,
+            base_key=self.key,
+            base_etag=result.etag,
+            base_size=self.size,
+            base_crc64=result.crc64,
+            upload_id=None,
+            upload_intent_s=None,
+            plan=None,
+            forbid_overwrite=False,
+        )
+        log.debug("%s: uploaded %d bytes (etag %s)", self.key, self.size, result.etag)
+
+    def _overwrite_headers(self) -> dict[str, str]:
+        return dict(FORBID_OVERWRITE_HEADER) if self._forbid_overwrite else {}
+
+    async def _flush_stream(self) -> PutResult:
+        staging = self._staging
+        client = staging.client
+        await self._wait_stream_parts()
+        last_part = self._part_number_at(max(0, self.size - 1))
+        if self._upload_id is None:
+            # No part sent yet: at most part 1 and part 2 are on disk.
+            numbers = [n for n in range(1, last_part + 1) if self._part_path(n).exists()]
+            on_disk = self.size == 0 or len(numbers) == last_part
+            if on_disk and (
+                last_part == 1 or (last_part == 2 and self.size < staging.multipart_threshold)
+            ):
+                body: bytes | FileSlice
+                if self.size == 0:
+                    body = b""
+                elif last_part == 1:
+                    body = FileSlice(self._part_path(1), 0, self.size)
+                else:
+                    body = b"".join(self._part_path(n).read_bytes() for n in numbers)
+                async with staging.upload_limiter:
+                    return await client.put_object(
+                        staging.bucket,
+                        self.key,
+                        body,
+                        metadata=self._metadata,
+                        forbid_overwrite=self._forbid_overwrite,
+                    )
+            await self._ensure_upload()
+        upload_id = self._upload_id
+        assert upload_id is not None
+        if self._resumed:
+            # After a restart: trust only the parts the server still lists.
+            self._uploaded_parts.clear()
+            await self._confirmed_parts(upload_id)
+        # Everything still on disk: part 1, failed parts, the last part.
+        pending = [
+            n
+            for n in range(1, last_part + 1)
+            if n not in self._uploaded_parts and self._part_path(n).exists()
+        ]
+        async with trio.open_nursery() as nursery:
+            for number in pending:
+                nursery.start_soon(self._send_and_record, number)
+        missing = [n for n in range(1, last_part + 1) if n not in self._uploaded_parts]
+        if missing:
+            raise OssError(f"{self.key}: parts {missing} are neither uploaded nor staged")
+        parts = [self._uploaded_parts[n] for n in range(1, last_part + 1)]
+        result = await self._complete(upload_id, parts)
+        if self._upload_metadata is not None and self._upload_metadata != self._metadata:
+            # The metadata changed after the upload began (chmod while writing): apply it.
+            self._upload_id = None
+            self._uploaded_parts.clear()
+            self._staging.journal.clear_parts(self._file_id)
+            self._journal(upload_id=None, upload_intent_s=None)
+            self.remote_etag = result.etag
+            self._base_crc64 = result.crc64
+            self._forbid_overwrite = False
+            result = await self._flush_metadata_only()
+        return result
+
+    async def _send_and_record(self, number: int) -> None:
+        part = await self._send_part_file(number, self._part_path(number))
+        self._uploaded_parts[number] = part
+        self._failed_parts.pop(number, None)
+        self._staging.journal.record_part(self._file_id, part)
+
+    async def _complete(self, upload_id: str, parts: list[PartInfo]) -> PutResult:
+        staging = self._staging
+        try:
+            result = await staging.client.complete_multipart_upload(
+                staging.bucket, self.key, upload_id, parts, headers=self._overwrite_headers()
+            )
+        except NoSuchUpload:
+            # Completed by an attempt whose answer was lost? Accept only the exact content.
+            info = await staging.client.head_object(staging.bucket, self.key)
+            expected = _combined_crc(parts)
+            if info.size != self.size or expected is None or info.crc64 != expected:
+                raise
+            result = PutResult(info.etag, info.crc64)
+        expected = _combined_crc(parts)
+        if expected is not None and result.crc64 is not None and result.crc64 != expected:
+            raise IntegrityError(f"{self.key}: CRC-64 of the completed object differs")
+        return result
+
+    async def _flush_local(self) -> PutResult:
+        staging = self._staging
+        if self.size < staging.multipart_threshold and self._upload_id is None:
+            async with staging.upload_limiter:
+                return await staging.client.put_object(
+                    staging.bucket,
+                    self.key,
+                    FileSlice(self._data_path(), 0, self.size),
+                    metadata=self._metadata,
+                    forbid_overwrite=self._forbid_overwrite,
+                )
+        if self._plan is None:
+            can_copy = self._base_key is not None and self._base_etag is not None
+            self._plan = plan_parts(
+                self.size,
+                self._changed if can_copy else RangeSet([(0, self.size)]),
+                self._base_size if can_copy else 0,
+                part_size=staging.part_size,
+            )
+            # A new plan needs a new upload: parts of an older one may hold other bytes.
+            await self._abort_upload()
+            self._journal(plan=self._plan)
+        return await self._run_plan(self._plan, have_local=True)
+
+    async def _flush_metadata_only(self) -> PutResult:
+        """Mode remote: only the metadata changed; copy the object onto itself with it."""
+        staging = self._staging
+        if self.size <= COPY_OBJECT_LIMIT:
+            result = await staging.client.copy_object(
+                staging.bucket,
+                self.key,
+                staging.bucket,
+                self.key,
+                metadata=self._metadata,
+                if_match=self.remote_etag,
+            )
+            return result
+        if self._plan is None:
+            self._plan = plan_parts(self.size, RangeSet(), self.size, part_size=staging.part_size)
+            self._journal(plan=self._plan)
+        return await self._run_plan(self._plan, have_local=False)
+
+    async def _run_plan(self, plan: list[PlannedPart], *, have_local: bool) -> PutResult:
+        """Run (or resume) a planned multipart upload; -> the completed object, CRC-checked."""
+        staging = self._staging
+        upload_id = await self._ensure_upload()
+        done = await self._confirmed_parts(upload_id)
+        crcs: dict[int, int | None] = {}
+
+        async def run_part(part: PlannedPart) -> None:
+            if part.part_number in done:
+                return
+            info = await self._send_planned_part(upload_id, part, have_local)
+            self._uploaded_parts[part.part_number] = info
+            self._staging.journal.record_part(self._file_id, info)
+
+        async with trio.open_nursery() as nursery:
+            for part in plan:
+                nursery.start_soon(run_part, part)
+        parts: list[PartInfo] = []
+        for part in plan:
+            info = self._uploaded_parts[part.part_number]
+            crc = info.crc64
+            if part.copy and have_local:
+                # The copy's bytes must equal the local copy's: check them by CRC.
+                crc = await trio.to_thread.run_sync(
+                    _crc_of_file_range, self._data_path(), part.offset, part.size
+                )
+            elif part.copy:
+                crc = None
+            crcs[part.part_number] = crc
+            parts.append(PartInfo(part.part_number, info.etag, part.size, crc64=crc))
+        result = await self._complete(upload_id, parts)
+        if not have_local and self._base_crc64 is not None and result.crc64 != self._base_crc64:
+            raise IntegrityError(f"{self.key}: CRC-64 of the copied object differs")
+        del staging
+        return result
+
+    async def _confirmed_parts(self, upload_id: str) -> dict[int, PartInfo]:
+        """Parts of the upload the journal recorded and the server still lists (same ETag)."""
+        recorded = self._staging.journal.parts(self._file_id)
+        if not recorded:
+            return {}
+        listed: dict[int, PartInfo] = {}
+        async for part in self._staging.client.iter_parts(
+            self._staging.bucket, self.key, upload_id
+        ):
+            listed[part.part_number] = part
+        confirmed = {
+            number: part
+            for number, part in recorded.items()
+            if number in listed and listed[number].etag == part.etag
+        }
+        self._uploaded_parts.update(confirmed)
+        return confirmed
+
+    async def _send_planned_part(
+        self, upload_id: str, part: PlannedPart, have_local: bool
+    ) -> PartInfo:
+        staging = self._staging
+        async with staging.upload_limiter:
+            if part.copy:
+                assert self._base_key is not None
+                try:
+                    return await staging.client.upload_part_copy(
+                        staging.bucket,
+                        self.key,
+                        upload_id,
+                        part.part_number,
+                        staging.bucket,
+                        self._base_key,
+                        byte_range=(part.offset, part.offset + part.size - 1),
+                        if_match=self._base_etag,
+                    )
+                except PreconditionFailed:
+                    if not have_local:
+                        raise
+                    log.info(
+                        "%s: base object changed; sending bytes %d-%d from the local copy",
+                        self.key,
+                        part.offset,
+                        part.offset + part.size - 1,
+                    )
+            return await staging.client.upload_part(
+                staging.bucket,
+                self.key,
+                upload_id,
+                part.part_number,
+                FileSlice(self._data_path(), part.offset, part.size),
+            )
+
+    # --- end of life ---------------------------------------------------------------------
+
+    def _delete_staging_files(self) -> None:
+        for path in self._staging.staging_dir.glob(f"{self._file_id}.*"):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self._staging.download_dir / str(self._file_id), ignore_errors=True)
+
+
+def _combined_crc(parts: list[PartInfo]) -> int | None:
+    combined = 0
+    for part in sorted(parts, key=lambda item: item.part_number):
+        if part.crc64 is None:
+            return None
+        combined = crc64_combine(combined, part.crc64, part.size)
+    return combined
+
+
+class WriteStaging:
+    """The write path of one mount: state directory, disk budget, journal, background retries.
+
+    Keys are full object keys (the mount's prefix included). Use as::
+
+        staging = WriteStaging(client, bucket, state_dir=..., prefix=..., ...)
+        report = await staging.recover()          # before serving
+        await nursery.start(staging.run)          # background uploads and retries
+        ...
+        staging.close()                           # after the nursery ended
+    """
+
+    def __init__(
+        self,
+        client: OssClient,
+        bucket: str,
+        *,
+        state_dir: Path,
+        prefix: str,
+        disk_budget_bytes: int,
+        part_size: int,
+        multipart_threshold: int,
+        upload_concurrency: int,
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 60.0,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.state_dir = state_dir
+        self.part_size = max(part_size, 100 * 1024)
+        self.multipart_threshold = multipart_threshold
+        self.upload_concurrency = max(1, upload_concurrency)
+        # Sealed stream parts waiting or being sent, per file: bounds the staging disk.
+        self.max_parts_in_flight = self.upload_concurrency
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.staging_dir = state_dir / "staging"
+        self.download_dir = state_dir / "downloads"
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.download_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file: IO[str] = open(state_dir / "lock", "a")  # noqa: SIM115 (held until close)
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise StateDirBusyError(
+                f"state directory {state_dir} is in use by another ossmount process"
+            ) from None
+        self.journal = Journal(state_dir / "journal.sqlite")
+        self.budget = DiskBudget(disk_budget_bytes)
+        self.upload_limiter = trio.CapacityLimiter(self.upload_concurrency)
+        self._files: dict[str, StagedFile] = {}
+        self._nursery: trio.Nursery | None = None
+        self._retry_wakeup = trio.Event()
+
+    def close(self) -> None:
+        """Release the journal and the state directory lock (after run() ended)."""
+        self.journal.close()
+        self._lock_file.close()
+
+    def nursery(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError("WriteStaging.run() must be started before files are written")
+        return self._nursery
+
+    def staged(self, key: str) -> StagedFile | None:
+        """The staged file of ``key`` (open, or closed with an upload pending), if any."""
+        return self._files.get(key)
+
+    def pending_keys(self) -> list[str]:
+        """Keys whose data is staged but not yet in OSS."""
+        return [key for key, staged in self._files.items() if staged.dirty]
+
+    # --- opening -------------------------------------------------------------------------
+
+    async def open(
+        self,
+        key: str,
+        existing: ObjectInfo | None,
+        *,
+        truncate: bool,
+        append: bool = False,
+        exclusive: bool = False,
+    ) -> StagedFile:
+        """Open ``key`` for writing: one more handle on its StagedFile (created if needed).
+
+        ``existing`` is the object's current info (None for a new file). ``truncate`` is O_TRUNC
+        (and O_CREAT of a new file); ``exclusive`` is O_EXCL: the first upload carries
+        x-oss-forbid-overwrite, so a file created meanwhile by someone else gives EEXIST.
+        ``append`` (O_APPEND) needs nothing here: the caller writes at ``size``.
+        """
+        del append
+        staged = self._files.get(key)
+        if staged is None:
+            if existing is None or truncate:
+                entry_mode, size, dirty = MODE_STREAM, 0, True
+                state = STATE_DIRTY
+            else:
+                entry_mode, size, dirty = MODE_REMOTE, existing.size, False
+                state = STATE_CLEAN
+            metadata = dict(existing.metadata) if existing is not None else {}
+            file_id = self.journal.add(
+                key,
+                state=state,
+                mode=entry_mode,
+                size=size,
+                metadata=metadata,
+                forbid_overwrite=exclusive,
+                base_key=key if existing is not None else None,
+                base_etag=existing.etag if existing is not None else None,
+                base_size=existing.size if existing is not None else 0,
+                base_crc64=existing.crc64 if existing is not None else None,
+            )
+            entry = self.journal.get(file_id)
+            assert entry is not None
+            staged = StagedFile(
+                self,
+                entry,
+                remote_etag=existing.etag if existing is not None and not truncate else None,
+                dirty=dirty,
+            )
+            if dirty:
+                staged._data_changed_ns = time.time_ns()
+            self._files[key] = staged
+        elif truncate:
+            await staged.truncate(0)
+        staged._handles += 1
+        return staged
+
+    def rename(self, old_key: str, new_key: str, new_info: ObjectInfo | None) -> None:
+        """The file at ``old_key`` is now ``new_key`` (the caller renamed the object, after a
+        flush); ``new_info`` is the renamed object (its new ETag is the copy source)."""
+        staged = self._files.pop(old_key, None)
+        if staged is None:
+            return
+        replaced = self._files.pop(new_key, None)
+        if replaced is not None:
+            replaced._unlinked = True
+        staged.key = new_key
+        fields: dict[str, object] = {"key": new_key}
+        if new_info is not None:
+            staged.remote_etag = new_info.etag
+            staged._base_key = new_key
+            staged._base_etag = new_info.etag
+            fields.update(base_key=new_key, base_etag=new_info.etag)
+        self.journal.update(staged._file_id, **fields)
+        self._files[new_key] = staged
+
+    async def _release(self, staged: StagedFile) -> None:
+        staged._handles -= 1
+        if staged._handles > 0:
+            return
+        if staged.dirty and not staged._unlinked:
+            # Closed without a successful flush: the background task keeps trying.
+            if staged._state != STATE_FLUSHING:
+                staged._state = STATE_FLUSHING
+                self.journal.update(staged._file_id, state=STATE_FLUSHING, size=staged.size)
+            self._schedule_retry(staged, now=True)
+            return
+        await self._discard(staged)
+
+    async def _discard(self, staged: StagedFile) -> None:
+        async with staged._lock:
+            if staged._handles > 0 or (staged.dirty and not staged._unlinked):
+                return
+            await staged._abort_upload()
+            released = staged._staged_bytes_accounted
+            staged._delete_staging_files()
+            self.budget.release(released)
+            if staged._upload_id is None:
+                self.journal.remove(staged._file_id)
+            if self._files.get(staged.key) is staged:
+                del self._files[staged.key]
+
+    # --- background retries --------------------------------------------------------------
+
+    def _schedule_retry(self, staged: StagedFile, *, now: bool = False) -> None:
+        if now:
+            staged._retry_due_s = trio.current_time()
+        elif staged._retry_due_s is None or staged._retry_due_s <= trio.current_time():
+            staged._retry_due_s = trio.current_time() + staged._retry_delay_s
+            staged._retry_delay_s = min(self.retry_max_s, staged._retry_delay_s * 2)
+        self._retry_wakeup.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background work of the mount: streamed part uploads and retries of failed flushes.
+
+        Runs until cancelled (the mount's nursery ends at unmount)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                while True:
+                    # A new event first, so that a retry scheduled during the scan wakes us.
+                    self._retry_wakeup = trio.Event()
+                    now = trio.current_time()
+                    next_due: float | None = None
+                    for staged in list(self._files.values()):
+                        due = staged._retry_due_s
+                        if due is None or staged._retrying:
+                            continue
+                        if due <= now:
+                            staged._retrying = True
+                            nursery.start_soon(self._retry, staged)
+                        elif next_due is None or due < next_due:
+                            next_due = due
+                    timeout = (next_due - now) if next_due is not None else float("inf")
+                    with trio.move_on_after(max(0.0, timeout)):
+                        await self._retry_wakeup.wait()
+            finally:
+                self._nursery = None
+
+    async def _retry(self, staged: StagedFile) -> None:
+        try:
+            staged._retry_due_s = None
+            try:
+                await staged.flush()
+            except Exception as exc:
+                log.warning("%s: background upload failed again: %s", staged.key, exc)
+                return
+            log.info("%s: background upload succeeded", staged.key)
+            if staged._handles == 0:
+                await self._discard(staged)
+        finally:
+            staged._retrying = False
+            self._retry_wakeup.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no file has an upload pending (for tests and unmount)."""
+        while any(staged.dirty and staged._handles == 0 for staged in self._files.values()):
+            await trio.sleep(0.05)
+
+    # --- recovery ------------------------------------------------------------------------
+
+    async def recover(self) -> RecoveryReport:
+        """Finish what a crash interrupted; call before any file is opened.
+
+        ``flushing`` files are uploaded (resuming their multipart upload); ``dirty`` and
+        ``clean`` ones are discarded, their uploads aborted and temporary objects deleted.
+        Staging files no journal row refers to are deleted. Files that cannot be finished now
+        stay in the journal (and, in a mount, are retried in the background).
+        """
+        report = RecoveryReport()
+        for entry in self.journal.entries():
+            if entry.state == STATE_FLUSHING:
+                await self._recover_upload(entry, report)
+            else:
+                await self._recover_discard(entry, report)
+        self._delete_orphan_files()
+        for line in report.lines():
+            log.warning("recovery: %s", line)
+        return report
+
+    async def _recover_upload(self, entry: JournalEntry, report: RecoveryReport) -> None:
+        staged = StagedFile(self, entry, remote_etag=entry.base_etag, dirty=True)
+        if entry.mode == MODE_LOCAL:
+            staged._changed = RangeSet([(0, entry.size)])
+        if entry.upload_id is None and entry.upload_intent_s is not None:
+            await self._abort_orphans(entry, report)
+        staged._resumed = True
+        self.budget.force(staged._staged_bytes_accounted)
+        self._files[entry.key] = staged
+        try:
+            await staged.flush()
+        except NoSuchUpload as exc:
+            report.failed.append(f"{entry.key}: upload {entry.upload_id} is gone ({exc})")
+            return
+        except (OssError, OSError) as exc:
+            report.failed.append(f"{entry.key}: {exc}")
+            return
+        report.completed.append(entry.key)
+        await self._discard(staged)
+
+    async def _recover_discard(self, entry: JournalEntry, report: RecoveryReport) -> None:
+        if entry.state == STATE_DIRTY:
+            report.discarded.append(entry.key)
+        upload_key = entry.upload_key or entry.key
+        if entry.upload_id is not None:
+            try:
+                await self.client.abort_multipart_upload(self.bucket, upload_key, entry.upload_id)
+            except NoSuchUpload:
+                pass
+            except OssError as exc:
+                report.failed.append(f"{entry.key}: abort of upload {entry.upload_id}: {exc}")
+                return
+            report.aborted_uploads.append(f"{upload_key} ({entry.upload_id})")
+        elif entry.upload_intent_s is not None:
+            await self._abort_orphans(entry, report)
+        for path in self.staging_dir.glob(f"{entry.file_id}.*"):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.download_dir / str(entry.file_id), ignore_errors=True)
+        self.journal.remove(entry.file_id)
+
+    async def _abort_orphans(self, entry: JournalEntry, report: RecoveryReport) -> None:
+        """An InitiateMultipartUpload was sent but its id never recorded: abort the uploads of
+        the key started since (they can only be ours or another writer's brand-new one)."""
+        assert entry.upload_intent_s is not None
+        key = entry.upload_key or entry.key
+        since = entry.upload_intent_s - UPLOAD_INTENT_SLACK_S
+        async for upload in self.client.iter_object_uploads(self.bucket, key):
+            if upload.initiated >= since:
+                try:
+                    await self.client.abort_multipart_upload(self.bucket, key, upload.upload_id)
+                except NoSuchUpload:
+                    continue
+                report.aborted_uploads.append(f"{key} ({upload.upload_id})")
+        self.journal.update(entry.file_id, upload_intent_s=None)
+
+    def _delete_orphan_files(self) -> None:
+        known = {str(entry.file_id) for entry in self.journal.entries()}
+        for path in self.staging_dir.iterdir():
+            if path.name.lstrip(".").split(".", 1)[0] not in known:
+                path.unlink(missing_ok=True)
+        for path in self.download_dir.iterdir():
+            if path.name not in known:
+                shutil.rmtree(path, ignore_errors=True)
