@@ -121,6 +121,25 @@ def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.set_defaults(run=run)
 
 
+def _add_cp_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ossmount.cp import add_arguments  # noqa: PLC0415 (trio/httpx/tqdm, no pyfuse3)
+
+    parser = sub.add_parser(
+        "cp",
+        help="copy files between OSS and the local disk, resumably",
+        description="Copy SRC to DST; one is oss://bucket/key, the other a local path. "
+        "Run the same command again after an interruption to resume. See docs/client.md.",
+    )
+    add_arguments(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from ossmount.cp import cp_command  # noqa: PLC0415
+
+        return cp_command(args)
+
+    parser.set_defaults(run=run)
+
+
 def _helper_syntax(argv: list[str]) -> list[str]:
     # mount(8) / mount.fuse3 and fstab run "ossmount BUCKET MOUNTPOINT -o OPTS": a first
     # argument that is no subcommand means "mount".
@@ -145,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mount_parser(sub)
     _add_unmount_parser(sub)
     _add_demo_parser(sub)
+    _add_cp_parser(sub)
     return parser
 
 
