@@ -19,7 +19,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-# libfuse 3 answers at most 1 MiB per request (FUSE_MAX_MAX_PAGES pages of 4 KiB).
+# libfuse 3 takes at most 1 MiB per request (FUSE_MAX_MAX_PAGES pages of 4 KiB). ossmount never
+# passes the max_read mount option, which pyfuse3 cannot match in its init(), so the kernel's
+# limit is that maximum; how large sequential reads really arrive is set by read_ahead_kb.
 LIBFUSE_MAX_READ = MiB
 
 
@@ -68,7 +70,6 @@ class MountConfig:
     stat_cache_entries: int = 100_000
     list_cache_entries: int = 200_000
 
-    max_read: int = LIBFUSE_MAX_READ
     read_ahead_kb: int = 1024
     block_size: int = 4 * MiB
     read_cache_bytes: int = 128 * MiB
@@ -152,7 +153,6 @@ _INT_OPTIONS = {
     "max_stat_cache_size": "stat_cache_entries",
     "stat_cache_entries": "stat_cache_entries",
     "list_cache_entries": "list_cache_entries",
-    "max_read": "max_read",
     "read_ahead_kb": "read_ahead_kb",
     "block_size": "block_size",
     "read_cache_bytes": "read_cache_bytes",
@@ -294,8 +294,6 @@ def build_config(
 
 
 def _validate(config: MountConfig) -> None:
-    if config.max_read <= 0 or config.max_read > LIBFUSE_MAX_READ:
-        raise ConfigError(f"max_read must be between 1 and {LIBFUSE_MAX_READ}")
     if config.block_size < 64 * 1024:
         raise ConfigError("block_size must be at least 64 KiB")
     if config.head_concurrency < 1 or config.max_connections < 1:

@@ -36,7 +36,13 @@ from typing import Any
 import pyfuse3
 import trio
 
-from ossmount.config import ConfigError, MountConfig, build_config, split_option_list
+from ossmount.config import (
+    LIBFUSE_MAX_READ,
+    ConfigError,
+    MountConfig,
+    build_config,
+    split_option_list,
+)
 from ossmount.credentials import CredentialsError, resolve_credentials
 from ossmount.fs.attrs import AttrDefaults, directory_attributes
 from ossmount.fs.dircache import Namespace, NamespaceOptions
@@ -190,7 +196,6 @@ def fuse_options(config: MountConfig) -> set[str]:
     options = set(pyfuse3.default_options)
     options.add(f"fsname=ossmount:{config.bucket}")
     options.add("subtype=ossmount")
-    options.add(f"max_read={config.max_read}")
     # Part 1 has no write path: the kernel refuses writes with EROFS.
     options.add("ro")
     if config.allow_other:
@@ -256,7 +261,7 @@ def build_filesystem(
             entry_timeout_s=config.entry_timeout_s,
             attr_timeout_s=config.attr_timeout_s,
             stat_cache_ttl_s=config.stat_cache_ttl_s,
-            block_size=config.max_read,
+            block_size=LIBFUSE_MAX_READ,
         ),
     )
     return fs, read_cache

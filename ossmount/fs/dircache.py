@@ -363,7 +363,12 @@ class Namespace:
         if cached is not None:
             return replace(entry, attrs=cached)
         try:
-            attrs = await self._head(key)
+            if listed.kind is Kind.SYMLINK:
+                # A HEAD of an OSS symlink describes its target (or fails if it dangles):
+                # the link itself is the listing entry plus its target.
+                attrs = await self._native_symlink_attributes(key, listed)
+            else:
+                attrs = await self._head(key)
         except NotFound:
             return None  # deleted since the listing
         except OssError as exc:
@@ -386,6 +391,15 @@ class Namespace:
         async with self._head_limiter:
             info = await self.client.head_object(self.bucket, key)
         attrs = await self._complete_symlink(key, info)
+        self._stats.put(key, attrs)
+        return attrs
+
+    async def _native_symlink_attributes(self, key: str, listed: Attributes) -> Attributes:
+        async with self._head_limiter:
+            target = await self.client.get_symlink(self.bucket, key)
+        attrs = replace(
+            listed, symlink_target=target, size=len(target.encode()), permissions=0o777, exact=True
+        )
         self._stats.put(key, attrs)
         return attrs
 
@@ -432,8 +446,13 @@ class Namespace:
             try:
                 async with self._head_limiter:
                     head_info = await self.client.head_object(self.bucket, key)
-            except NotFound:
-                head_info = None
+            except NotFound as exc:
+                if exc.code == "SymlinkTargetNotExist":
+                    # A dangling OSS symlink: the link exists, its target does not.
+                    target = await self.client.get_symlink(self.bucket, key)
+                    head_info = ObjectInfo(
+                        key, 0, "", self._dir_mtime_ns / 1e9, "Symlink", symlink_target=target
+                    )
 
         async def head_folder_marker() -> None:
             nonlocal folder_info

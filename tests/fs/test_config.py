@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from ossmount.config import (
-    LIBFUSE_MAX_READ,
     ConfigError,
     build_config,
     parse_bucket_spec,
@@ -79,7 +78,6 @@ def test_build_config_defaults_and_overrides(tmp_path: Path) -> None:
     assert config.block_size == 8 * 1024 * 1024
     assert config.default_file_mode == 0o600
     assert config.default_dir_mode == 0o700
-    assert config.max_read == LIBFUSE_MAX_READ
     assert not config.foreground
     assert build_config("b", tmp_path, options=["url=oss.example.com"]).endpoint == (
         "https://oss.example.com"
@@ -91,6 +89,6 @@ def test_explicit_modes_win_over_umask(tmp_path: Path) -> None:
     assert (config.default_file_mode, config.default_dir_mode) == (0o644, 0o755)
 
 
-def test_max_read_bounded_by_libfuse(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="max_read"):
-        build_config("b", tmp_path, options=[f"max_read={LIBFUSE_MAX_READ * 2}"])
+def test_block_size_floor(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="block_size"):
+        build_config("b", tmp_path, options=["block_size=4k"])

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import TEST_AK, TEST_BUCKET, TEST_SK
+
+from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
 
 MOUNT_TIMEOUT_S = 30.0
 
@@ -130,6 +131,8 @@ def mount_ossmount(oss_server: Any, tmp_path: Path) -> Iterator[MountFactory]:
             str(mountpoint),
             "--endpoint",
             oss_server.endpoint,
+            "--region",
+            TEST_REGION,
             "--log-file",
             str(log_path),
         )

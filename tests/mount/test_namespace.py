@@ -1,0 +1,179 @@
+"""Real mounts, real tools: the namespace (ls, stat, find, readlink) on data uploaded by oss2."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+import oss2
+
+from tests.mount.conftest import Mounted, MountFactory
+
+OSSFS_FILE_0600 = {
+    "x-oss-meta-mode": str(stat.S_IFREG | 0o600),
+    "x-oss-meta-uid": "1234",
+    "x-oss-meta-gid": "4321",
+    "x-oss-meta-mtime": "1600000000",
+}
+
+
+def upload_tree(bucket: oss2.Bucket) -> None:
+    bucket.put_object("top.txt", b"top\n")
+    bucket.put_object("a/b/c/deep.txt", b"deep\n")
+    bucket.put_object("a/one.txt", b"one\n")
+    bucket.put_object("private.txt", b"secret\n", headers=OSSFS_FILE_0600)
+    bucket.put_object("marker-dir/", b"")
+    bucket.put_object("ossfs-old_$folder$", b"")
+    bucket.put_object("conflict", b"file\n")
+    bucket.put_object("conflict/inside.txt", b"inside\n")
+    bucket.put_object("bad//name", b"x")
+    bucket.put_object("a/../escape", b"x")
+    bucket.put_symlink("a/one.txt", "native-link")
+    bucket.put_object(
+        "ossfs-link", b"top.txt", headers={"x-oss-meta-mode": str(stat.S_IFLNK | 0o777)}
+    )
+    bucket.put_object(
+        "ossfs-link-meta",
+        b"",
+        headers={
+            "x-oss-meta-mode": str(stat.S_IFLNK | 0o777),
+            "x-oss-meta-symlink-target": "a/b/c/deep.txt",
+        },
+    )
+
+
+def run(*command: str, cwd: Path) -> str:
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_ls_la_shows_tree_with_ossfs_metadata(oss2_bucket: oss2.Bucket, mounted: Mounted) -> None:
+    upload_tree(oss2_bucket)
+    root = mounted.path
+    names = sorted(os.listdir(root))
+    assert names == sorted(
+        [
+            "top.txt",
+            "a",
+            "private.txt",
+            "marker-dir",
+            "ossfs-old",
+            "conflict",
+            "native-link",
+            "ossfs-link",
+            "ossfs-link-meta",
+            "bad",  # from "bad//name": the directory is there, the empty segment is not
+        ]
+    ), names
+    listing = run("ls", "-la", str(root), cwd=root)
+    assert listing.splitlines()[1].endswith(" .")
+    assert any(line.endswith(" ..") for line in listing.splitlines())
+    private = os.stat(root / "private.txt")
+    assert stat.S_IMODE(private.st_mode) == 0o600
+    assert (private.st_uid, private.st_gid) == (1234, 4321)
+    assert private.st_mtime == 1600000000
+    assert private.st_size == 7
+    assert re.search(r"^-rw------- 1 1234 4321 +7 .* private.txt$", listing, re.MULTILINE)
+    top = os.stat(root / "top.txt")
+    assert stat.S_ISREG(top.st_mode)
+    assert stat.S_IMODE(top.st_mode) == 0o644
+    assert top.st_uid == os.getuid()
+    for directory in ("a", "marker-dir", "ossfs-old", "conflict"):
+        assert stat.S_ISDIR(os.stat(root / directory).st_mode), directory
+    assert os.listdir(root / "conflict") == ["inside.txt"]
+    assert os.listdir(root / "marker-dir") == []
+    assert mounted.log().count("object 'conflict' is hidden") == 1
+    assert os.listdir(root / "bad") == []
+    assert ".." not in os.listdir(root / "a")
+    log = mounted.log()
+    assert "'bad//': empty path segment" in log
+    assert "'a/../': '..' segment" in log
+    assert mounted.log().count("object 'conflict' is hidden") == 1
+    assert os.listdir(root / "bad") == []
+    assert ".." not in os.listdir(root / "a")
+    log = mounted.log()
+    assert "'bad//': empty path segment" in log
+    assert "'a/../': '..' segment" in log
+
+
+def test_symlinks_native_and_ossfs(oss2_bucket: oss2.Bucket, mounted: Mounted) -> None:
+    upload_tree(oss2_bucket)
+    root = mounted.path
+    assert os.readlink(root / "native-link") == "a/one.txt"
+    assert os.readlink(root / "ossfs-link") == "top.txt"
+    assert os.readlink(root / "ossfs-link-meta") == "a/b/c/deep.txt"
+    assert run("readlink", "native-link", cwd=root).strip() == "a/one.txt"
+    assert (root / "native-link").read_bytes() == b"one\n"
+    assert (root / "ossfs-link").read_bytes() == b"top\n"
+    assert stat.S_ISLNK(os.lstat(root / "ossfs-link").st_mode)
+
+
+def test_find_and_stat_cold_paths(oss2_bucket: oss2.Bucket, mounted: Mounted) -> None:
+    upload_tree(oss2_bucket)
+    root = mounted.path
+    # A cold lookup of a deep path (no listing first).
+    deep = os.stat(root / "a" / "b" / "c" / "deep.txt")
+    assert deep.st_size == 5
+    found = run("find", ".", "-type", "f", cwd=root).split()
+    assert sorted(found) == sorted(
+        ["./top.txt", "./a/b/c/deep.txt", "./a/one.txt", "./private.txt", "./conflict/inside.txt"]
+    )
+    assert sorted(run("find", ".", "-type", "l", cwd=root).split()) == [
+        "./native-link",
+        "./ossfs-link",
+        "./ossfs-link-meta",
+    ]
+    out = run("stat", "-c", "%a %u %g %s %F", "private.txt", cwd=root)
+    assert out.strip() == "600 1234 4321 7 regular file"
+    missing = subprocess.run(
+        ["stat", "nope"], cwd=root, capture_output=True, text=True, check=False
+    )
+    assert missing.returncode != 0
+    assert "No such file" in missing.stderr
+
+
+def test_readdir_optimize_skips_heads(
+    oss2_bucket: oss2.Bucket, oss_server: object, mount_ossmount: MountFactory
+) -> None:
+    for index in range(50):
+        oss2_bucket.put_object(f"many/f{index:03d}", b"x", headers=OSSFS_FILE_0600)
+    optimized = mount_ossmount(["readdir_optimize"])
+    stats = oss_server.stats  # type: ignore[attr-defined]
+    stats.reset()
+    entries = run("ls", "-l", "many", cwd=optimized.path).splitlines()[1:]
+    assert len(entries) == 50
+    assert all(line.startswith("-rw-r--r--") for line in entries)  # the defaults
+    assert stats.count("HeadObject") <= 2
+    exact = mount_ossmount()
+    stats.reset()
+    entries = run("ls", "-l", "many", cwd=exact.path).splitlines()[1:]
+    assert all(line.startswith("-rw-------") for line in entries)
+    assert stats.count("HeadObject") >= 50
+    # Listed again after the listing cache is gone: HEAD results are reused per version.
+
+
+def test_prefix_mount(oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory) -> None:
+    upload_tree(oss2_bucket)
+    sub = mount_ossmount(prefix="a")
+    assert sorted(os.listdir(sub.path)) == ["b", "one.txt"]
+    assert (sub.path / "one.txt").read_bytes() == b"one\n"
+    assert os.listdir(sub.path / "b" / "c") == ["deep.txt"]
+
+
+def test_read_only_part_one(oss2_bucket: oss2.Bucket, mounted: Mounted) -> None:
+    oss2_bucket.put_object("f.txt", b"x")
+    result = subprocess.run(
+        ["sh", "-c", "echo hi > new.txt"],
+        cwd=mounted.path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Read-only file system" in result.stderr
