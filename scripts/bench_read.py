@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Read benchmark: single-stream curl GET vs `dd bs=1M` through a fresh (cold) mount.
+
+Usage: .venv/bin/python scripts/bench_read.py [--size-mib 1024] [--runs 3] [--variant "-o ..."]
+
+One run of the script starts the bundled server (in a thread of this process, which otherwise only
+waits on child processes), uploads one object of --size-mib random bytes, then alternates
+  curl -o /dev/null <presigned URL>                 (the reference)
+  ossmount mount -f ...; dd if=MNT/obj of=/dev/null bs=1M; unmount   (a new mount each run: cold)
+for every variant of mount options, and reports MB/s (median of --runs), the ratio to curl, and the
+mount process's peak RSS (VmHWM from /proc/PID/status) during the dd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+from ossmount.oss.client import OssClient
+from ossmount.oss.signer import Credentials, presign_v1
+from ossmount.server import ServerConfig, run_server_in_thread
+
+AK = "bench-ak"
+SK = "bench-secret"
+BUCKET = "bench"
+KEY = "big.bin"
+MIB = 1024 * 1024
+
+
+def make_file(path: Path, size: int) -> None:
+    block = os.urandom(16 * MIB)
+    with path.open("wb") as out:
+        written = 0
+        while written < size:
+            piece = block[: min(len(block), size - written)]
+            out.write(piece)
+            written += len(piece)
+
+
+async def upload(endpoint: str, path: Path) -> None:
+    async with OssClient(endpoint, Credentials(AK, SK)) as client:
+        await client.put_object(BUCKET, KEY, path)
+
+
+def curl_get(endpoint: str) -> float:
+    url = presign_v1(
+        Credentials(AK, SK),
+        "GET",
+        f"{endpoint}/{BUCKET}/{KEY}",
+        BUCKET,
+        KEY,
+        int(time.time()) + 3600,
+    )
+    start = time.perf_counter()
+    subprocess.run(["curl", "-sS", "-f", "-o", "/dev/null", url], check=True)
+    return time.perf_counter() - start
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM")
+
+
+@contextmanager
+def mounted(endpoint: str, mountpoint: Path, options: list[str], log: Path) -> Iterator[int]:
+    env = dict(os.environ, OSS_ACCESS_KEY_ID=AK, OSS_ACCESS_KEY_SECRET=SK)
+    command = [
+        sys.executable,
+        "-m",
+        "ossmount.cli",
+        "mount",
+        BUCKET,
+        str(mountpoint),
+        "--endpoint",
+        endpoint,
+        "-f",
+        *options,
+    ]
+    with log.open("ab") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=log_file)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mountpoint):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mount failed; see {log}")
+            time.sleep(0.05)
+        yield process.pid
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def dd_through_mount(
+    endpoint: str, mountpoint: Path, options: list[str], log: Path
+) -> tuple[float, int]:
+    with mounted(endpoint, mountpoint, options, log) as pid:
+        start = time.perf_counter()
+        subprocess.run(
+            ["dd", f"if={mountpoint / KEY}", "of=/dev/null", "bs=1M"],
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
+        elapsed = time.perf_counter() - start
+        return elapsed, peak_rss_kib(pid)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help='mount options of one variant, e.g. "-o block_size=1M" (repeatable; '
+        "default: the default options only)",
+    )
+    args = parser.parse_args()
+    variants: list[list[str]] = [[]] + [v.split() for v in args.variant]
+    size = args.size_mib * MIB
+    with tempfile.TemporaryDirectory(prefix="bench-read-") as tmp:
+        root = Path(tmp)
+        mountpoint = root / "mnt"
+        mountpoint.mkdir()
+        source = root / "source.bin"
+        make_file(source, size)
+        config = ServerConfig(
+            root=root / "server",
+            credentials=[Credentials(AK, SK)],
+            buckets=[BUCKET],
+        )
+        with run_server_in_thread(config) as server:
+            trio.run(upload, server.endpoint, source)
+            source.unlink()
+            curl_s: list[float] = []
+            dd_s: dict[int, list[float]] = {i: [] for i in range(len(variants))}
+            rss_kib: dict[int, list[int]] = {i: [] for i in range(len(variants))}
+            for run in range(args.runs):
+                curl_s.append(curl_get(server.endpoint))
+                for index, options in enumerate(variants):
+                    elapsed, peak = dd_through_mount(
+                        server.endpoint, mountpoint, options, root / "mount.log"
+                    )
+                    dd_s[index].append(elapsed)
+                    rss_kib[index].append(peak)
+                    print(
+                        f"run {run}: curl {size / curl_s[-1] / 1e6:.0f} MB/s; "
+                        f"dd {' '.join(options) or '(defaults)'} {size / elapsed / 1e6:.0f} MB/s, "
+                        f"peak RSS {peak / 1024:.0f} MiB",
+                        flush=True,
+                    )
+        curl_mbps = size / statistics.median(curl_s) / 1e6
+        print()
+        print(
+            f"object: {args.size_mib} MiB; median of {args.runs} runs; one fresh mount per dd run"
+        )
+        print("| reader | MB/s | vs curl | peak RSS of the mount (max) |")
+        print("|---|---|---|---|")
+        print(f"| curl (single stream GET) | {curl_mbps:.0f} | 100% | |")
+        for index, options in enumerate(variants):
+            mbps = size / statistics.median(dd_s[index]) / 1e6
+            label = "dd bs=1M, mount " + (" ".join(options) or "defaults")
+            print(
+                f"| {label} | {mbps:.0f} | {mbps / curl_mbps:.0%} | "
+                f"{max(rss_kib[index]) / 1024:.0f} MiB |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
