@@ -71,6 +71,7 @@ MAX_USER_META_BYTES = 8 * 1024
 MAX_XML_BODY = 2 << 20
 # Bodies below this are received on the event loop; larger ones through a worker thread.
 SMALL_BODY = 256 * 1024
+PUMP_CHUNK = 4 << 20
 OWNER_ID = "ossmount"
 STANDARD_HEADERS = (
     "Content-Type",
@@ -887,38 +888,44 @@ class App:
             raise
 
     async def _pump(self, body: Body, writer: BlobWriter, limit: int) -> None:
-        """Socket -> worker thread (MD5, CRC-64, write) in 1 MiB chunks, overlapped."""
-        send_channel, receive_channel = trio.open_memory_channel[bytes](1)
+        """Socket -> two worker threads, one hashing MD5, one computing CRC-64 and writing.
 
-        async def consume() -> None:
-            async with receive_channel:
-                async for chunk in receive_channel:
-                    await trio.to_thread.run_sync(writer.write, chunk)
+        The body moves in batches of received pieces (about PUMP_CHUNK bytes); each worker
+        has its own queue, so neither waits for the other batch by batch, and the socket keeps
+        being read while they work.
+        """
+        md5_send, md5_receive = trio.open_memory_channel[list[bytes]](2)
+        write_send, write_receive = trio.open_memory_channel[list[bytes]](2)
+
+        async def consume(
+            channel: trio.MemoryReceiveChannel[list[bytes]],
+            work: Callable[[list[bytes]], None],
+        ) -> None:
+            async with channel:
+                async for batch in channel:
+                    await trio.to_thread.run_sync(work, batch)
 
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume)
-                async with send_channel:
-                    pending: list[bytes] = []
-                    pending_size = 0
+                nursery.start_soon(consume, md5_receive, writer.hash_md5)
+                nursery.start_soon(consume, write_receive, writer.write_data)
+                async with md5_send, write_send:
+                    batch: list[bytes] = []
+                    batch_size = 0
                     total = 0
                     while data := await body.receive_some(RECEIVE_SIZE):
                         total += len(data)
                         if total > limit:
-                            raise OssServerError(
-                                400,
-                                "EntityTooLarge",
-                                "Your proposed upload exceeds the maximum allowed size.",
-                            )
-                        pending.append(data)
-                        pending_size += len(data)
-                        if pending_size >= RECEIVE_SIZE:
-                            await send_channel.send(
-                                pending[0] if len(pending) == 1 else b"".join(pending)
-                            )
-                            pending, pending_size = [], 0
-                    if pending:
-                        await send_channel.send(b"".join(pending))
+                            raise _entity_too_large()
+                        batch.append(data)
+                        batch_size += len(data)
+                        if batch_size >= PUMP_CHUNK:
+                            await md5_send.send(batch)
+                            await write_send.send(batch)
+                            batch, batch_size = [], 0
+                    if batch:
+                        await md5_send.send(batch)
+                        await write_send.send(batch)
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
 
@@ -1560,6 +1567,12 @@ class App:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _entity_too_large() -> OssServerError:
+    return OssServerError(
+        400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size."
+    )
 
 
 def _injected_error(status: int, code: str) -> OssServerError:

@@ -1,0 +1,166 @@
+"""Benchmark the bundled server: single-stream GET and PUT of a large object with curl, and the
+time to serve a ListObjectsV2 page of 1,000 keys out of 100,000.
+
+    .venv/bin/python scripts/bench_server.py [--size-mib 1024] [--keys 100000] [--runs 3]
+
+The server runs as its own process (`ossmount server`); curl uses presigned V1 URLs. Figures
+are the best of --runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from ossmount.oss.signer import Credentials, OssV4Auth, presign_v1
+from ossmount.server.store import ObjectRecord, Store
+
+AK, SK, BUCKET, REGION = "bench-ak", "bench-secret", "bench", "cn-hangzhou"
+CREDENTIALS = Credentials(AK, SK)
+
+
+def populate_index(root: Path, keys: int) -> None:
+    """Index `keys` empty objects straight into the store (the HTTP path is not under test)."""
+    store = Store(root)
+    store.create_bucket(BUCKET)
+    now = time.time()
+    store._db.execute("BEGIN")
+    for number in range(keys):
+        # 100 "directories" of keys/100 files each.
+        key = f"dir{number % 100:03d}/file{number:07d}.dat"
+        store.commit_object(
+            ObjectRecord(
+                BUCKET, key, None, 0, '"D41D8CD98F00B204E9800998ECF8427E"', 0, now, "Normal"
+            )
+        )
+    store._db.execute("COMMIT")
+    store.close()
+
+
+def start_server(root: Path) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ossmount.cli",
+            "server",
+            "--root",
+            str(root),
+            "--port",
+            "0",
+            "--access-key-id",
+            AK,
+            "--access-key-secret",
+            SK,
+            "--bucket",
+            BUCKET,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    endpoint = process.stdout.readline().strip()
+    if not endpoint.startswith("http://"):
+        process.kill()
+        raise SystemExit("server did not start")
+    return process, endpoint
+
+
+def url(endpoint: str, method: str, key: str) -> str:
+    return presign_v1(
+        CREDENTIALS, method, f"{endpoint}/{BUCKET}/{key}", BUCKET, key, int(time.time()) + 3600
+    )
+
+
+def curl_seconds(args: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(["curl", "-sS", "-f", "-o", "/dev/null", *args], check=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
+    options = parser.parse_args()
+    size = options.size_mib << 20
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch:
+        root = Path(scratch) / "root"
+        source = Path(scratch) / "source.bin"
+        with source.open("wb") as handle:
+            block = os.urandom(16 << 20)
+            for _ in range(size // len(block)):
+                handle.write(block)
+        started = time.perf_counter()
+        populate_index(root, options.keys)
+        print(f"indexed {options.keys} keys in {time.perf_counter() - started:.1f} s")
+        process, endpoint = start_server(root)
+        try:
+            put_s = min(
+                curl_seconds(
+                    [
+                        "-T",
+                        str(source),
+                        "-H",
+                        "Content-Type:",
+                        "-H",
+                        "Expect:",
+                        url(endpoint, "PUT", "big.bin"),
+                    ]
+                )
+                for _ in range(options.runs)
+            )
+            get_s = min(
+                curl_seconds([url(endpoint, "GET", "big.bin")]) for _ in range(options.runs)
+            )
+            print(f"PUT {options.size_mib} MiB: {size / put_s / 1e9:.2f} GB/s ({put_s:.2f} s)")
+            print(f"GET {options.size_mib} MiB: {size / get_s / 1e9:.2f} GB/s ({get_s:.2f} s)")
+            auth = OssV4Auth(CREDENTIALS, REGION)
+            with httpx.Client(base_url=endpoint, auth=auth) as client:
+                for label, params in (
+                    ("first page", {"list-type": "2", "max-keys": "1000"}),
+                    (
+                        "middle page",
+                        {
+                            "list-type": "2",
+                            "max-keys": "1000",
+                            "start-after": "dir050/file0050000.dat",
+                        },
+                    ),
+                    ("delimiter /", {"list-type": "2", "max-keys": "1000", "delimiter": "/"}),
+                    (
+                        "prefix+delimiter",
+                        {
+                            "list-type": "2",
+                            "max-keys": "1000",
+                            "prefix": "dir042/",
+                            "delimiter": "/",
+                        },
+                    ),
+                ):
+                    timings = []
+                    for _ in range(max(5, options.runs)):
+                        started = time.perf_counter()
+                        response = client.get(
+                            f"/{BUCKET}/",
+                            params=params,
+                            extensions={"oss_bucket": BUCKET, "oss_key": ""},
+                        )
+                        response.raise_for_status()
+                        timings.append(time.perf_counter() - started)
+                    print(f"list {label} (1000 of {options.keys}): {min(timings) * 1000:.1f} ms")
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
