@@ -26,6 +26,7 @@ import logging
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ from ossmount.oss.errors import (
     SignatureDoesNotMatch,
 )
 from ossmount.oss.retry import RetryPolicy
+from ossmount.oss.signer import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +133,21 @@ def check_mountpoint(mountpoint: Path) -> None:
         log.warning("%s: clearing the mount of a crashed process", mountpoint)
         unmount(mountpoint, lazy=True)
         info = mountpoint.stat()
-    if not os.path.isdir(mountpoint) or not (info.st_mode & 0o040000):
-        raise MountError(f"mountpoint {mountpoint} is not a directory")
     if _is_mountpoint(mountpoint):
-        raise MountError(f"mountpoint {mountpoint} is already mounted")
+        # stat() may be answered from the kernel's attribute cache; statfs always reaches
+        # the file system, so it tells a live mount from a dead one.
+        try:
+            os.statvfs(mountpoint)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise MountError(f"mountpoint {mountpoint}: {exc.strerror}") from None
+            log.warning("%s: clearing the mount of a crashed process", mountpoint)
+            unmount(mountpoint, lazy=True)
+            info = mountpoint.stat()
+        else:
+            raise MountError(f"mountpoint {mountpoint} is already mounted")
+    if not stat.S_ISDIR(info.st_mode):
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
 
 
 def check_fuse_device() -> None:
@@ -173,13 +186,27 @@ def _reason_for(exc: OssError, config: MountConfig, endpoint: str) -> str:
     return f"cannot list bucket {config.bucket}: {exc}"
 
 
-async def preflight(client: OssClient, config: MountConfig, endpoint: str) -> None:
-    """One listing request: proves the endpoint answers, the key is right and the bucket exists."""
+async def preflight(config: MountConfig, endpoint: str, credentials: Credentials | None) -> None:
+    """One listing request: proves the endpoint answers, the key is right and the bucket exists.
+
+    It has its own client with a short retry budget: an unreachable endpoint must fail the
+    mount within seconds, not after the mount's generous retry deadline.
+    """
+    client = OssClient(
+        endpoint,
+        credentials,
+        region=config.region,
+        signature_version=config.signature_version,
+        max_connections=1,
+        retry=RetryPolicy(max_attempts=3, base_delay_s=0.2, deadline_s=PREFLIGHT_TIMEOUT_S),
+        timeout_s=PREFLIGHT_TIMEOUT_S,
+    )
     try:
         with trio.fail_after(PREFLIGHT_TIMEOUT_S):
-            await client.list_objects_page(
-                config.bucket, prefix=config.prefix, delimiter="/", max_keys=1
-            )
+            async with client:
+                await client.list_objects_page(
+                    config.bucket, prefix=config.prefix, delimiter="/", max_keys=1
+                )
     except trio.TooSlowError:
         raise MountError(
             f"endpoint {endpoint} unreachable: no answer within {PREFLIGHT_TIMEOUT_S:.0f} s"
@@ -267,13 +294,16 @@ def build_filesystem(
     return fs, read_cache
 
 
-def make_client(config: MountConfig) -> tuple[OssClient, str]:
-    endpoint = endpoint_url(config)
+def find_credentials(config: MountConfig) -> Credentials | None:
     try:
-        credentials = resolve_credentials(config.bucket, passwd_file=config.passwd_file)
+        return resolve_credentials(config.bucket, passwd_file=config.passwd_file)
     except CredentialsError as exc:
         raise MountError(str(exc)) from None
-    client = OssClient(
+
+
+def make_client(config: MountConfig, endpoint: str, credentials: Credentials | None) -> OssClient:
+    """The mount's client: connection pool sized for the HEAD concurrency, default retries."""
+    return OssClient(
         endpoint,
         credentials,
         region=config.region,
@@ -281,7 +311,6 @@ def make_client(config: MountConfig) -> tuple[OssClient, str]:
         max_connections=max(config.max_connections, config.head_concurrency),
         retry=RetryPolicy(),
     )
-    return client, endpoint
 
 
 async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> None:
@@ -292,16 +321,22 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
     """
     check_fuse_device()
     check_mountpoint(config.mountpoint)
-    client, endpoint = make_client(config)
-    async with client:
-        await preflight(client, config, endpoint)
-        async with trio.open_nursery() as nursery:
-            fs, _ = build_filesystem(config, client, nursery)
-            try:
-                pyfuse3.init(fs, str(config.mountpoint), fuse_options(config))
-            except RuntimeError as exc:
-                nursery.cancel_scope.cancel()
-                raise MountError(f"cannot mount {config.mountpoint}: {exc}") from None
+    endpoint = endpoint_url(config)
+    credentials = find_credentials(config)
+    await preflight(config, endpoint, credentials)
+    mount_failure: str | None = None
+    async with (
+        make_client(config, endpoint, credentials) as client,
+        trio.open_nursery() as nursery,
+    ):
+        fs, _ = build_filesystem(config, client, nursery)
+        try:
+            pyfuse3.init(fs, str(config.mountpoint), fuse_options(config))
+        except RuntimeError as exc:
+            # Raised after the nursery closes: raising here would wrap it in an ExceptionGroup.
+            mount_failure = f"cannot mount {config.mountpoint}: {exc}"
+            nursery.cancel_scope.cancel()
+        else:
             log.info(
                 "mounted %s%s at %s (endpoint %s)",
                 config.bucket,
@@ -317,6 +352,8 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
                 nursery.cancel_scope.cancel()
                 pyfuse3.close(unmount=True)
                 log.info("unmounted %s", config.mountpoint)
+    if mount_failure is not None:
+        raise MountError(mount_failure)
 
 
 async def _stop_on_signals() -> None:

@@ -1,0 +1,290 @@
+"""Mounting for real: daemon readiness, every error path, signals, stale mounts, helper syntax."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TEST_BUCKET, TEST_REGION
+from tests.mount.conftest import (
+    Mounted,
+    MountFactory,
+    force_unmount,
+    fuse_available,
+    is_mounted,
+    ossmount_command,
+    ossmount_env,
+    wait_until_mounted,
+)
+
+pytestmark = pytest.mark.skipif(fuse_available() is not None, reason=str(fuse_available()))
+
+
+def mount_daemon(
+    endpoint: str, mountpoint: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`ossmount mount` without -f; always leaves nothing mounted if it failed."""
+    command = ossmount_command(
+        "mount",
+        TEST_BUCKET,
+        str(mountpoint),
+        "--endpoint",
+        endpoint,
+        "--region",
+        TEST_REGION,
+        *extra,
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        command,
+        env=env or ossmount_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    result.elapsed_s = time.monotonic() - started  # type: ignore[attr-defined]
+    return result
+
+
+@pytest.fixture
+def mountpoint(tmp_path: Path) -> Any:
+    path = tmp_path / "mnt"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        force_unmount(path)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_daemon_returns_once_mount_answers(
+    oss_server: Any, oss2_bucket: Any, mountpoint: Path
+) -> None:
+    oss2_bucket.put_object("hello.txt", b"hello\n")
+    result = mount_daemon(oss_server.endpoint, mountpoint)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    # No polling: the mount answers the moment the command returns.
+    assert (mountpoint / "hello.txt").read_bytes() == b"hello\n"
+    unmounted = subprocess.run(
+        ossmount_command("unmount", str(mountpoint)), capture_output=True, text=True, check=False
+    )
+    assert unmounted.returncode == 0, unmounted.stderr
+    assert not is_mounted(mountpoint)
+
+
+def test_wrong_access_key_id(oss_server: Any, mountpoint: Path) -> None:
+    env = ossmount_env(access_key_id="no-such-key")
+    line = one_line_error(mount_daemon(oss_server.endpoint, mountpoint, env=env))
+    assert line.startswith("ossmount: wrong access key"), line
+    assert not is_mounted(mountpoint)
+
+
+def test_wrong_secret(oss_server: Any, mountpoint: Path) -> None:
+    env = ossmount_env(secret="wrong-secret")
+    line = one_line_error(mount_daemon(oss_server.endpoint, mountpoint, env=env))
+    assert "signature does not match" in line, line
+    assert "wrong-secret" not in line
+    assert not is_mounted(mountpoint)
+
+
+def test_no_such_bucket(oss_server: Any, mountpoint: Path) -> None:
+    command = ossmount_command(
+        "mount",
+        "no-such-bucket",
+        str(mountpoint),
+        "--endpoint",
+        oss_server.endpoint,
+        "--region",
+        TEST_REGION,
+    )
+    result = subprocess.run(
+        command, env=ossmount_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert one_line_error(result) == "ossmount: no such bucket: no-such-bucket"
+    assert not is_mounted(mountpoint)
+
+
+def test_endpoint_unreachable(mountpoint: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    result = mount_daemon(f"http://127.0.0.1:{closed_port}", mountpoint)
+    line = one_line_error(result)
+    assert line.startswith(f"ossmount: endpoint http://127.0.0.1:{closed_port} unreachable"), line
+    assert result.elapsed_s < 20  # type: ignore[attr-defined]
+    assert not is_mounted(mountpoint)
+
+
+def test_mountpoint_missing(oss_server: Any, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    line = one_line_error(mount_daemon(oss_server.endpoint, missing))
+    assert line == f"ossmount: mountpoint {missing} does not exist"
+
+
+def test_already_mounted(oss_server: Any, mounted: Mounted) -> None:
+    line = one_line_error(mount_daemon(oss_server.endpoint, mounted.path))
+    assert line == f"ossmount: mountpoint {mounted.path} is already mounted"
+    assert os.listdir(mounted.path) == []  # the first mount still answers
+
+
+def test_unknown_option_rejected(oss_server: Any, mountpoint: Path) -> None:
+    result = mount_daemon(oss_server.endpoint, mountpoint, "-o", "allow_other,colour=blue")
+    assert result.returncode == 2
+    assert one_line_error(result) == (
+        "ossmount: unknown mount option 'colour=blue' (see docs/configuration.md)"
+    )
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
+def test_no_dev_fuse(oss_server: Any, mountpoint: Path) -> None:
+    # A private mount namespace whose /dev is an empty tmpfs: no /dev/fuse there.
+    inner = " ".join(
+        [
+            *ossmount_command("mount", TEST_BUCKET, str(mountpoint)),
+            "--endpoint",
+            oss_server.endpoint,
+            "--region",
+            TEST_REGION,
+        ]
+    )
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs none /dev && exec {inner}"],
+        env=ossmount_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if "unshare failed" in result.stderr or "Operation not permitted" in result.stderr:
+        pytest.skip(f"cannot make a mount namespace here: {result.stderr.strip()}")
+    line = one_line_error(result)
+    assert line.startswith("ossmount: /dev/fuse is missing"), line
+
+
+def start_foreground(endpoint: str, mountpoint: Path, log: Path) -> subprocess.Popen[bytes]:
+    command = ossmount_command(
+        "mount",
+        TEST_BUCKET,
+        str(mountpoint),
+        "--endpoint",
+        endpoint,
+        "--region",
+        TEST_REGION,
+        "-f",
+        "--log-file",
+        str(log),
+    )
+    process = subprocess.Popen(command, env=ossmount_env(), stderr=subprocess.DEVNULL)
+    wait_until_mounted(mountpoint, process, log)
+    return process
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_cleanly(
+    oss_server: Any, mountpoint: Path, tmp_path: Path, signum: int
+) -> None:
+    process = start_foreground(oss_server.endpoint, mountpoint, tmp_path / "log")
+    try:
+        process.send_signal(signum)
+        assert process.wait(timeout=20) == 0
+        assert not is_mounted(mountpoint)
+        assert os.listdir(mountpoint) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_stale_mount_of_crashed_process_is_cleared(
+    oss_server: Any, oss2_bucket: Any, mountpoint: Path, tmp_path: Path
+) -> None:
+    oss2_bucket.put_object("after-crash.txt", b"back\n")
+    crashed = start_foreground(oss_server.endpoint, mountpoint, tmp_path / "log1")
+    crashed.kill()
+    crashed.wait()
+    with pytest.raises(OSError, match="Transport endpoint is not connected"):
+        os.listdir(mountpoint)
+    result = mount_daemon(oss_server.endpoint, mountpoint)
+    assert result.returncode == 0, result.stderr
+    assert (mountpoint / "after-crash.txt").read_bytes() == b"back\n"
+
+
+def test_fstab_helper_syntax(oss_server: Any, oss2_bucket: Any, mountpoint: Path) -> None:
+    """`ossmount BUCKET MOUNTPOINT -o ...`, the way mount.fuse3 runs a helper."""
+    oss2_bucket.put_object("f.txt", b"fstab\n")
+    options = f"_netdev,nofail,rw,nosuid,nodev,url={oss_server.endpoint},region={TEST_REGION}"
+    result = subprocess.run(
+        ossmount_command(TEST_BUCKET, str(mountpoint), "-o", options),
+        env=ossmount_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (mountpoint / "f.txt").read_bytes() == b"fstab\n"
+
+
+@pytest.mark.skipif(
+    shutil.which("mount.fuse3") is None or os.geteuid() != 0, reason="needs mount.fuse3 as root"
+)
+def test_mount_t_fuse_ossmount(
+    oss_server: Any, oss2_bucket: Any, mountpoint: Path, tmp_path: Path
+) -> None:
+    """mount(8) -> mount.fuse3 -> `HELPER BUCKET MOUNTPOINT -o OPTS`.
+
+    mount(8) runs helpers without PATH (so `-t fuse.ossmount` needs ossmount in /usr/local/bin
+    or /usr/bin, which a test must not touch); the `-t fuse PROGRAM#BUCKET` form names the
+    helper by path and exercises the same command line.
+    """
+    oss2_bucket.put_object("f.txt", b"mount -t\n")
+    helper = tmp_path / "ossmount"
+    helper.write_text(f'#!/bin/sh\nexec {" ".join(ossmount_command())} "$@"\n', encoding="utf-8")
+    helper.chmod(0o755)
+    result = subprocess.run(
+        [
+            "mount",
+            "-t",
+            "fuse",
+            f"{helper}#{TEST_BUCKET}",
+            str(mountpoint),
+            "-o",
+            f"_netdev,nofail,url={oss_server.endpoint},region={TEST_REGION}",
+        ],
+        env=ossmount_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (mountpoint / "f.txt").read_bytes() == b"mount -t\n"
+
+
+def test_unmount_command_on_unmounted_dir_fails(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ossmount_command("unmount", str(tmp_path)), capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"ossmount: cannot unmount {tmp_path}")
+
+
+def test_fixture_mount_is_usable(mount_ossmount: MountFactory) -> None:
+    daemon = mount_ossmount(daemon=True)
+    assert is_mounted(daemon.path)
