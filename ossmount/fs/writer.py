@@ -81,6 +81,7 @@ from ossmount.oss.errors import (
     NoSuchUpload,
     OssError,
     PreconditionFailed,
+    is_transient,
 )
 from ossmount.oss.model import ObjectInfo, PartInfo, PutResult
 
@@ -101,6 +102,14 @@ READ_CHUNK = 4 * MiB
 class StreamedRangeGoneError(OSError):
     """A write or read below the last part of a streamed new file, in a part already uploaded
     and dropped from the staging disk (EIO)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
+
+
+class UploadFailedError(OSError):
+    """An upload failed after the client's retries (EIO); the data stays staged and the
+    background task retries it. ``__cause__`` is the last OssError."""
 
     def __init__(self, message: str) -> None:
         super().__init__(errno.EIO, message)
@@ -290,14 +299,20 @@ class StagedFile:
             if self._mode == MODE_REMOTE:
                 await self._make_local()
             if self._mode == MODE_STREAM:
-                if offset < self._stream_base and not self._in_part_one(offset, len(data)):
-                    if not await self._stream_to_local():
+                in_place = offset >= self._stream_base or self._in_part_one(offset, len(data))
+                # A hole over a part boundary looks like random writes: go local while possible.
+                hole_across_parts = offset > self.size and self._part_number_at(
+                    offset
+                ) != self._part_number_at(self.size)
+                if hole_across_parts or not in_place:
+                    converted = await self._stream_to_local()
+                    if not converted and not in_place:
                         raise StreamedRangeGoneError(
                             f"{self.key}: write at {offset} into a part of a streamed new file "
-                            "that was already uploaded; only sequential writes are possible "
-                            "past the second part"
+                            "that was already uploaded; only part 1 and the last part can be "
+                            "rewritten once the file is past its second part"
                         )
-                else:
+                if self._mode == MODE_STREAM:
                     await self._stream_write(offset, data)
                     return len(data)
             await self._local_write(offset, data)
@@ -703,6 +718,9 @@ class StagedFile:
                     self.size,
                     exc,
                 )
+                if is_transient(exc):
+                    # Throttling or an unreachable server after every retry: EIO, not EAGAIN.
+                    raise UploadFailedError(f"{self.key}: upload failed: {exc}") from exc
             raise
         await self._published(result)
 

@@ -1,0 +1,518 @@
+"""The write path (fs/writer.py) against the real server: staging, uploads, journal, recovery."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import oss2
+import pytest
+import trio
+
+from ossmount.fs.staging import StagingFullError
+from ossmount.fs.writer import (
+    RecoveryReport,
+    StagedFile,
+    StreamedRangeGoneError,
+    UploadFailedError,
+    WriteStaging,
+)
+from ossmount.oss.client import OssClient
+from ossmount.oss.crc64 import crc64
+from ossmount.oss.errors import FileAlreadyExists, OssError
+from ossmount.oss.retry import RetryPolicy
+from ossmount.oss.signer import Credentials
+from ossmount.server import RunningServer
+from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
+
+KiB = 1024
+MiB = 1024 * KiB
+PART = 100 * KiB  # the smallest part OSS allows: many parts from little data
+
+
+def _client(server: RunningServer, *, attempts: int = 3) -> OssClient:
+    return OssClient(
+        server.endpoint,
+        Credentials(TEST_AK, TEST_SK),
+        region=TEST_REGION,
+        retry=RetryPolicy(max_attempts=attempts, base_delay_s=0.01, max_delay_s=0.05),
+    )
+
+
+@asynccontextmanager
+async def open_staging(
+    client: OssClient, state_dir: Path, **overrides: Any
+) -> AsyncIterator[WriteStaging]:
+    """A WriteStaging with its background task running; at exit the task is cancelled and the
+    state directory released, as at unmount (or, mid-upload, as in a crash)."""
+    options: dict[str, Any] = {
+        "prefix": "",
+        "disk_budget_bytes": 64 * MiB,
+        "part_size": PART,
+        "multipart_threshold": 2 * PART,
+        "upload_concurrency": 3,
+        "retry_initial_s": 0.05,
+        "retry_max_s": 0.2,
+    }
+    options.update(overrides)
+    staging = WriteStaging(client, TEST_BUCKET, state_dir=state_dir, **options)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(staging.run)
+            yield staging
+            nursery.cancel_scope.cancel()
+    finally:
+        staging.close()
+
+
+def _data(size: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def _staging_bytes(state_dir: Path) -> int:
+    return sum(path.stat().st_size for path in (state_dir / "staging").iterdir())
+
+
+def _open_uploads(bucket: oss2.Bucket) -> list[str]:
+    return [upload.key for upload in oss2.MultipartUploadIterator(bucket)]
+
+
+def _get(bucket: oss2.Bucket, key: str) -> bytes:
+    data: bytes = bucket.get_object(key).read()
+    return data
+
+
+def _server_crc(bucket: oss2.Bucket, key: str) -> int:
+    return int(bucket.head_object(key).headers["x-oss-hash-crc64ecma"])
+
+
+async def _write_all(staged: StagedFile, data: bytes, chunk: int, offset: int = 0) -> None:
+    for start in range(0, len(data), chunk):
+        piece = data[start : start + chunk]
+        assert await staged.write(offset + start, piece) == len(piece)
+
+
+async def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
+    return await trio.to_thread.run_sync(function, *args)
+
+
+async def test_small_new_file_is_one_put(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        staged = await staging.open("dir/small.txt", None, truncate=True)
+        staged.set_metadata({"mode": str(0o100640), "uid": "1000", "gid": "1000"})
+        await staged.write(0, b"hello ")
+        await staged.write(6, b"world\n")
+        assert await staged.read(0, 100) == b"hello world\n"
+        oss_server.stats.reset()
+        await staged.flush()
+        assert oss_server.stats.count("PutObject") == 1
+        assert oss_server.stats.count() == 1
+        await staged.release()
+        assert staging.staged("dir/small.txt") is None
+    assert await _in_thread(_get, oss2_bucket, "dir/small.txt") == b"hello world\n"
+    meta = (await _in_thread(oss2_bucket.head_object, "dir/small.txt")).headers
+    assert meta["x-oss-meta-mode"] == str(0o100640)
+    assert list((tmp_path / "state" / "staging").iterdir()) == []
+
+
+async def test_touch_creates_empty_object(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        staged = await staging.open("empty", None, truncate=True)
+        await staged.flush()
+        await staged.release()
+    assert await _in_thread(_get, oss2_bucket, "empty") == b""
+
+
+async def test_sequential_write_streams_parts_and_keeps_few_on_disk(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    data = _data(40 * PART + 123)
+    state_dir = tmp_path / "state"
+    async with _client(oss_server) as client, open_staging(client, state_dir) as staging:
+        staged = await staging.open("big.bin", None, truncate=True)
+        peak = 0
+        for start in range(0, len(data), 32 * KiB):
+            await staged.write(start, data[start : start + 32 * KiB])
+            peak = max(peak, _staging_bytes(state_dir))
+        # Part 1, the parts in flight (upload_concurrency) and the part being filled.
+        assert peak <= (1 + 3 + 1) * PART
+        parts_before_close = oss_server.stats.count("UploadPart")
+        assert parts_before_close >= 30  # streamed while writing, not at close
+        oss_server.stats.reset()
+        await staged.flush()
+        # At close: part 1, the last part, CompleteMultipartUpload (and nothing else big).
+        assert oss_server.stats.count("UploadPart") <= 2 + 3
+        assert oss_server.stats.count("CompleteMultipartUpload") == 1
+        await staged.release()
+    assert await _in_thread(_get, oss2_bucket, "big.bin") == data
+    assert await _in_thread(_server_crc, oss2_bucket, "big.bin") == crc64(data)
+    assert await _in_thread(_open_uploads, oss2_bucket) == []
+    assert _staging_bytes(state_dir) == 0
+
+
+async def test_header_rewrite_and_random_writes_of_new_file(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        # A small file written out of order: becomes a full staging file.
+        small = await staging.open("random.bin", None, truncate=True)
+        expected = bytearray(PART + 500)
+        for offset in (PART, 7, 300, PART // 2, 0):  # a hole over a part boundary first
+            piece = _data(500, offset)
+            await small.write(offset, piece)
+            expected[offset : offset + 500] = piece
+        assert small.mode == "local"
+        assert await small.read(0, len(expected)) == bytes(expected)
+        await small.flush()
+        await small.release()
+
+        # A long streamed file whose header (in part 1) is rewritten at the end: still streamed.
+        data = bytearray(_data(10 * PART, 2))
+        big = await staging.open("muxed.mp4", None, truncate=True)
+        await _write_all(big, bytes(data), 64 * KiB)
+        await big.write(4, b"HEADER")
+        data[4:10] = b"HEADER"
+        assert big.mode == "stream"
+        # The middle parts were sent and dropped: writing there cannot be honoured.
+        with pytest.raises(StreamedRangeGoneError) as raised:
+            await big.write(5 * PART, b"x")
+        assert raised.value.errno == errno.EIO
+        await big.flush()
+        await big.release()
+    assert await _in_thread(_get, oss2_bucket, "random.bin") == bytes(expected)
+    assert await _in_thread(_get, oss2_bucket, "muxed.mp4") == bytes(data)
+    assert await _in_thread(_open_uploads, oss2_bucket) == []
+
+
+async def test_write_into_existing_object_uploads_only_changed_ranges(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    original = _data(4 * MiB, 3)
+    await _in_thread(oss2_bucket.put_object, "existing.bin", original)
+    async with (
+        _client(oss_server) as client,
+        open_staging(client, tmp_path / "state", part_size=MiB) as staging,
+    ):
+        info = await client.head_object(TEST_BUCKET, "existing.bin")
+        staged = await staging.open("existing.bin", info, truncate=False)
+        assert await staged.read(0, 10) is None  # nothing staged: the reader serves it
+        oss_server.stats.reset()
+        await staged.write(2 * MiB + 5, b"CHANGED")
+        assert staged.mode == "local"
+        assert oss_server.stats.count("GetObject") >= 1  # the full local copy
+        oss_server.stats.reset()
+        await staged.flush()
+        await staged.release()
+        uploaded_parts = oss_server.stats.count("UploadPart")
+        copied_parts = oss_server.stats.count("UploadPartCopy")
+    expected = bytearray(original)
+    expected[2 * MiB + 5 : 2 * MiB + 12] = b"CHANGED"
+    assert await _in_thread(_get, oss2_bucket, "existing.bin") == bytes(expected)
+    assert await _in_thread(_server_crc, oss2_bucket, "existing.bin") == crc64(bytes(expected))
+    assert uploaded_parts == 1  # one minimal part around the change
+    assert copied_parts == 2  # the unchanged runs before and after
+    assert await _in_thread(_open_uploads, oss2_bucket) == []
+
+
+async def test_append_and_truncate_up_and_down(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    original = _data(300 * KiB, 4)
+    await _in_thread(oss2_bucket.put_object, "t.bin", original)
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        info = await client.head_object(TEST_BUCKET, "t.bin")
+        staged = await staging.open("t.bin", info, truncate=False, append=True)
+        await staged.write(staged.size, b"tail")  # O_APPEND: the caller writes at size
+        await staged.truncate(1000)
+        await staged.truncate(5000)  # grows with zeros
+        assert staged.size == 5000
+        await staged.flush()
+        await staged.truncate(10)
+        await staged.flush()
+        await staged.release()
+        assert await _in_thread(_get, oss2_bucket, "t.bin") == original[:10]
+
+        staged = await staging.open(
+            "t.bin", await client.head_object(TEST_BUCKET, "t.bin"), truncate=True
+        )
+        await staged.truncate(3 * PART)  # a new, sparse file
+        await staged.write(PART, b"mid")
+        await staged.flush()
+        await staged.release()
+    expected = bytearray(3 * PART)
+    expected[PART : PART + 3] = b"mid"
+    assert await _in_thread(_get, oss2_bucket, "t.bin") == bytes(expected)
+
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        staged = await staging.open("grow.bin", None, truncate=True)
+        await staged.write(0, b"abc")
+        await staged.truncate(1)
+        await staged.flush()
+        await staged.release()
+    assert await _in_thread(_get, oss2_bucket, "grow.bin") == b"a"
+
+
+async def test_two_handles_share_the_staged_file(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        first = await staging.open("shared", None, truncate=True)
+        second = await staging.open("shared", None, truncate=False)
+        assert first is second
+        await first.write(0, b"one")
+        assert await second.read(0, 3) == b"one"
+        await first.flush()
+        await first.release()
+        await second.write(3, b"two")
+        await second.flush()
+        await second.release()
+    assert await _in_thread(_get, oss2_bucket, "shared") == b"onetwo"
+
+
+async def test_exclusive_create_meets_existing_object(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        staged = await staging.open("excl", None, truncate=True, exclusive=True)
+        await staged.write(0, b"mine")
+        await _in_thread(oss2_bucket.put_object, "excl", b"theirs")  # a race lost
+        with pytest.raises(FileAlreadyExists) as raised:
+            await staged.flush()
+        assert raised.value.errno == errno.EEXIST
+        await staged.release()
+        await staging.wait_idle()
+        # A multipart O_EXCL create meets the same check at completion.
+        big = await staging.open("excl-big", None, truncate=True, exclusive=True)
+        await _write_all(big, _data(5 * PART), 64 * KiB)
+        await _in_thread(oss2_bucket.put_object, "excl-big", b"theirs")
+        with pytest.raises(FileAlreadyExists):
+            await big.flush()
+        await big.release()
+    assert await _in_thread(_get, oss2_bucket, "excl") == b"theirs"
+    assert await _in_thread(_get, oss2_bucket, "excl-big") == b"theirs"
+
+
+async def test_metadata_only_change_is_a_copy(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    await _in_thread(oss2_bucket.put_object, "m", b"content")
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        staged = await staging.open("m", await client.head_object(TEST_BUCKET, "m"), truncate=False)
+        staged.set_metadata({"mode": str(0o100600), "mtime": "1700000000"})
+        oss_server.stats.reset()
+        await staged.flush()
+        await staged.release()
+        assert oss_server.stats.count("CopyObject") == 1
+        assert oss_server.stats.count() == 1
+    headers = (await _in_thread(oss2_bucket.head_object, "m")).headers
+    assert headers["x-oss-meta-mode"] == str(0o100600)
+    assert headers["x-oss-meta-mtime"] == "1700000000"
+    assert await _in_thread(_get, oss2_bucket, "m") == b"content"
+
+
+async def test_flush_failure_is_an_error_then_the_background_retry_succeeds(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    data = _data(50 * KiB)
+    async with (
+        _client(oss_server, attempts=2) as client,
+        open_staging(client, tmp_path / "state") as staging,
+    ):
+        staged = await staging.open("flaky", None, truncate=True)
+        await staged.write(0, data)
+        oss_server.faults.only_operations = frozenset({"PutObject"})
+        oss_server.faults.error_rate = 1.0
+        with pytest.raises(UploadFailedError) as raised:
+            await staged.flush()
+        assert raised.value.errno == errno.EIO
+        assert isinstance(raised.value.__cause__, OssError)
+        await staged.release()  # close() returned EIO; the data stays staged
+        assert staging.pending_keys() == ["flaky"]
+        await trio.sleep(0.3)  # a few background attempts fail too
+        assert staging.pending_keys() == ["flaky"]
+        oss_server.faults.clear()
+        with trio.fail_after(10):
+            await staging.wait_idle()
+        assert staging.staged("flaky") is None
+    assert await _in_thread(_get, oss2_bucket, "flaky") == data
+
+
+async def test_disk_budget_exhausted_gives_enospc_without_corruption(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    original = _data(3 * PART, 5)
+    await _in_thread(oss2_bucket.put_object, "budget.bin", original)
+    async with (
+        _client(oss_server) as client,
+        open_staging(client, tmp_path / "state", disk_budget_bytes=4 * PART) as staging,
+    ):
+        staged = await staging.open(
+            "budget.bin", await client.head_object(TEST_BUCKET, "budget.bin"), truncate=False
+        )
+        await staged.write(0, b"X")  # local copy: 3 parts of the 4 allowed
+        with pytest.raises(StagingFullError) as raised:
+            await staged.write(3 * PART, bytes(2 * PART))  # nothing will free space: ENOSPC
+        assert raised.value.errno == errno.ENOSPC
+        assert staged.size == 3 * PART
+        await staged.flush()
+        await staged.release()
+
+        # A streamed write needs only a few parts: it waits for uploads instead of failing.
+        oss_server.faults.latency_ms = 20
+        data = _data(20 * PART, 6)
+        stream = await staging.open("streamed.bin", None, truncate=True)
+        await _write_all(stream, data, 50 * KiB)
+        assert staging.budget.used <= 4 * PART
+        oss_server.faults.clear()
+        await stream.flush()
+        await stream.release()
+    assert await _in_thread(_get, oss2_bucket, "budget.bin") == b"X" + original[1:]
+    assert await _in_thread(_get, oss2_bucket, "streamed.bin") == data
+
+
+async def test_crash_during_flush_is_finished_by_recover(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    await _in_thread(oss2_bucket.put_object, "streamed.bin", b"old version")
+    streamed = _data(30 * PART + 7, 7)
+    original = _data(3 * MiB, 8)
+    await _in_thread(oss2_bucket.put_object, "edited.bin", original)
+    edited = bytearray(original)
+    edited[MiB : MiB + 4] = b"EDIT"
+    async with _client(oss_server) as client:
+        async with open_staging(client, state_dir, part_size=256 * KiB) as staging:
+            first = await staging.open("streamed.bin", None, truncate=True)
+            await _write_all(first, streamed, 64 * KiB)
+            second = await staging.open(
+                "edited.bin", await client.head_object(TEST_BUCKET, "edited.bin"), truncate=False
+            )
+            await second.write(MiB, b"EDIT")
+            # Slow the server, start both flushes and "crash" while they run.
+            oss_server.faults.latency_ms = 300
+            with trio.move_on_after(0.45) as cancelled:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(first.flush)
+                    nursery.start_soon(second.flush)
+            assert cancelled.cancelled_caught
+            oss_server.faults.clear()
+        # Nothing was published half-way: the old object, or (a CompleteMultipartUpload the
+        # server got before the crash) the whole new one.
+        assert await _in_thread(_get, oss2_bucket, "streamed.bin") in (b"old version", streamed)
+        assert await _in_thread(_get, oss2_bucket, "edited.bin") == original
+        assert await _in_thread(_open_uploads, oss2_bucket) != []
+
+        async with open_staging(client, state_dir, part_size=256 * KiB) as staging:
+            report: RecoveryReport = await staging.recover()
+    assert sorted(report.completed) == ["edited.bin", "streamed.bin"]
+    assert report.ok
+    assert await _in_thread(_get, oss2_bucket, "streamed.bin") == streamed
+    assert await _in_thread(_server_crc, oss2_bucket, "streamed.bin") == crc64(streamed)
+    assert await _in_thread(_get, oss2_bucket, "edited.bin") == bytes(edited)
+    assert await _in_thread(_server_crc, oss2_bucket, "edited.bin") == crc64(bytes(edited))
+    assert await _in_thread(_open_uploads, oss2_bucket) == []
+    assert _staging_bytes(state_dir) == 0
+
+
+async def test_never_closed_write_leaves_the_old_object(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    await _in_thread(oss2_bucket.put_object, "keep.bin", b"old content")
+    async with _client(oss_server) as client:
+        async with open_staging(client, state_dir) as staging:
+            staged = await staging.open(
+                "keep.bin", await client.head_object(TEST_BUCKET, "keep.bin"), truncate=True
+            )
+            await _write_all(staged, _data(12 * PART, 9), 64 * KiB)
+            assert oss_server.stats.count("UploadPart") > 0
+            # The process dies here: no flush, no release.
+        assert await _in_thread(_open_uploads, oss2_bucket) == ["keep.bin"]
+        async with open_staging(client, state_dir) as staging:
+            report = await staging.recover()
+    assert report.discarded == ["keep.bin"]
+    assert len(report.aborted_uploads) == 1
+    assert await _in_thread(_get, oss2_bucket, "keep.bin") == b"old content"
+    assert await _in_thread(_open_uploads, oss2_bucket) == []
+    assert _staging_bytes(state_dir) == 0
+
+
+async def test_unlink_while_open_keeps_working_and_uploads_nothing(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    await _in_thread(oss2_bucket.put_object, "gone", b"0123456789")
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        staged = await staging.open(
+            "gone", await client.head_object(TEST_BUCKET, "gone"), truncate=False
+        )
+        await staged.detach()
+        await client.delete_object(TEST_BUCKET, "gone")  # what unlink does next
+        await staged.write(10, b"ab")
+        assert await staged.read(0, 100) == b"0123456789ab"
+        await staged.flush()
+        await staged.release()
+    assert not await _in_thread(oss2_bucket.object_exists, "gone")
+
+
+async def test_state_dir_is_exclusive(oss_server: RunningServer, tmp_path: Path) -> None:
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state"):
+        with pytest.raises(OSError, match="in use") as raised:
+            WriteStaging(
+                client,
+                TEST_BUCKET,
+                state_dir=tmp_path / "state",
+                prefix="",
+                disk_budget_bytes=MiB,
+                part_size=PART,
+                multipart_threshold=PART,
+                upload_concurrency=1,
+            )
+        assert raised.value.errno == errno.EBUSY
+    assert os.path.exists(tmp_path / "state" / "journal.sqlite")
+
+
+async def test_recover_resumes_uploaded_parts_by_listparts(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    original = _data(2 * MiB, 10)
+    await _in_thread(oss2_bucket.put_object, "edited.bin", original)
+    edited = bytearray(original)
+    edited[5:9] = b"EDIT"
+    streamed = _data(8 * PART + 1, 11)
+    async with _client(oss_server, attempts=1) as client:
+        async with open_staging(client, state_dir, retry_initial_s=60) as staging:
+            local = await staging.open(
+                "edited.bin", await client.head_object(TEST_BUCKET, "edited.bin"), truncate=False
+            )
+            await local.write(5, b"EDIT")
+            stream = await staging.open("streamed.bin", None, truncate=True)
+            await _write_all(stream, streamed, 64 * KiB)
+            # Every part goes up, the completion fails: then the process dies.
+            oss_server.faults.only_operations = frozenset({"CompleteMultipartUpload"})
+            oss_server.faults.error_rate = 1.0
+            for staged in (local, stream):
+                with pytest.raises(UploadFailedError):
+                    await staged.flush()
+        oss_server.faults.clear()
+        oss_server.stats.reset()
+        async with open_staging(client, state_dir) as staging:
+            report = await staging.recover()
+    assert sorted(report.completed) == ["edited.bin", "streamed.bin"]
+    # Nothing was sent again: ListParts confirmed the journalled parts.
+    assert oss_server.stats.count("UploadPart") == 0
+    assert oss_server.stats.count("UploadPartCopy") == 0
+    assert oss_server.stats.count("ListParts") == 2
+    assert oss_server.stats.count("CompleteMultipartUpload") == 2
+    assert await _in_thread(_get, oss2_bucket, "edited.bin") == bytes(edited)
+    assert await _in_thread(_get, oss2_bucket, "streamed.bin") == streamed
+    assert await _in_thread(_open_uploads, oss2_bucket) == []
