@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import posixpath
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -136,7 +137,9 @@ def attributes_from_info(
     mtime_ns = parse_mtime_ns(metadata.get(META_MTIME))
     if mtime_ns is None:
         mtime_ns = int(info.last_modified * 1_000_000_000)
-    target = info.symlink_target or metadata.get(META_SYMLINK_TARGET)
+    target = metadata.get(META_SYMLINK_TARGET)
+    if info.object_type == "Symlink" and info.symlink_target is not None:
+        target = native_symlink_path(info.key, info.symlink_target)
     size = info.size
     if kind is Kind.SYMLINK and target is not None:
         size = len(target.encode())
@@ -202,6 +205,16 @@ def posix_metadata(attrs: Attributes) -> dict[str, str]:
     if attrs.kind is Kind.SYMLINK and attrs.symlink_target is not None:
         metadata[META_SYMLINK_TARGET] = attrs.symlink_target
     return metadata
+
+
+def native_symlink_path(link_key: str, target_key: str) -> str:
+    """The POSIX target of an OSS symlink: its target key made relative to the link's directory.
+
+    OSS symlink targets are keys (absolute within the bucket); a POSIX symlink target is resolved
+    from the link's directory, so "docs/latest" -> "docs/readme.txt" reads back as "readme.txt".
+    ossfs symlinks store the POSIX target itself and are returned unchanged.
+    """
+    return posixpath.relpath(target_key, posixpath.dirname(link_key) or ".")
 
 
 def invalid_name_reason(name: str) -> str | None:

@@ -50,6 +50,7 @@ from ossmount.fs.attrs import (
     attributes_from_summary,
     directory_attributes,
     invalid_name_reason,
+    native_symlink_path,
 )
 from ossmount.oss.client import OssClient
 from ossmount.oss.errors import NotFound, OssError
@@ -396,7 +397,7 @@ class Namespace:
 
     async def _native_symlink_attributes(self, key: str, listed: Attributes) -> Attributes:
         async with self._head_limiter:
-            target = await self.client.get_symlink(self.bucket, key)
+            target = native_symlink_path(key, await self.client.get_symlink(self.bucket, key))
         attrs = replace(
             listed, symlink_target=target, size=len(target.encode()), permissions=0o777, exact=True
         )
@@ -502,7 +503,7 @@ class Namespace:
 
     async def _fetch_symlink_target(self, key: str, attrs: Attributes) -> str:
         if attrs.object_type == "Symlink":
-            return await self.client.get_symlink(self.bucket, key)
+            return native_symlink_path(key, await self.client.get_symlink(self.bucket, key))
         if attrs.size > SYMLINK_BODY_LIMIT:
             raise OssError(f"symlink object {key!r} has a {attrs.size}-byte body", code="")
         body = await self.client.get_object(self.bucket, key, if_match=attrs.etag)

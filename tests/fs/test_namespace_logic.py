@@ -14,6 +14,7 @@ from ossmount.fs.attrs import (
     attributes_from_summary,
     directory_attributes,
     invalid_name_reason,
+    native_symlink_path,
     parse_mtime_ns,
     posix_metadata,
 )
@@ -84,6 +85,16 @@ def test_symlinks_native_and_ossfs() -> None:
     assert body_style.symlink_target is None
     listed = attributes_from_summary(summary("l", object_type="Symlink"), DEFAULTS)
     assert listed.kind is Kind.SYMLINK
+
+
+def test_native_symlink_targets_are_relative_to_the_link() -> None:
+    assert native_symlink_path("docs/latest", "docs/readme.txt") == "readme.txt"
+    assert native_symlink_path("top", "a/b") == "a/b"
+    assert native_symlink_path("a/b/link", "c/d") == "../../c/d"
+    attrs = attributes_from_info(
+        info("d/l", {}, object_type="Symlink", symlink_target="d/e/f"), DEFAULTS
+    )
+    assert attrs.symlink_target == "e/f"
 
 
 def test_mtime_parsing_and_round_trip() -> None:
