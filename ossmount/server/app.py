@@ -1066,6 +1066,7 @@ class App:
             leaf("LastModified", xmlio.iso8601(record.mtime)),
         )
         response = _xml_response(body)
+        response.headers.append(("ETag", record.etag))
         response.headers.append(("x-oss-hash-crc64ecma", str(record.crc64)))
         return response
 

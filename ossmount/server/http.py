@@ -23,7 +23,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 import trio
 
@@ -317,7 +317,10 @@ def parse_query(raw_query: str) -> list[tuple[str, str | None]]:
             continue
         name, sep, value = item.partition("=")
         result.append(
-            (unquote(name, errors="strict"), unquote(value, errors="strict") if sep else None)
+            (
+                unquote_plus(name, errors="strict"),
+                unquote_plus(value, errors="strict") if sep else None,
+            )
         )
     return result
 
