@@ -62,7 +62,7 @@ def _small_files() -> Iterator[tuple[str, bytes]]:
         )
 
 
-def _write_big_file(path: Path) -> None:
+def write_big_file(path: Path) -> None:
     rng = random.Random(SEED)
     chunk = rng.randbytes(1024 * 1024)
     with path.open("wb") as out:
@@ -81,7 +81,7 @@ async def populate(endpoint: str, scratch: Path) -> None:
         for key, text in _text_files().items():
             await client.put_object(DEMO_BUCKET, key, text.encode())
         big = scratch / "random-100MiB.bin"
-        _write_big_file(big)
+        write_big_file(big)
         await client.put_object(DEMO_BUCKET, "data/random-100MiB.bin", big)
         big.unlink()
         await client.put_object(
