@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS files (
     metadata TEXT NOT NULL DEFAULT '{}',
     forbid_overwrite INTEGER NOT NULL DEFAULT 0,
     plan TEXT,
+    part_size INTEGER NOT NULL DEFAULT 0,
     updated_s REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS parts (
@@ -90,6 +91,7 @@ _UPDATABLE = frozenset(
         "metadata",
         "forbid_overwrite",
         "plan",
+        "part_size",
     }
 )
 
@@ -133,6 +135,7 @@ class JournalEntry:
     metadata: dict[str, str] = field(default_factory=dict)
     forbid_overwrite: bool = False
     plan: list[PlannedPart] | None = None
+    part_size: int = 0
 
 
 def _encode(name: str, value: Any) -> Any:
@@ -252,7 +255,8 @@ class Journal:
     def _select(self, where: str, args: tuple[Any, ...]) -> list[JournalEntry]:
         columns = (
             "file_id, key, state, mode, size, base_key, base_etag, base_size, base_crc64, "
-            "temp_key, upload_id, upload_key, upload_intent_s, metadata, forbid_overwrite, plan"
+            "temp_key, upload_id, upload_key, upload_intent_s, metadata, forbid_overwrite, plan, "
+            "part_size"
         )
         rows = self._db.execute(f"SELECT {columns} FROM files {where}", args).fetchall()  # noqa: S608 (fixed text)
         return [_entry_from_row(row) for row in rows]
@@ -280,6 +284,7 @@ def _entry_from_row(row: tuple[Any, ...]) -> JournalEntry:
         metadata,
         forbid_overwrite,
         plan,
+        part_size,
     ) = row
     metadata_map: Mapping[str, str] = json.loads(metadata) if metadata else {}
     return JournalEntry(
@@ -299,4 +304,5 @@ def _entry_from_row(row: tuple[Any, ...]) -> JournalEntry:
         metadata={str(name): str(value) for name, value in metadata_map.items()},
         forbid_overwrite=bool(forbid_overwrite),
         plan=None if plan is None else [PlannedPart.from_json(item) for item in json.loads(plan)],
+        part_size=int(part_size),
     )

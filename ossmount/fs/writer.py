@@ -224,7 +224,10 @@ class StagedFile:
         self._unlinked = False
         self._lock = trio.Lock()
         # Stream mode: bytes below _stream_base are in sealed parts (1 .. _stream_base/part_size).
-        self._stream_base = (entry.size // staging.part_size) * staging.part_size
+        # The part size of this file's stream, fixed when it was opened (journalled, so that a
+        # later start with another part_size option still numbers the part files right).
+        self._part_size = entry.part_size or staging.part_size
+        self._stream_base = (entry.size // self._part_size) * self._part_size
         self._uploaded_parts: dict[int, PartInfo] = {}
         self._failed_parts: dict[int, BaseException] = {}
         self._parts_in_flight = 0
@@ -268,7 +271,7 @@ class StagedFile:
         return self._staging.staging_dir / f"{self._file_id}.part{number}"
 
     def _part_number_at(self, offset: int) -> int:
-        return offset // self._staging.part_size + 1
+        return offset // self._part_size + 1
 
     def _journal(self, **fields: object) -> None:
         self._staging.journal.update(self._file_id, **fields)
@@ -335,8 +338,8 @@ class StagedFile:
         position = offset
         while position < end:
             number = self._part_number_at(position)
-            part_start = (number - 1) * self._staging.part_size
-            part_end = min(part_start + self._staging.part_size, end)
+            part_start = (number - 1) * self._part_size
+            part_end = min(part_start + self._part_size, end)
             path = self._part_path(number)
             if not path.exists():
                 raise StreamedRangeGoneError(
@@ -417,10 +420,10 @@ class StagedFile:
     # --- stream mode ---------------------------------------------------------------------
 
     def _in_part_one(self, offset: int, length: int) -> bool:
-        return offset + length <= self._staging.part_size
+        return offset + length <= self._part_size
 
     async def _stream_write(self, offset: int, data: bytes) -> None:
-        part_size = self._staging.part_size
+        part_size = self._part_size
         end = offset + len(data)
         if offset > self.size:
             # A hole: written as zeros, keeping the parts contiguous.
@@ -539,7 +542,7 @@ class StagedFile:
                     continue
                 path = self._part_path(number)
                 with open(path, "rb") as source:
-                    target.seek((number - 1) * self._staging.part_size)
+                    target.seek((number - 1) * self._part_size)
                     shutil.copyfileobj(source, target)
                 path.unlink()
             target.truncate(self.size)
@@ -592,7 +595,7 @@ class StagedFile:
             return self.size
         if self._mode == MODE_STREAM:
             return sum(
-                min(self._staging.part_size, self.size - (n - 1) * self._staging.part_size)
+                min(self._part_size, self.size - (n - 1) * self._part_size)
                 for n in range(1, self._part_number_at(max(0, self.size - 1)) + 1)
                 if self._part_path(n).exists()
             )
@@ -1107,6 +1110,7 @@ class WriteStaging:
                 size=size,
                 metadata=metadata,
                 forbid_overwrite=exclusive,
+                part_size=self.part_size,
                 base_key=key if existing is not None else None,
                 base_etag=existing.etag if existing is not None else None,
                 base_size=existing.size if existing is not None else 0,
@@ -1127,6 +1131,19 @@ class WriteStaging:
             await staged.truncate(0)
         staged._handles += 1
         return staged
+
+    async def unlink(self, key: str) -> None:
+        """``key`` is being deleted: open handles keep a private copy (see StagedFile.detach);
+        a closed file whose upload is still pending is dropped, so it never reappears."""
+        staged = self._files.get(key)
+        if staged is None:
+            return
+        if staged._handles > 0:
+            await staged.detach()
+            return
+        staged._unlinked = True
+        staged._retry_due_s = None
+        await self._discard(staged)
 
     def rename(self, old_key: str, new_key: str, new_info: ObjectInfo | None) -> None:
         """The file at ``old_key`` is now ``new_key`` (the caller renamed the object, after a
@@ -1315,3 +1332,32 @@ class WriteStaging:
         for path in self.download_dir.iterdir():
             if path.name not in known:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+async def recover_state_dir(
+    client: OssClient,
+    bucket: str,
+    prefix: str,
+    state_dir: Path,
+    *,
+    upload_concurrency: int = 4,
+) -> RecoveryReport:
+    """`ossmount recover`: finish the interrupted uploads of one state directory, unmounted.
+
+    Raises StateDirBusyError when a mount of the same bucket and prefix holds the directory.
+    """
+    staging = WriteStaging(
+        client,
+        bucket,
+        state_dir=state_dir,
+        prefix=prefix,
+        # Recovery writes nothing new: the files it resumes are already on disk.
+        disk_budget_bytes=2**63,
+        part_size=transfer.DEFAULT_PART_SIZE,
+        multipart_threshold=transfer.DEFAULT_MULTIPART_THRESHOLD,
+        upload_concurrency=upload_concurrency,
+    )
+    try:
+        return await staging.recover()
+    finally:
+        staging.close()

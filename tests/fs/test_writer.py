@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -516,3 +517,68 @@ async def test_recover_resumes_uploaded_parts_by_listparts(
     assert await _in_thread(_get, oss2_bucket, "edited.bin") == bytes(edited)
     assert await _in_thread(_get, oss2_bucket, "streamed.bin") == streamed
     assert await _in_thread(_open_uploads, oss2_bucket) == []
+
+
+async def test_recover_command_finishes_a_crashed_upload(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    data = _data(6 * PART + 3, 12)
+    async with (
+        _client(oss_server, attempts=1) as client,
+        open_staging(client, state_dir, prefix="pre/", retry_initial_s=60) as staging,
+    ):
+        staged = await staging.open("pre/file.bin", None, truncate=True)
+        await _write_all(staged, data, 64 * KiB)
+        oss_server.faults.only_operations = frozenset({"CompleteMultipartUpload"})
+        oss_server.faults.error_rate = 1.0
+        with pytest.raises(UploadFailedError):
+            await staged.flush()
+    oss_server.faults.clear()
+    command = [
+        sys.executable,
+        "-m",
+        "ossmount.cli",
+        "recover",
+        f"{TEST_BUCKET}:/pre",
+        "--endpoint",
+        oss_server.endpoint,
+        "--region",
+        TEST_REGION,
+        "--state-dir",
+        str(state_dir),
+    ]
+    environment = {
+        **os.environ,
+        "OSS_ACCESS_KEY_ID": TEST_AK,
+        "OSS_ACCESS_KEY_SECRET": TEST_SK,
+    }
+    result = await trio.run_process(command, env=environment, capture_stdout=True, check=False)
+    assert result.returncode == 0, result
+    assert result.stdout.decode().splitlines() == ["completed upload of pre/file.bin"]
+    assert await _in_thread(_get, oss2_bucket, "pre/file.bin") == data
+    assert await _in_thread(_open_uploads, oss2_bucket) == []
+    again = await trio.run_process(command, env=environment, capture_stdout=True, check=False)
+    assert again.stdout.decode().splitlines() == ["nothing to recover"]
+
+
+async def test_unlink_drops_a_pending_upload(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    async with (
+        _client(oss_server, attempts=1) as client,
+        open_staging(client, tmp_path / "state", retry_initial_s=0.05) as staging,
+    ):
+        staged = await staging.open("doomed", None, truncate=True)
+        await staged.write(0, b"data")
+        oss_server.faults.only_operations = frozenset({"PutObject"})
+        oss_server.faults.error_rate = 1.0
+        with pytest.raises(UploadFailedError):
+            await staged.flush()
+        await staged.release()
+        await staging.unlink("doomed")
+        assert staging.staged("doomed") is None
+        oss_server.faults.clear()
+        await trio.sleep(0.3)  # no background retry brings it back
+    assert not await _in_thread(oss2_bucket.object_exists, "doomed")
+    assert _staging_bytes(tmp_path / "state") == 0
