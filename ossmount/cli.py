@@ -140,6 +140,69 @@ def _add_cp_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     parser.set_defaults(run=run)
 
 
+def _add_recover_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "recover",
+        help="finish uploads a crashed mount left, without mounting",
+        description="Finish every upload of BUCKET[:/PREFIX] that a crash interrupted after "
+        "close() or fsync() began (resuming multipart uploads), discard writes that were never "
+        "closed (the old objects stay), abort multipart uploads no longer needed, and report.",
+    )
+    parser.add_argument("bucket", metavar="BUCKET[:/PREFIX]")
+    parser.add_argument("--endpoint", required=True, help="OSS endpoint URL")
+    parser.add_argument("--region", help="region for V4 signing, e.g. cn-hangzhou")
+    parser.add_argument(
+        "--passwd-file", help="ossfs-style AK:SK file (default: env, ~/.passwd-ossfs)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        help="the mount's state directory (default: ~/.cache/ossmount/<bucket>-<hash>)",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        # Lazy imports: keep `ossmount cp` and `--help` light.
+        from pathlib import Path  # noqa: PLC0415
+
+        import trio  # noqa: PLC0415
+
+        from ossmount.config import ConfigError, parse_bucket_spec  # noqa: PLC0415
+        from ossmount.credentials import CredentialsError, resolve_credentials  # noqa: PLC0415
+        from ossmount.fs.writer import (  # noqa: PLC0415
+            RecoveryReport,
+            default_state_dir,
+            recover_state_dir,
+        )
+        from ossmount.oss.client import OssClient  # noqa: PLC0415
+        from ossmount.oss.errors import OssError  # noqa: PLC0415
+
+        try:
+            bucket, prefix = parse_bucket_spec(args.bucket)
+            passwd_file = Path(args.passwd_file) if args.passwd_file else None
+            credentials = resolve_credentials(bucket, passwd_file=passwd_file)
+        except (ConfigError, CredentialsError) as exc:
+            print(f"ossmount recover: {exc}", file=sys.stderr)
+            return 2
+        state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(bucket, prefix)
+        if not (state_dir / "journal.sqlite").exists():
+            print(f"nothing to recover: no journal in {state_dir}")
+            return 0
+
+        async def recover() -> RecoveryReport:
+            async with OssClient(args.endpoint, credentials, region=args.region) as client:
+                return await recover_state_dir(client, bucket, prefix, state_dir)
+
+        try:
+            report = trio.run(recover)
+        except (OSError, OssError) as exc:
+            print(f"ossmount recover: {exc}", file=sys.stderr)
+            return 1
+        for line in report.lines() or ["nothing to recover"]:
+            print(line)
+        return 0 if report.ok else 1
+
+    parser.set_defaults(run=run)
+
+
 def _helper_syntax(argv: list[str]) -> list[str]:
     # mount(8) / mount.fuse3 and fstab run "ossmount BUCKET MOUNTPOINT -o OPTS": a first
     # argument that is no subcommand means "mount".
@@ -165,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_unmount_parser(sub)
     _add_demo_parser(sub)
     _add_cp_parser(sub)
+    _add_recover_parser(sub)
     return parser
 
 
