@@ -777,7 +777,7 @@ class App:
         if encoding not in ("", "url"):
             raise invalid_argument("encoding-type must be url", "encoding-type", encoding)
         encode = _url_encoder(encoding == "url")
-        token = call.params.get("continuation-token")
+        token = call.params.get("continuation-token") or None
         if version == 1:
             after = call.param("marker")
         elif token is not None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import httpx
 import oss2
 import pytest
 
+from ossmount.oss.signer import Credentials, OssV4Auth
 from ossmount.server import RunningServer
 from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
 
@@ -22,3 +27,40 @@ def bucket(request: pytest.FixtureRequest, oss_server: RunningServer) -> oss2.Bu
 @pytest.fixture
 def service(oss_server: RunningServer) -> oss2.Service:
     return oss2.Service(oss2.AuthV4(TEST_AK, TEST_SK), oss_server.endpoint, region=TEST_REGION)
+
+
+class RawClient:
+    """Signed (V4) raw HTTP requests, for what oss2 will not send: bad XML, odd orders."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.http = httpx.Client(
+            base_url=endpoint, auth=OssV4Auth(Credentials(TEST_AK, TEST_SK), TEST_REGION)
+        )
+
+    def request(
+        self,
+        method: str,
+        key: str | None,
+        *,
+        bucket: str = TEST_BUCKET,
+        params: dict[str, str] | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        path = f"/{bucket}/" + (quote(key, safe="") if key else "")
+        return self.http.request(
+            method,
+            path,
+            params=params,
+            content=content,
+            headers=headers,
+            extensions={"oss_bucket": bucket, "oss_key": key or ""},
+        )
+
+
+@pytest.fixture
+def raw(oss_server: RunningServer) -> Iterator[RawClient]:
+    client = RawClient(oss_server.endpoint)
+    yield client
+    client.http.close()
