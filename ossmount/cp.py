@@ -294,15 +294,34 @@ def cp_command(args: argparse.Namespace) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return trio.run(_copy, args)
-    except KeyboardInterrupt:
+    except BaseException as exc:  # every failure: one line and an exit status
+        return report_failure(exc)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def report_failure(exc: BaseException) -> int:
+    """Print one line for a failure of the whole copy; -> the exit status. Anything that is not
+    a known kind of failure (a bug) is raised again, with its traceback."""
+    leaves = _leaves(exc)
+    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
         print("ossmount cp: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (CpError, CredentialsError, OssError, ValueError) as exc:
-        print(f"ossmount cp: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, CpError | ValueError) else EXIT_FAILED
-    except OSError as exc:
-        print(f"ossmount cp: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+    first = leaves[0]
+    if isinstance(first, CpError | ValueError):
+        print(f"ossmount cp: {first}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(first, CredentialsError | OssError):
+        print(f"ossmount cp: {first}", file=sys.stderr)
         return EXIT_FAILED
+    if isinstance(first, OSError):
+        print(f"ossmount cp: {first.filename or ''}: {first.strerror or first}", file=sys.stderr)
+        return EXIT_FAILED
+    raise exc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
