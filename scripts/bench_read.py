@@ -76,10 +76,20 @@ def peak_rss_kib(pid: int) -> int:
 @contextmanager
 def mounted(endpoint: str, mountpoint: Path, options: list[str], log: Path) -> Iterator[int]:
     env = dict(os.environ, OSS_ACCESS_KEY_ID=AK, OSS_ACCESS_KEY_SECRET=SK)
+    launcher = ["-m", "ossmount.cli"]
+    if options and options[0].startswith("httpcore_read="):
+        # Measures a client tuning: httpcore's socket read size (64 KiB by default) for bodies.
+        read_bytes = int(options[0].split("=", 1)[1])
+        options = options[1:]
+        launcher = [
+            "-c",
+            "import sys, httpcore._async.http11 as h; "
+            f"h.AsyncHTTP11Connection.READ_NUM_BYTES = {read_bytes}; "
+            "from ossmount.cli import main; sys.argv[0] = 'ossmount'; sys.exit(main())",
+        ]
     command = [
         sys.executable,
-        "-m",
-        "ossmount.cli",
+        *launcher,
         "mount",
         BUCKET,
         str(mountpoint),
@@ -129,7 +139,8 @@ def main() -> int:
         action="append",
         default=[],
         help='mount options of one variant, e.g. "-o block_size=1M" (repeatable; '
-        "default: the default options only)",
+        "default: the default options only); a first word httpcore_read=N runs that mount "
+        "with httpcore reading N bytes per socket read (a client tuning under test)",
     )
     args = parser.parse_args()
     variants: list[list[str]] = [[]] + [v.split() for v in args.variant]

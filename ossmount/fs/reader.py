@@ -85,8 +85,9 @@ DEFAULT_RESUME_ATTEMPTS = 4
 _RESUME_BACKOFF_S = 0.05
 # How far before or after the end of the previous reads a read still counts as sequential.
 _SEQUENTIAL_SLACK = 4 * 1024 * 1024
-# Out-of-order replies kept for the whole-file check before it gives up.
-_MAX_PENDING_CHECK_SEGMENTS = 256
+# Bytes of out-of-order replies the whole-file check holds before it gives up.
+_MAX_CHECK_AHEAD_BYTES = 16 * 1024 * 1024
+_MAX_CHECK_AHEAD_PIECES = 256
 
 BlockId = tuple[str, str, int]  # (key, etag, block index)
 
@@ -264,6 +265,7 @@ class _WholeFileCheck:
         self.crc = 0
         self.gave_up = False
         self._ahead: dict[int, bytes] = {}
+        self._ahead_bytes = 0
 
     def add(self, offset: int, data: bytes) -> bool:
         """Account for ``data`` returned at ``offset``; True once the whole file is covered."""
@@ -271,22 +273,26 @@ class _WholeFileCheck:
             return False
         end = offset + len(data)
         if offset > self.checked_end:
-            if len(self._ahead) >= _MAX_PENDING_CHECK_SEGMENTS:
+            previous = self._ahead.get(offset)
+            if previous is None or len(previous) < len(data):
+                self._ahead_bytes += len(data) - (len(previous) if previous else 0)
+                self._ahead[offset] = data
+            if (
+                self._ahead_bytes > _MAX_CHECK_AHEAD_BYTES
+                or len(self._ahead) > _MAX_CHECK_AHEAD_PIECES
+            ):
                 log.debug("whole-file check abandoned: too many out-of-order reads")
                 self.gave_up = True
                 self._ahead.clear()
-                return False
-            previous = self._ahead.get(offset)
-            if previous is None or len(previous) < len(data):
-                self._ahead[offset] = data
             return False
         self._extend(offset, data, end)
         while self._ahead:
             overlapping = [o for o in self._ahead if o <= self.checked_end]
             if not overlapping:
                 break
-            for start in overlapping:
+            for start in sorted(overlapping):
                 piece = self._ahead.pop(start)
+                self._ahead_bytes -= len(piece)
                 self._extend(start, piece, start + len(piece))
         return self.checked_end >= self.size
 

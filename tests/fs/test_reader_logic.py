@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from ossmount.fs.reader import FileReader, ReadCache
+from ossmount.fs.reader import FileReader, ReadCache, _WholeFileCheck
 from ossmount.oss.crc64 import crc64
 from ossmount.oss.errors import (
     IntegrityError,
@@ -384,3 +384,21 @@ async def test_interleaved_handles_read_right(nursery: trio.Nursery, reader_coun
         for _ in range(reader_count):
             inner.start_soon(whole, lambda: open_reader(cache, source))
     assert results == [data] * reader_count
+
+
+def test_whole_file_check_gives_up_on_scattered_reads() -> None:
+    check = _WholeFileCheck(100 * MIB)
+    for i in range(300):
+        assert not check.add((i + 1) * 300 * KIB, b"x" * 10)
+    assert check.gave_up
+    assert not check.add(0, b"y" * 100)  # no longer accounted
+
+
+def test_whole_file_check_in_and_out_of_order() -> None:
+    data = payload(3 * MIB + 3)
+    check = _WholeFileCheck(len(data))
+    pieces = [(o, data[o : o + 256 * KIB]) for o in range(0, len(data), 256 * KIB)]
+    pieces[3], pieces[5] = pieces[5], pieces[3]
+    done = [check.add(o, piece) for o, piece in pieces]
+    assert done[-1] and not any(done[:-1])
+    assert check.crc == crc64(data)
