@@ -325,6 +325,11 @@ class StagedFile:
         """Read-your-writes: the staged bytes of [offset, offset+size) (short at the end of the
         file), or None when nothing is staged (mode remote): read the object ``key`` at ETag
         ``remote_etag`` instead."""
+        # Under the lock: a concurrent write may move or drop staging files (mode changes).
+        async with self._lock:
+            return await self._read_locked(offset, size)
+
+    async def _read_locked(self, offset: int, size: int) -> bytes | None:
         if self._mode == MODE_REMOTE:
             return None
         end = min(offset + size, self.size)
@@ -848,9 +853,8 @@ class StagedFile:
             if info.size != self.size or expected is None or info.crc64 != expected:
                 raise
             result = PutResult(info.etag, info.crc64)
-        expected = _combined_crc(parts)
-        if expected is not None and result.crc64 is not None and result.crc64 != expected:
-            raise IntegrityError(f"{self.key}: CRC-64 of the completed object differs")
+        # The client compared the server's CRC-64 with the combination of the parts' CRCs
+        # (all known, except for copied parts without a local copy: see _run_plan).
         return result
 
     async def _flush_local(self) -> PutResult:

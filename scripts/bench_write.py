@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Write benchmark: single-stream curl PUT vs the mount's write path (fs/writer.py).
+
+Usage: .venv/bin/python scripts/bench_write.py [--size-mib 1024] [--runs 3]
+           [--part-size-mib 8] [--concurrency 4]
+
+One run of the script starts the bundled server (in a thread of this process), writes a file of
+--size-mib random bytes to a temporary directory, then alternates
+  curl -T FILE <presigned PUT URL>                          (the reference)
+  the write path alone, in a child process: WriteStaging + StagedFile.write() of 1 MiB pieces
+  (what FUSE write() calls do), then flush() (what close() does)
+and reports MB/s (median of --runs), the ratio to curl, the time flush() took after the last
+write (close() after a streamed write), the peak staging disk, and the child's peak RSS (VmHWM).
+The FUSE layer is not in this figure: it measures the writer the mount calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from ossmount.oss.signer import Credentials, presign_v1
+from ossmount.server import ServerConfig, run_server_in_thread
+
+AK = "bench-ak"
+SK = "bench-secret"
+BUCKET = "bench"
+MIB = 1024 * 1024
+
+
+def make_file(path: Path, size: int) -> None:
+    block = os.urandom(16 * MIB)
+    with path.open("wb") as out:
+        written = 0
+        while written < size:
+            piece = block[: min(len(block), size - written)]
+            out.write(piece)
+            written += len(piece)
+
+
+def curl_put(endpoint: str, path: Path, key: str) -> float:
+    url = presign_v1(
+        Credentials(AK, SK),
+        "PUT",
+        f"{endpoint}/{BUCKET}/{key}",
+        BUCKET,
+        key,
+        int(time.time()) + 3600,
+    )
+    start = time.perf_counter()
+    subprocess.run(
+        ["curl", "-sS", "-f", "-o", "/dev/null", "-H", "Content-Type:", "-T", str(path), url],
+        check=True,
+    )
+    return time.perf_counter() - start
+
+
+def peak_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM")
+
+
+async def writer_child(args: argparse.Namespace) -> dict[str, float]:
+    """Stream the file through WriteStaging, as the mount's write()/close() would."""
+    from ossmount.fs.writer import WriteStaging  # noqa: PLC0415 (child process only)
+    from ossmount.oss.client import OssClient  # noqa: PLC0415
+
+    source = Path(args.source)
+    state_dir = Path(args.state_dir)
+    peak_staging = 0
+    async with OssClient(args.endpoint, Credentials(AK, SK)) as client:
+        staging = WriteStaging(
+            client,
+            BUCKET,
+            state_dir=state_dir,
+            prefix="",
+            disk_budget_bytes=4 * 1024 * MIB,
+            part_size=args.part_size_mib * MIB,
+            multipart_threshold=16 * MIB,
+            upload_concurrency=args.concurrency,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(staging.run)
+                start = time.perf_counter()
+                staged = await staging.open(args.key, None, truncate=True)
+                offset = 0
+                with source.open("rb", buffering=0) as file:
+                    while piece := file.read(MIB):
+                        await staged.write(offset, piece)
+                        offset += len(piece)
+                        if offset % (16 * MIB) == 0:
+                            used = sum(p.stat().st_size for p in (state_dir / "staging").iterdir())
+                            peak_staging = max(peak_staging, used)
+                flush_start = time.perf_counter()
+                await staged.flush()
+                end = time.perf_counter()
+                await staged.release()
+                nursery.cancel_scope.cancel()
+        finally:
+            staging.close()
+    return {
+        "seconds": end - start,
+        "flush_seconds": end - flush_start,
+        "peak_staging_bytes": peak_staging,
+        "peak_rss_kib": peak_rss_kib(),
+    }
+
+
+def run_writer(
+    endpoint: str, source: Path, key: str, work: Path, args: argparse.Namespace
+) -> dict[str, float]:
+    state_dir = work / f"state-{key}"
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--endpoint",
+        endpoint,
+        "--source",
+        str(source),
+        "--key",
+        key,
+        "--state-dir",
+        str(state_dir),
+        "--part-size-mib",
+        str(args.part_size_mib),
+        "--concurrency",
+        str(args.concurrency),
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--part-size-mib", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--endpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--state-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(trio.run(writer_child, args)))
+        return 0
+
+    size = args.size_mib * MIB
+    with tempfile.TemporaryDirectory(prefix="ossmount-bench-write-") as temp:
+        work = Path(temp)
+        source = work / "source.bin"
+        make_file(source, size)
+        config = ServerConfig(
+            root=work / "server", credentials=[Credentials(AK, SK)], buckets=[BUCKET]
+        )
+        with run_server_in_thread(config) as server:
+            curl_s: list[float] = []
+            writer: list[dict[str, float]] = []
+            for run in range(args.runs):
+                curl_s.append(curl_put(server.endpoint, source, f"curl-{run}.bin"))
+                writer.append(run_writer(server.endpoint, source, f"writer-{run}.bin", work, args))
+                print(
+                    f"run {run}: curl {size / curl_s[-1] / 1e6:.0f} MB/s; writer "
+                    f"{size / writer[-1]['seconds'] / 1e6:.0f} MB/s, flush "
+                    f"{writer[-1]['flush_seconds']:.2f} s, staging peak "
+                    f"{writer[-1]['peak_staging_bytes'] / MIB:.0f} MiB, RSS "
+                    f"{writer[-1]['peak_rss_kib'] / 1024:.0f} MiB",
+                    file=sys.stderr,
+                )
+        curl_mbps = size / statistics.median(curl_s) / 1e6
+        writer_mbps = size / statistics.median(run["seconds"] for run in writer) / 1e6
+        print(
+            f"size {args.size_mib} MiB, part size {args.part_size_mib} MiB, "
+            f"{args.concurrency} parts in flight, median of {args.runs} runs"
+        )
+        print("| writer | MB/s | vs curl | close() (flush) | staging peak | peak RSS |")
+        print("|---|---|---|---|---|---|")
+        print(f"| curl -T (single stream PUT) | {curl_mbps:.0f} | 100% | | | |")
+        print(
+            f"| WriteStaging 1 MiB writes + flush | {writer_mbps:.0f} | "
+            f"{writer_mbps / curl_mbps:.0%} | "
+            f"{max(run['flush_seconds'] for run in writer):.2f} s (max) | "
+            f"{max(run['peak_staging_bytes'] for run in writer) / MIB:.0f} MiB | "
+            f"{max(run['peak_rss_kib'] for run in writer) / 1024:.0f} MiB |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
