@@ -131,6 +131,8 @@ class Connection:
         searched = 0
         while True:
             end = self._buffer.find(b"\r\n\r\n", max(0, searched - 3))
+            if end > MAX_HEAD_BYTES:
+                raise ProtocolError("request head too large", 431)
             if end >= 0:
                 head = bytes(self._buffer[:end])
                 del self._buffer[: end + 4]
@@ -465,6 +467,9 @@ async def serve_connection(
                 return
     except PeerGoneError as exc:
         log.debug("connection from %s ended: %s", peer, exc)
+    except Exception:
+        # One connection's failure must never take the server down.
+        log.exception("connection from %s failed", peer)
     finally:
         _close_quietly(sock)
 
@@ -473,10 +478,13 @@ async def _drain(body: Body, limit: int) -> bool:
     if body.declared_length is not None and body.declared_length - body.received > limit:
         return False
     drained = 0
-    while data := await body.receive_some():
-        drained += len(data)
-        if drained > limit:
-            return False
+    try:
+        while data := await body.receive_some():
+            drained += len(data)
+            if drained > limit:
+                return False
+    except ProtocolError:
+        return False
     return True
 
 
