@@ -1,0 +1,141 @@
+"""Storage safety: a server killed mid-PUT leaves the old object or none; data survives a
+restart; stray files are cleaned up; the `ossmount server` command itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import oss2
+import pytest
+
+from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
+
+
+class ServerProcess:
+    """`ossmount server` as a child process."""
+
+    def __init__(self, root: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ossmount.cli", "server", "--root", str(root), "--port", "0",
+             "--bucket", TEST_BUCKET],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OSS_ACCESS_KEY_ID": TEST_AK, "OSS_ACCESS_KEY_SECRET": TEST_SK},
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        self.endpoint = self.process.stdout.readline().strip()
+        assert self.endpoint.startswith("http://127.0.0.1:"), self.endpoint
+        self.port = int(self.endpoint.rsplit(":", 1)[1])
+
+    def bucket(self) -> oss2.Bucket:
+        return oss2.Bucket(
+            oss2.AuthV4(TEST_AK, TEST_SK), self.endpoint, TEST_BUCKET, region=TEST_REGION
+        )
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "root"
+
+
+def _start_unfinished_put(
+    server: ServerProcess, root: Path, key: str, in_flight: int
+) -> socket.socket:
+    """Send half of a 16 MiB PUT of `key` (presigned) and wait until it reaches the disk
+    (`in_flight` temp files with data in them)."""
+    url = server.bucket().sign_url("PUT", key, 600)
+    target = url.split(str(server.port), 1)[1]
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(
+        f"PUT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {16 << 20}\r\n\r\n".encode()
+        + os.urandom(8 << 20)
+    )
+    deadline = time.monotonic() + 10
+    while sum(path.stat().st_size > 0 for path in (root / "tmp").iterdir()) < in_flight:
+        assert time.monotonic() < deadline, "the body never reached the temp file"
+        time.sleep(0.01)
+    return sock
+
+
+def test_killed_put_leaves_the_old_object(root: Path) -> None:
+    server = ServerProcess(root)
+    try:
+        server.bucket().put_object("victim", b"old version")
+        sock = _start_unfinished_put(server, root, "victim", 1)
+        sock_new = _start_unfinished_put(server, root, "newcomer", 2)
+        server.kill()
+        sock.close()
+        sock_new.close()
+    finally:
+        if server.process.poll() is None:
+            server.kill()
+    restarted = ServerProcess(root)
+    try:
+        bucket = restarted.bucket()
+        assert bucket.get_object("victim").read() == b"old version"
+        assert not bucket.object_exists("newcomer")
+        assert list((root / "tmp").iterdir()) == []
+        assert len(list((root / "data").glob("*/*"))) == 1
+    finally:
+        assert restarted.stop() == 0
+
+
+def test_data_survives_restart_and_strays_are_removed(root: Path) -> None:
+    server = ServerProcess(root)
+    try:
+        bucket = server.bucket()
+        bucket.put_object("kept", b"persistent")
+        upload_id = bucket.init_multipart_upload("pending").upload_id
+        bucket.upload_part("pending", upload_id, 1, b"part one")
+    finally:
+        assert server.stop() == 0
+    stray = root / "data" / "ff" / ("ff" * 16)
+    stray.parent.mkdir(exist_ok=True)
+    stray.write_bytes(b"not indexed")
+    (root / "tmp" / "leftover").write_bytes(b"half a body")
+    restarted = ServerProcess(root)
+    try:
+        bucket = restarted.bucket()
+        assert bucket.get_object("kept").read() == b"persistent"
+        assert [part.size for part in oss2.PartIterator(bucket, "pending", upload_id)] == [8]
+        assert not stray.exists()
+        assert list((root / "tmp").iterdir()) == []
+    finally:
+        assert restarted.stop() == 0
+
+
+def test_command_prints_one_line_and_uses_the_environment(root: Path) -> None:
+    server = ServerProcess(root)
+    try:
+        server.bucket().put_object("k", b"v")
+        assert server.process.stdout is not None
+    finally:
+        assert server.stop() == 0
+    assert server.process.stdout is not None
+    assert server.process.stdout.read() == ""  # nothing after the endpoint line
+
+
+def test_command_refuses_bad_arguments(root: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ossmount.cli", "server", "--root", str(root),
+         "--access-key-id", "only-the-id", "--port", "0"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "OSS_ACCESS_KEY_SECRET": ""},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "secret" in result.stderr
+    assert result.stdout == ""
