@@ -38,6 +38,7 @@ from ossmount.oss import xml as oss_xml
 from ossmount.oss.crc64 import Crc64, crc64_combine
 from ossmount.oss.errors import (
     IntegrityError,
+    NoSuchUpload,
     OssConnectionError,
     OssError,
     OssProtocolError,
@@ -347,9 +348,19 @@ class ObjectReader:
         assert self.length is not None
         last = first + self.length - 1
         response = await self._client._open_get(
-            self._bucket, self._key, (first + self._consumed, last), self.info.etag, None
+            self._bucket, self._key, (first + self._consumed, last), self.info.etag or None, None
         )
         self._response = response
+
+    @property
+    def crc64(self) -> int:
+        """CRC-64 of the bytes delivered so far (of the range, for a range)."""
+        return self._crc.value
+
+    @property
+    def consumed(self) -> int:
+        """Bytes delivered so far."""
+        return self._consumed
 
     async def aread(self) -> bytes:
         """Read the rest of the body into memory."""
@@ -1007,26 +1018,53 @@ class OssClient:
         headers: Mapping[str, str] | None = None,
     ) -> PutResult:
         """CompleteMultipartUpload; when every part's CRC-64 is known, the object's CRC-64 (their
-        combination) is checked against the server's."""
+        combination) is checked against the server's.
+
+        If an attempt is retried after the server did complete the upload (the answer was lost),
+        the retry meets NoSuchUpload; when the object's CRC-64 and size then match the parts', that
+        is the success it is.
+        """
         ordered = sorted(parts, key=lambda part: part.part_number)
         document = oss_xml.build_complete_multipart_upload(
             (part.part_number, part.etag) for part in ordered
         )
         all_headers = {"Content-Type": "application/xml"}
         all_headers.update(headers or {})
-        body, response_headers = await self._xml(
-            "POST", bucket, key, params={"uploadId": upload_id}, headers=all_headers, body=document
-        )
-        request_id = response_headers.get("x-oss-request-id")
-        etag = self._parsed(
-            "CompleteMultipartUpload", oss_xml.parse_complete_multipart_upload, body, request_id
-        )
-        server_crc = _crc_header(response_headers)
+        combined: int | None = None
         if all(part.crc64 is not None for part in ordered):
             combined = 0
             for part in ordered:
                 assert part.crc64 is not None
                 combined = crc64_combine(combined, part.crc64, part.size)
+        params = {"uploadId": upload_id}
+        payload = _Payload(document)
+        attempts = 0
+
+        async def attempt() -> httpx.Response:
+            nonlocal attempts
+            attempts += 1
+            return await self._attempt("POST", bucket, key, params, all_headers, payload, False)
+
+        try:
+            response = await self.retry.call(attempt, what=f"CompleteMultipartUpload {key}")
+        except NoSuchUpload:
+            if attempts < 2 or combined is None:
+                raise
+            info = await self.head_object(bucket, key)
+            if info.crc64 != combined or info.size != sum(part.size for part in ordered):
+                raise
+            log.info("CompleteMultipartUpload %s: completed by an earlier attempt", key)
+            return PutResult(info.etag, info.crc64, None)
+        response_headers = _lower_headers(response)
+        request_id = response_headers.get("x-oss-request-id")
+        etag = self._parsed(
+            "CompleteMultipartUpload",
+            oss_xml.parse_complete_multipart_upload,
+            response.content,
+            request_id,
+        )
+        server_crc = _crc_header(response_headers)
+        if combined is not None:
             _check_crc(f"CompleteMultipartUpload {key}", combined, server_crc, request_id)
         return PutResult(etag or response_headers.get("etag", ""), server_crc, request_id)
 

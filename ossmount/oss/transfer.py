@@ -44,7 +44,7 @@ from typing import Any
 import trio
 
 from ossmount.oss.client import FileSlice, OssClient
-from ossmount.oss.crc64 import Crc64, crc64_combine
+from ossmount.oss.crc64 import crc64_combine
 from ossmount.oss.errors import (
     IntegrityError,
     NoSuchUpload,
@@ -255,25 +255,23 @@ async def _download_range(
     progress: _Progress,
 ) -> int:
     """Fetch ``size`` bytes from ``first`` into ``fd`` at the same offset; -> their CRC-64."""
-    crc = Crc64()
     buffer = bytearray()
     offset = first
     byte_range = (first, first + size - 1) if size else None
     async with client.open_object(bucket, key, byte_range=byte_range, if_match=etag) as reader:
         async for chunk in reader:
-            crc.update(chunk)
             buffer += chunk
             if len(buffer) >= WRITE_BUFFER_SIZE:
                 await _write_at(fd, buffer, offset)
                 offset += len(buffer)
                 progress.add(len(buffer))
                 buffer = bytearray()
-    if buffer:
-        await _write_at(fd, buffer, offset)
-        progress.add(len(buffer))
-    if crc.length != size:
-        raise OssError(f"GET {key}: got {crc.length} bytes of {size} from offset {first}")
-    return crc.value
+        if buffer:
+            await _write_at(fd, buffer, offset)
+            progress.add(len(buffer))
+        if reader.consumed != size:
+            raise OssError(f"GET {key}: got {reader.consumed} bytes of {size} from offset {first}")
+        return reader.crc64
 
 
 async def download_file(

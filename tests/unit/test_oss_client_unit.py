@@ -14,6 +14,7 @@ import trio.testing
 from ossmount.oss import errors
 from ossmount.oss.client import FileSlice, OssClient, quote_key
 from ossmount.oss.crc64 import crc64
+from ossmount.oss.model import PartInfo
 from ossmount.oss.retry import RetryPolicy
 from ossmount.oss.signer import Credentials
 
@@ -210,3 +211,37 @@ async def test_connection_errors_become_oss_connection_error(
     assert calls == 3
     assert info.value.errno == 5  # EIO
     assert "very-secret-value" not in str(info.value)
+
+
+async def test_complete_whose_answer_was_lost_is_recognised(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    part_data = b"part one"
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        if request.method == "POST" and len(calls) == 1:
+            raise httpx.ReadError("connection reset after the server completed the upload")
+        if request.method == "POST":
+            return httpx.Response(
+                404, content=b"<Error><Code>NoSuchUpload</Code><Message>gone</Message></Error>"
+            )
+        return httpx.Response(
+            200,
+            headers={
+                "ETag": '"DONE-1"',
+                "Content-Length": str(len(part_data)),
+                "x-oss-hash-crc64ecma": str(crc64(part_data)),
+            },
+        )
+
+    part = PartInfo(1, '"P1"', len(part_data), crc64=crc64(part_data))
+    async with client_for(handler) as client:
+        result = await client.complete_multipart_upload("b", "k", "U1", [part])
+        assert (result.etag, result.crc64) == ('"DONE-1"', crc64(part_data))
+        assert calls == ["POST", "POST", "HEAD"]
+        calls.clear()
+        other = PartInfo(1, '"P1"', len(part_data), crc64=crc64(b"other data"))
+        with pytest.raises(errors.NoSuchUpload):  # the object there is not ours
+            await client.complete_multipart_upload("b", "k", "U1", [other])
