@@ -269,6 +269,7 @@ class NamespaceOptions:
     negative_ttl_s: float = 1.0
     list_cache_entries: int = 100_000
     stat_cache_entries: int = 100_000
+    list_page_keys: int = LIST_PAGE_KEYS
 
 
 class Namespace:
@@ -312,7 +313,7 @@ class Namespace:
                 prefix=prefix,
                 delimiter="/",
                 continuation_token=token,
-                max_keys=LIST_PAGE_KEYS,
+                max_keys=self.options.list_page_keys,
             )
             objects.extend(page.objects)
             prefixes.extend(page.prefixes)
@@ -339,14 +340,17 @@ class Namespace:
     async def _with_exact_metadata(self, prefix: str, entries: list[DirEntry]) -> list[DirEntry]:
         """Replace listing attributes by HEAD results (cached per version), concurrently."""
         results: list[DirEntry | None] = list(entries)
+        # A fixed set of workers sharing one iterator, not a task per entry: a directory of a
+        # million objects must not create a million coroutines at once.
+        work = iter(enumerate(entries))
 
-        async def fill(position: int, entry: DirEntry) -> None:
-            results[position] = await self._exact_entry(prefix, entry)
+        async def worker() -> None:
+            for position, entry in work:
+                results[position] = await self._exact_entry(prefix, entry)
 
         async with trio.open_nursery() as nursery:
-            for position, entry in enumerate(entries):
-                if entry.attrs.kind is Kind.DIR or entry.attrs.etag is not None:
-                    nursery.start_soon(fill, position, entry)
+            for _ in range(min(self.options.head_concurrency, len(entries))):
+                nursery.start_soon(worker)
         return [entry for entry in results if entry is not None]
 
     async def _exact_entry(self, prefix: str, entry: DirEntry) -> DirEntry | None:

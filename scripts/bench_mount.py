@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Metadata benchmarks of the mount, against the bundled server with injected latency.
+
+Usage: .venv/bin/python scripts/bench_mount.py [--latency-ms 5] [--objects 10000] [--only NAME]
+
+One run starts the bundled server (in a thread of this process, which otherwise only waits on
+child processes), uploads the data with no latency, then sets the latency and measures, each on
+a fresh daemon mount (cold caches):
+
+  ls-l        `ls -l` of a directory of --objects objects carrying ossfs metadata (mode 0600):
+              with readdir_optimize (attributes from the listing), with exact metadata (a HEAD
+              per file), and again with exact metadata once the listing cache expired
+              (list_cache_ttl=0): HEAD results are reused per object version.
+  find        `find` over 100 directories of 100 files, both modes.
+  cat         `cat` of 1,000 files of 4 KiB (one `cat` of all, after an `ls` of the directory):
+              requests per file counted at the server, both modes.
+
+Each line: seconds, server requests by operation, and whether the output showed mode 0600.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+from ossmount.oss.client import OssClient
+from ossmount.oss.signer import Credentials
+from ossmount.server import RunningServer, ServerConfig, run_server_in_thread
+
+AK = "bench-ak"
+SK = "bench-secret"
+BUCKET = "bench"
+REGION = "cn-hangzhou"
+OSSFS_0600 = {"mode": str(stat.S_IFREG | 0o600), "uid": "1000", "gid": "1000"}
+
+
+async def upload_all(endpoint: str, items: list[tuple[str, bytes, dict[str, str]]]) -> None:
+    async with OssClient(endpoint, Credentials(AK, SK), region=REGION, max_connections=32) as c:
+        limiter = trio.CapacityLimiter(32)
+
+        async def put(key: str, data: bytes, metadata: dict[str, str]) -> None:
+            async with limiter:
+                await c.put_object(BUCKET, key, data, metadata=metadata)
+
+        async with trio.open_nursery() as nursery:
+            for key, data, metadata in items:
+                nursery.start_soon(put, key, data, metadata)
+
+
+EXTRA_OPTIONS: list[str] = []
+
+
+@contextmanager
+def mounted(server: RunningServer, options: list[str]) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="bench-mnt-") as directory:
+        mountpoint = Path(directory)
+        env = dict(os.environ, OSS_ACCESS_KEY_ID=AK, OSS_ACCESS_KEY_SECRET=SK)
+        command = [
+            sys.executable,
+            "-m",
+            "ossmount.cli",
+            "mount",
+            BUCKET,
+            str(mountpoint),
+            "--endpoint",
+            server.endpoint,
+            "--region",
+            REGION,
+        ]
+        for option in [*options, *EXTRA_OPTIONS]:
+            command += ["-o", option]
+        subprocess.run(command, env=env, check=True)
+        try:
+            yield mountpoint
+        finally:
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+            time.sleep(0.2)
+
+
+def timed(server: RunningServer, command: list[str], cwd: Path) -> tuple[float, str, str]:
+    server.stats.reset()
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True)
+    elapsed = time.perf_counter() - started
+    counts = dict(sorted(server.stats.by_operation.items()))
+    return elapsed, result.stdout, " ".join(f"{op}={n}" for op, n in counts.items())
+
+
+def report(name: str, elapsed: float, requests: str, note: str = "") -> None:
+    print(f"{name:<44} {elapsed:7.2f} s   {requests}   {note}", flush=True)
+
+
+def bench_ls(server: RunningServer, latency_ms: float, objects: int) -> None:
+    variants = [
+        ("ls -l, readdir_optimize", ["readdir_optimize"], 1),
+        ("ls -l, exact metadata (HEAD per file)", [], 1),
+        ("ls -l, exact, 2nd listing (list_cache_ttl=0)", ["list_cache_ttl=0"], 2),
+    ]
+    for name, options, runs in variants:
+        with mounted(server, options) as mountpoint:
+            server.faults.latency_ms = latency_ms
+            for _ in range(runs):
+                elapsed, out, requests = timed(server, ["ls", "-l", "ls"], mountpoint)
+            server.faults.latency_ms = 0
+        lines = out.splitlines()[1:]
+        shown_0600 = sum(line.startswith("-rw-------") for line in lines)
+        report(f"{name} ({len(lines)} entries)", elapsed, requests, f"0600 shown: {shown_0600}")
+
+
+def bench_find(server: RunningServer, latency_ms: float) -> None:
+    for name, options in (
+        ("find 100x100, readdir_optimize", ["readdir_optimize"]),
+        ("find 100x100, exact metadata", []),
+    ):
+        with mounted(server, options) as mountpoint:
+            server.faults.latency_ms = latency_ms
+            elapsed, out, requests = timed(server, ["find", "tree", "-type", "f"], mountpoint)
+            server.faults.latency_ms = 0
+        report(f"{name} ({len(out.split())} files)", elapsed, requests)
+
+
+def bench_cat(server: RunningServer, latency_ms: float) -> None:
+    for name, options in (
+        ("cat 1000 x 4 KiB, readdir_optimize", ["readdir_optimize"]),
+        ("cat 1000 x 4 KiB, exact metadata", []),
+    ):
+        with mounted(server, options) as mountpoint:
+            server.faults.latency_ms = latency_ms
+            listing_s, _, listing_requests = timed(server, ["ls", "-l", "cat"], mountpoint)
+            elapsed, out, requests = timed(server, ["sh", "-c", "cat cat/* | wc -c"], mountpoint)
+            per_file = server.stats.total / 1000
+            server.faults.latency_ms = 0
+        report(f"{name}: listing", listing_s, listing_requests)
+        report(
+            f"{name}: cat",
+            elapsed,
+            requests,
+            f"{per_file:.2f} requests/file after the listing, {out.strip()} bytes",
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency-ms", type=float, default=5.0)
+    parser.add_argument("--objects", type=int, default=10_000)
+    parser.add_argument("--only", choices=["ls", "find", "cat"])
+    parser.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        help="extra mount options for every mount",
+    )
+    args = parser.parse_args()
+    EXTRA_OPTIONS.extend(args.options)
+    with tempfile.TemporaryDirectory(prefix="bench-srv-") as root:
+        config = ServerConfig(
+            root=Path(root), credentials=[Credentials(AK, SK)], buckets=[BUCKET], region=REGION
+        )
+        with run_server_in_thread(config) as server:
+            items: list[tuple[str, bytes, dict[str, str]]] = []
+            if args.only in (None, "ls"):
+                items += [(f"ls/f{i:05d}", b"x" * 100, OSSFS_0600) for i in range(args.objects)]
+            if args.only in (None, "find"):
+                items += [
+                    (f"tree/d{d:03d}/f{f:03d}", b"y", OSSFS_0600)
+                    for d in range(100)
+                    for f in range(100)
+                ]
+            if args.only in (None, "cat"):
+                items += [(f"cat/f{i:04d}", os.urandom(4096), {}) for i in range(1000)]
+            started = time.perf_counter()
+            trio.run(upload_all, server.endpoint, items)
+            print(
+                f"uploaded {len(items)} objects in {time.perf_counter() - started:.1f} s; "
+                f"latency {args.latency_ms} ms per request from now on",
+                flush=True,
+            )
+            if args.only in (None, "ls"):
+                bench_ls(server, args.latency_ms, args.objects)
+            if args.only in (None, "find"):
+                bench_find(server, args.latency_ms)
+            if args.only in (None, "cat"):
+                bench_cat(server, args.latency_ms)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
