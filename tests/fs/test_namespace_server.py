@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import AsyncIterator
+from typing import Any
 
 import oss2
 import pytest
@@ -27,14 +28,8 @@ async def client(oss_server: RunningServer) -> AsyncIterator[OssClient]:
         yield oss_client
 
 
-def namespace(client: OssClient, **options: object) -> Namespace:
-    return Namespace(
-        client,
-        TEST_BUCKET,
-        DEFAULTS,
-        NamespaceOptions(**options),
-        dir_mtime_ns=0,  # type: ignore[arg-type]
-    )
+def namespace(client: OssClient, **options: Any) -> Namespace:
+    return Namespace(client, TEST_BUCKET, DEFAULTS, NamespaceOptions(**options), dir_mtime_ns=0)
 
 
 async def test_cold_lookup_file_dir_missing_and_ossfs_marker(
