@@ -41,7 +41,8 @@ Whole-file check
 The bytes a handle returns are checked against the object's CRC-64 when they cover the file from
 0 to its end: contiguous replies extend a running CRC, replies that arrive ahead of it (out of
 order) wait, by reference, until the gap is filled. A mismatch raises :class:`IntegrityError`
-(EIO), is logged, and drops the object's cached blocks.
+(EIO) from that read and every later one of the handle, is logged, and drops the object's
+cached blocks.
 
 Seam for writes
 ---------------
@@ -329,7 +330,7 @@ class FileReader:
         self._window_blocks = 0
         self._frontier = 0  # blocks below this were already requested by the prefetcher
         self._check = _WholeFileCheck(size)
-        self._failure: OssError | None = None  # a 412 poisons the handle
+        self._failure: OssError | None = None  # a 412 or a CRC mismatch poisons the handle
         self._task_scopes: set[trio.CancelScope] = set()
         self._tasks_done = trio.Event()
         self._tasks_done.set()
@@ -571,4 +572,7 @@ class FileReader:
             f"(got {self._check.crc:016x}, expected {expected:016x})"
         )
         log.error("%s", message)
-        raise IntegrityError(message)
+        # Every later read of this handle fails too: the kernel retries a failed readahead
+        # page with a read of its own, which must not succeed quietly.
+        self._failure = IntegrityError(message)
+        raise self._failure

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import oss2
@@ -146,6 +147,39 @@ async def test_replaced_object_fails_the_handle(
     fresh = await open_object(cache, client, "replaced.bin")
     assert await read_all(fresh) == new
     await fresh.close()
+
+
+def corrupt_stored_copy(root: Path, data: bytes, offset: int) -> None:
+    """Flip one byte of the server's stored copy of ``data`` (its index keeps the old CRC-64)."""
+    for path in root.rglob("*"):
+        if path.is_file() and path.stat().st_size == len(data):
+            with path.open("r+b") as stored:
+                if stored.read(4096) != data[:4096]:
+                    continue
+                stored.seek(offset)
+                stored.write(bytes([data[offset] ^ 0x01]))
+            return
+    raise AssertionError("stored copy not found")
+
+
+async def test_damaged_data_is_integrity_error(
+    client: OssClient,
+    oss2_bucket: oss2.Bucket,
+    oss_server: Any,
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Read in many GETs: no single GET covers the object, so only the reader's whole-file
+    # check (not the client's per-GET one) can notice.
+    data = os.urandom(12 * MIB + 5)
+    oss2_bucket.put_object("damaged.bin", data)
+    corrupt_stored_copy(oss_server.root, data, 7 * MIB + 3)
+    cache = make_cache(client, nursery, block_size=256 * KIB, part_size=MIB)
+    reader = await open_object(cache, client, "damaged.bin")
+    with pytest.raises(IntegrityError):
+        await read_all(reader, 256 * KIB)
+    assert "does not match the object's CRC-64" in caplog.text
+    await reader.close()
 
 
 async def test_crc_mismatch_is_integrity_error(

@@ -252,6 +252,8 @@ async def test_whole_file_crc_mismatch_raises_integrity_error(
         await read_all(reader)
     assert "CRC-64" in caplog.text
     assert cache.cached_bytes == 0  # the corrupt blocks are not served again
+    with pytest.raises(IntegrityError):
+        await reader.read(len(data) - 1, 1)  # the handle stays failed
     await reader.close()
     # The same content with a correct CRC passes.
     source.corrupt_at = None

@@ -13,6 +13,7 @@ from typing import Any
 import oss2
 import pytest
 
+from tests.fs.test_reader import corrupt_stored_copy
 from tests.mount.conftest import MountFactory
 
 pytestmark = pytest.mark.mount
@@ -99,6 +100,21 @@ def test_object_replaced_during_read_fails_that_handle(
     assert len(seen) < len(old)
     # A new open sees the new version.
     assert path.read_bytes() == new
+
+
+def test_damaged_object_read_whole_is_eio(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory, oss_server: Any
+) -> None:
+    data = os.urandom(30 * MIB + 11)
+    oss2_bucket.put_object("damaged.bin", data)
+    corrupt_stored_copy(oss_server.root, data, 21 * MIB)
+    mount = mount_ossmount()
+    result = subprocess.run(
+        ["cat", str(mount.path / "damaged.bin")], capture_output=True, check=False
+    )
+    assert result.returncode != 0
+    assert b"Input/output error" in result.stderr
+    assert "CRC-64" in mount.log()
 
 
 def test_read_at_offsets_and_tail(oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory) -> None:
