@@ -37,7 +37,6 @@ from ossmount.server.errors import (
 )
 from ossmount.server.faults import Faults
 from ossmount.server.http import (
-    RECEIVE_SIZE,
     Body,
     FileBody,
     PeerGoneError,
@@ -71,7 +70,8 @@ MAX_USER_META_BYTES = 8 * 1024
 MAX_XML_BODY = 2 << 20
 # Bodies below this are received on the event loop; larger ones through a worker thread.
 SMALL_BODY = 256 * 1024
-PUMP_CHUNK = 4 << 20
+PUMP_CHUNK = 2 << 20
+PUMP_BUFFERS = 3
 OWNER_ID = "ossmount"
 STANDARD_HEADERS = (
     "Content-Type",
@@ -890,42 +890,57 @@ class App:
     async def _pump(self, body: Body, writer: BlobWriter, limit: int) -> None:
         """Socket -> two worker threads, one hashing MD5, one computing CRC-64 and writing.
 
-        The body moves in batches of received pieces (about PUMP_CHUNK bytes); each worker
-        has its own queue, so neither waits for the other batch by batch, and the socket keeps
-        being read while they work.
+        The body is read straight into a few reused buffers (no allocation per read); each
+        full buffer goes to both workers, which have a queue each, so neither waits for the
+        other buffer by buffer and the socket keeps being read while they work. A buffer
+        returns to the pool when both are done with it.
         """
-        md5_send, md5_receive = trio.open_memory_channel[list[bytes]](2)
-        write_send, write_receive = trio.open_memory_channel[list[bytes]](2)
+        size = PUMP_CHUNK
+        if body.declared_length is not None:
+            size = max(1, min(PUMP_CHUNK, body.declared_length))
+        free_send, free_receive = trio.open_memory_channel[bytearray](PUMP_BUFFERS)
+        for _ in range(PUMP_BUFFERS):
+            free_send.send_nowait(bytearray(size))
+        md5_send, md5_receive = trio.open_memory_channel[tuple[bytearray, int]](PUMP_BUFFERS)
+        write_send, write_receive = trio.open_memory_channel[tuple[bytearray, int]](PUMP_BUFFERS)
+        users: dict[int, int] = {}  # id(buffer) -> workers not yet done with it
 
         async def consume(
-            channel: trio.MemoryReceiveChannel[list[bytes]],
-            work: Callable[[list[bytes]], None],
+            channel: trio.MemoryReceiveChannel[tuple[bytearray, int]],
+            work: Callable[[list[memoryview]], None],
         ) -> None:
             async with channel:
-                async for batch in channel:
-                    await trio.to_thread.run_sync(work, batch)
+                async for buffer, length in channel:
+                    await trio.to_thread.run_sync(work, [memoryview(buffer)[:length]])
+                    users[id(buffer)] -= 1
+                    if users[id(buffer)] == 0:
+                        del users[id(buffer)]
+                        free_send.send_nowait(buffer)
 
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consume, md5_receive, writer.hash_md5)
                 nursery.start_soon(consume, write_receive, writer.write_data)
                 async with md5_send, write_send:
-                    batch: list[bytes] = []
-                    batch_size = 0
                     total = 0
-                    while data := await body.receive_some(RECEIVE_SIZE):
-                        total += len(data)
+                    while True:
+                        buffer = await free_receive.receive()
+                        view = memoryview(buffer)
+                        filled = 0
+                        while filled < len(buffer):
+                            received = await body.receive_into(view[filled:])
+                            if received == 0:
+                                break
+                            filled += received
+                        total += filled
                         if total > limit:
                             raise _entity_too_large()
-                        batch.append(data)
-                        batch_size += len(data)
-                        if batch_size >= PUMP_CHUNK:
-                            await md5_send.send(batch)
-                            await write_send.send(batch)
-                            batch, batch_size = [], 0
-                    if batch:
-                        await md5_send.send(batch)
-                        await write_send.send(batch)
+                        if filled:
+                            users[id(buffer)] = 2
+                            await md5_send.send((buffer, filled))
+                            await write_send.send((buffer, filled))
+                        if filled < len(buffer):
+                            break
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
 

@@ -174,6 +174,22 @@ class Connection:
         await self.throttle.take(len(data))
         return data
 
+    async def receive_into(self, view: memoryview) -> int:
+        """Like receive(), into `view` (no allocation per read)."""
+        if self._buffer:
+            count = min(len(view), len(self._buffer))
+            view[:count] = self._buffer[:count]
+            del self._buffer[:count]
+        else:
+            try:
+                count = await self.sock.recv_into(view)
+            except OSError as exc:
+                raise PeerGoneError(str(exc)) from exc
+            if not count:
+                raise PeerGoneError("connection closed inside a request body")
+        await self.throttle.take(count)
+        return count
+
     async def send_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         try:
@@ -234,23 +250,20 @@ class Body:
         self.continue_pending = expect_continue and not self.complete
         self.reset_after: int | None = None  # fault injection: abort after this many bytes
 
-    async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
+    async def _allowance(self, max_bytes: int) -> int:
+        """How many bytes the next raw read may take; 0 once the body is complete."""
         if self.complete:
-            return b""
+            return 0
         if self.continue_pending:
             self.continue_pending = False
             await self._conn.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if self.reset_after is not None and self.received >= self.reset_after:
-            self._conn.abort()
-            raise PeerGoneError("injected reset")
         if self.reset_after is not None:
+            if self.received >= self.reset_after:
+                self._conn.abort()
+                raise PeerGoneError("injected reset")
             max_bytes = max(1, min(max_bytes, self.reset_after - self.received))
         if not self.chunked:
-            data = await self._conn.receive(min(max_bytes, self._remaining))
-            self._remaining -= len(data)
-            self.complete = self._remaining == 0
-            self.received += len(data)
-            return data
+            return min(max_bytes, self._remaining)
         if self._chunk_left == 0:
             line = await self._conn.read_line()
             try:
@@ -263,14 +276,37 @@ class Body:
                 while await self._conn.read_line():
                     pass  # trailer fields are ignored
                 self.complete = True
-                return b""
+                return 0
             self._chunk_left = size
-        data = await self._conn.receive(min(max_bytes, self._chunk_left))
-        self._chunk_left -= len(data)
+        return min(max_bytes, self._chunk_left)
+
+    async def _consumed(self, nbytes: int) -> None:
+        self.received += nbytes
+        if not self.chunked:
+            self._remaining -= nbytes
+            self.complete = self._remaining == 0
+            return
+        self._chunk_left -= nbytes
         if self._chunk_left == 0 and await self._conn.read_line() != b"":
             raise ProtocolError("chunk not followed by CRLF")
-        self.received += len(data)
+
+    async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
+        """The next piece of the body (b"" at its end)."""
+        allowed = await self._allowance(max_bytes)
+        if allowed == 0:
+            return b""
+        data = await self._conn.receive(allowed)
+        await self._consumed(len(data))
         return data
+
+    async def receive_into(self, view: memoryview) -> int:
+        """Fill the start of `view` with the next piece of the body; 0 at its end."""
+        allowed = await self._allowance(len(view))
+        if allowed == 0:
+            return 0
+        received = await self._conn.receive_into(view[:allowed])
+        await self._consumed(received)
+        return received
 
     async def read_all(self, limit: int) -> bytes:
         """The whole body; ProtocolError(413) if it is larger than `limit`."""
