@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ossmount.fs.reader import FileReader, ReadCache, _WholeFileCheck
 from ossmount.oss.crc64 import crc64
@@ -404,3 +406,28 @@ def test_whole_file_check_in_and_out_of_order() -> None:
     done = [check.add(o, piece) for o, piece in pieces]
     assert done[-1] and not any(done[:-1])
     assert check.crc == crc64(data)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    size=st.one_of(
+        st.integers(0, 3 * MIB), st.integers(5 * 1024 * MIB - MIB, 5 * 1024 * MIB + 3 * MIB)
+    ),
+    block_size=st.sampled_from([4 * KIB, 64 * KIB, 256 * KIB, MIB, 4 * MIB]),
+    reads=st.lists(st.tuples(st.floats(0, 1.05), st.integers(0, 2 * MIB)), min_size=1, max_size=8),
+)
+def test_any_reads_return_the_right_bytes(
+    size: int, block_size: int, reads: list[tuple[float, int]]
+) -> None:
+    virtual = PatternData(size)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            cache = make_cache(nursery, block_size=block_size, cache_bytes=8 * MIB)
+            reader = open_reader(cache, MemorySource(virtual))
+            for fraction, length in reads:
+                offset = int(size * fraction)
+                assert await reader.read(offset, length) == virtual[offset : offset + length]
+            await reader.close()
+
+    trio.run(run)
