@@ -9,11 +9,12 @@ A staged file is in one of three modes:
 ``stream``
     A new (or truncated) file written from the start. Its bytes live in part files of
     ``part_size`` (``<id>.part<N>``). When part N >= 2 fills, it is sent with UploadPart at once
-    (``upload_concurrency`` parts in flight across the mount) and its file deleted, so a huge
-    sequential write keeps only a few parts on disk. Part 1 is kept until the end, so that a
-    program that rewrites a header at the start of the file (zip, mp4 muxers) still can, and it
-    is sent at flush with the last part; the flush then only completes the upload. Writes
-    into part 1 or the last part are made in place. A write anywhere else (random writes, a
+    (at most ``upload_concurrency`` parts in flight per file and across the mount; a writer
+    waits for a free slot) and its file deleted, so a huge sequential write keeps only a few
+    parts on disk. Part 1 is sent as well but its file is kept until the end, so that a program
+    that rewrites a header at the start of the file (zip, mp4 muxers) still can (part 1 is then
+    sent again at flush). close() sends the last part and completes the upload. Writes into
+    part 1 or the last part are made in place. A write anywhere else (random writes, a
     truncate) turns the file into a ``local`` one while every part is still on disk; once a part
     was sent and dropped, a write or read into it fails with :class:`StreamedRangeGoneError`
     (EIO), as out-of-order writes do in mountpoint-s3.
@@ -230,6 +231,8 @@ class StagedFile:
         self._stream_base = (entry.size // self._part_size) * self._part_size
         self._uploaded_parts: dict[int, PartInfo] = {}
         self._failed_parts: dict[int, BaseException] = {}
+        # Writes into each part so far: an upload that raced a rewrite is not recorded.
+        self._part_versions: dict[int, int] = {}
         self._parts_in_flight = 0
         self._parts_changed = trio.Event()
         self._upload_init_lock = trio.Lock()
@@ -442,6 +445,7 @@ class StagedFile:
                 number = self._part_number_at(position)
                 part_start = (number - 1) * part_size
                 take = min(len(view), part_start + part_size - position)
+                self._part_versions[number] = self._part_versions.get(number, 0) + 1
                 if self._uploaded_parts.pop(number, None) is not None:
                     # Sent by an earlier flush (part 1 or the last part): it must go again.
                     self._staging.journal.forget_part(self._file_id, number)
@@ -463,15 +467,20 @@ class StagedFile:
             self._stream_base += part_size
             if number >= 2:
                 await self._start_part_upload(number)
+            if number == 2 and 1 not in self._uploaded_parts:
+                # Part 1 goes up now too (so that close() need not send it) but stays on
+                # disk: a rewrite of the file's header only means sending it again.
+                await self._start_part_upload(1, keep_file=True)
 
-    async def _start_part_upload(self, number: int) -> None:
+    async def _start_part_upload(self, number: int, *, keep_file: bool = False) -> None:
         staging = self._staging
         while self._parts_in_flight >= staging.max_parts_in_flight:
             await self._wait_parts_changed()
         await self._ensure_upload()
         self._parts_in_flight += 1
-        staging.budget.expect_release()
-        staging.nursery().start_soon(self._upload_stream_part, number)
+        if not keep_file:
+            staging.budget.expect_release()
+        staging.nursery().start_soon(self._upload_stream_part, number, keep_file)
 
     async def _wait_parts_changed(self) -> None:
         await self._parts_changed.wait()
@@ -480,9 +489,10 @@ class StagedFile:
         self._parts_changed.set()
         self._parts_changed = trio.Event()
 
-    async def _upload_stream_part(self, number: int) -> None:
-        """Background: send sealed part ``number`` (>= 2) and drop its file."""
+    async def _upload_stream_part(self, number: int, keep_file: bool) -> None:
+        """Background: send sealed part ``number`` and (unless keep_file) drop its file."""
         path = self._part_path(number)
+        version = self._part_versions.get(number, 0)
         try:
             part = await self._send_part_file(number, path)
         except Exception as exc:
@@ -490,14 +500,18 @@ class StagedFile:
             self._failed_parts[number] = exc
         else:
             self._failed_parts.pop(number, None)
-            self._uploaded_parts[number] = part
-            self._staging.journal.record_part(self._file_id, part)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            self._staging.budget.release(part.size)
+            if self._part_versions.get(number, 0) == version:
+                # (Else part 1 was rewritten meanwhile: the flush sends it again.)
+                self._uploaded_parts[number] = part
+                self._staging.journal.record_part(self._file_id, part)
+            if not keep_file:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                self._staging.budget.release(part.size)
         finally:
             self._parts_in_flight -= 1
-            self._staging.budget.release_expected()
+            if not keep_file:
+                self._staging.budget.release_expected()
             self._notify_parts_changed()
 
     async def _send_part_file(self, number: int, path: Path) -> PartInfo:
