@@ -434,9 +434,9 @@ class App:
         """The answer to a request that could not even be parsed."""
         code = {413: "EntityTooLarge", 431: "RequestHeaderFieldsTooLarge"}.get(status)
         code = code or ("NotImplemented" if status == 501 else "InvalidRequest")
-        response = self.error_response(
-            OssServerError(status, code, message), new_request_id(), head=False
-        )
+        request_id = new_request_id()
+        response = self.error_response(OssServerError(status, code, message), request_id, False)
+        response.headers.append(("x-oss-request-id", request_id))
         response.headers.append(("Date", http_date(time.time())))
         return response
 

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import TypeVar
 from urllib.parse import unquote, unquote_plus
 
 import trio
@@ -33,6 +34,9 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 8 * 1024
 RECEIVE_SIZE = 1 << 20
 SENDFILE_CHUNK = 8 << 20
+# A peer that neither sends nor takes a byte for this long is dropped.
+STALL_TIMEOUT_S = 120.0
+T = TypeVar("T")
 _TOKEN_CHARS = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -116,9 +120,21 @@ class Connection:
         self.throttle = throttle
         self._buffer = bytearray()
 
+    async def _stalling(self, operation: Awaitable[T]) -> T:
+        """`operation`, or PeerGoneError if the peer makes no progress for STALL_TIMEOUT_S."""
+        with trio.move_on_after(STALL_TIMEOUT_S):
+            return await operation
+        raise PeerGoneError(f"no progress for {STALL_TIMEOUT_S} s")
+
+    async def _wait_writable(self, fd: int) -> None:
+        with trio.move_on_after(STALL_TIMEOUT_S):
+            await trio.lowlevel.wait_writable(fd)
+            return
+        raise PeerGoneError(f"no progress for {STALL_TIMEOUT_S} s")
+
     async def _fill(self, size: int = 65536) -> bool:
         try:
-            data = await self.sock.recv(size)
+            data = await self._stalling(self.sock.recv(size))
         except OSError as exc:
             raise PeerGoneError(str(exc)) from exc
         if not data:
@@ -166,7 +182,7 @@ class Connection:
             del self._buffer[:max_bytes]
         else:
             try:
-                data = await self.sock.recv(max_bytes)
+                data = await self._stalling(self.sock.recv(max_bytes))
             except OSError as exc:
                 raise PeerGoneError(str(exc)) from exc
             if not data:
@@ -182,7 +198,7 @@ class Connection:
             del self._buffer[:count]
         else:
             try:
-                count = await self.sock.recv_into(view)
+                count = await self._stalling(self.sock.recv_into(view))
             except OSError as exc:
                 raise PeerGoneError(str(exc)) from exc
             if not count:
@@ -194,7 +210,7 @@ class Connection:
         view = memoryview(data)
         try:
             while view:
-                sent = await self.sock.send(view)
+                sent = await self._stalling(self.sock.send(view))
                 view = view[sent:]
         except OSError as exc:
             raise PeerGoneError(str(exc)) from exc
@@ -216,7 +232,7 @@ class Connection:
                 try:
                     sent = os.sendfile(out_fd, body.fd, offset, min(remaining, SENDFILE_CHUNK))
                 except BlockingIOError:
-                    await trio.lowlevel.wait_writable(out_fd)
+                    await self._wait_writable(out_fd)
                     continue
                 except OSError as exc:
                     raise PeerGoneError(str(exc)) from exc
