@@ -37,7 +37,6 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -627,13 +626,3 @@ async def copy_object_stream(
             f"copy {source_key} -> {key}: CRC-64 {result.crc64} != source's {source_crc}"
         )
     return result
-
-
-@dataclass(frozen=True, slots=True)
-class TransferOptions:
-    """The knobs of a transfer, with their defaults."""
-
-    part_size: int = DEFAULT_PART_SIZE
-    concurrency: int = DEFAULT_CONCURRENCY
-    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
-    checkpoint_dir: Path | None = None
