@@ -75,7 +75,7 @@ from ossmount.fs.journal import (
 from ossmount.fs.staging import DiskBudget, RangeSet, plan_parts
 from ossmount.oss import transfer
 from ossmount.oss.client import FileSlice, OssClient
-from ossmount.oss.crc64 import crc64, crc64_combine
+from ossmount.oss.crc64 import Crc64, crc64, crc64_combine
 from ossmount.oss.errors import (
     FileAlreadyExists,
     IntegrityError,
@@ -231,6 +231,11 @@ class StagedFile:
         self._stream_base = (entry.size // self._part_size) * self._part_size
         self._uploaded_parts: dict[int, PartInfo] = {}
         self._failed_parts: dict[int, BaseException] = {}
+        # CRC-64 of a streamed file written only by appends (None once any other write came):
+        # the end-to-end check of the completed object, without combining every part's CRC.
+        self._append_crc: Crc64 | None = Crc64() if entry.size == 0 else None
+        # Per part: CRC-64 of the bytes written into it, while they were appends.
+        self._part_crcs: dict[int, Crc64] = {}
         # Writes into each part so far: an upload that raced a rewrite is not recorded.
         self._part_versions: dict[int, int] = {}
         self._parts_in_flight = 0
@@ -438,6 +443,11 @@ class StagedFile:
             await self._stream_write(self.size, bytes(offset - self.size))
         grow = max(0, end - self.size)
         await self._staging.budget.reserve(grow)
+        if self._append_crc is not None:
+            if offset == self.size:
+                self._append_crc.update(data)
+            else:
+                self._append_crc = None
         try:
             position = offset
             view = memoryview(data)
@@ -446,6 +456,7 @@ class StagedFile:
                 part_start = (number - 1) * part_size
                 take = min(len(view), part_start + part_size - position)
                 self._part_versions[number] = self._part_versions.get(number, 0) + 1
+                self._track_part_crc(number, position - part_start, view[:take])
                 if self._uploaded_parts.pop(number, None) is not None:
                     # Sent by an earlier flush (part 1 or the last part): it must go again.
                     self._staging.journal.forget_part(self._file_id, number)
@@ -471,6 +482,28 @@ class StagedFile:
                 # Part 1 goes up now too (so that close() need not send it) but stays on
                 # disk: a rewrite of the file's header only means sending it again.
                 await self._start_part_upload(1, keep_file=True)
+
+    def _track_part_crc(self, number: int, offset_in_part: int, piece: memoryview) -> None:
+        """Keep the CRC-64 of what the program wrote into each part while it only appended
+        there, to check the part files before an upload is completed (they sit on disk)."""
+        known = self._part_crcs.get(number)
+        if offset_in_part == 0 and (known is None or known.length <= len(piece)):
+            known = self._part_crcs[number] = Crc64()
+        if known is not None and known.length == offset_in_part:
+            known.update(piece)
+        else:
+            self._part_crcs.pop(number, None)
+
+    def _check_parts_against_writes(self, parts: list[PartInfo]) -> None:
+        for part in parts:
+            known = self._part_crcs.get(part.part_number)
+            if known is None or part.crc64 is None or known.length != part.size:
+                continue
+            if known.value != part.crc64:
+                raise IntegrityError(
+                    f"{self.key}: part {part.part_number} as sent differs from what was written "
+                    "(the staging file changed on disk); the upload is not completed"
+                )
 
     async def _start_part_upload(self, number: int, *, keep_file: bool = False) -> None:
         staging = self._staging
@@ -600,6 +633,7 @@ class StagedFile:
         self._staging.budget.release(released)
         self.size = 0
         self._stream_base = 0
+        self._append_crc = Crc64()
         self._mode = MODE_STREAM
         self._changed = RangeSet()
         self._journal(mode=MODE_STREAM, size=0, base_key=None, base_etag=None, base_size=0)
@@ -835,7 +869,10 @@ class StagedFile:
         if missing:
             raise OssError(f"{self.key}: parts {missing} are neither uploaded nor staged")
         parts = [self._uploaded_parts[n] for n in range(1, last_part + 1)]
-        result = await self._complete(upload_id, parts)
+        self._check_parts_against_writes(parts)
+        append_crc = self._append_crc
+        expected = append_crc.value if append_crc and append_crc.length == self.size else None
+        result = await self._complete(upload_id, parts, expected_crc=expected)
         if self._upload_metadata is not None and self._upload_metadata != self._metadata:
             # The metadata changed after the upload began (chmod while writing): apply it.
             self._upload_id = None
@@ -854,21 +891,32 @@ class StagedFile:
         self._failed_parts.pop(number, None)
         self._staging.journal.record_part(self._file_id, part)
 
-    async def _complete(self, upload_id: str, parts: list[PartInfo]) -> PutResult:
+    async def _complete(
+        self, upload_id: str, parts: list[PartInfo], *, expected_crc: int | None = None
+    ) -> PutResult:
+        """CompleteMultipartUpload, CRC-64 checked: against ``expected_crc`` (the whole file's,
+        when known), else by the client against the combination of the parts' CRCs (each
+        combine costs milliseconds, so a known whole-file CRC is preferred)."""
         staging = self._staging
+        sent = parts
+        if expected_crc is not None:
+            sent = [PartInfo(part.part_number, part.etag, part.size) for part in parts]
         try:
             result = await staging.client.complete_multipart_upload(
-                staging.bucket, self.key, upload_id, parts, headers=self._overwrite_headers()
+                staging.bucket, self.key, upload_id, sent, headers=self._overwrite_headers()
             )
         except NoSuchUpload:
             # Completed by an attempt whose answer was lost? Accept only the exact content.
             info = await staging.client.head_object(staging.bucket, self.key)
-            expected = _combined_crc(parts)
+            expected = expected_crc if expected_crc is not None else _combined_crc(parts)
             if info.size != self.size or expected is None or info.crc64 != expected:
                 raise
             result = PutResult(info.etag, info.crc64)
-        # The client compared the server's CRC-64 with the combination of the parts' CRCs
-        # (all known, except for copied parts without a local copy: see _run_plan).
+        if expected_crc is not None and result.crc64 != expected_crc:
+            raise IntegrityError(
+                f"CompleteMultipartUpload {self.key}: CRC-64 {expected_crc} of the written data "
+                f"!= server's {result.crc64}"
+            )
         return result
 
     async def _flush_local(self) -> PutResult:

@@ -25,7 +25,7 @@ from ossmount.fs.writer import (
 )
 from ossmount.oss.client import OssClient
 from ossmount.oss.crc64 import crc64
-from ossmount.oss.errors import FileAlreadyExists, OssError
+from ossmount.oss.errors import FileAlreadyExists, IntegrityError, OssError
 from ossmount.oss.retry import RetryPolicy
 from ossmount.oss.signer import Credentials
 from ossmount.server import RunningServer
@@ -582,3 +582,24 @@ async def test_unlink_drops_a_pending_upload(
         await trio.sleep(0.3)  # no background retry brings it back
     assert not await _in_thread(oss2_bucket.object_exists, "doomed")
     assert _staging_bytes(tmp_path / "state") == 0
+
+
+async def test_end_to_end_crc_catches_staging_corruption(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    async with (
+        _client(oss_server) as client,
+        open_staging(client, state_dir, retry_initial_s=60) as staging,
+    ):
+        staged = await staging.open("corrupt.bin", None, truncate=True)
+        await _write_all(staged, _data(5 * PART + 10, 13), 64 * KiB)
+        # The last part waits on disk for close(): flip a byte of it behind the writer's back.
+        (tail,) = (state_dir / "staging").glob("*.part6")
+        content = bytearray(tail.read_bytes())
+        content[0] ^= 0xFF
+        tail.write_bytes(bytes(content))
+        with pytest.raises(IntegrityError):
+            await staged.flush()
+        await staged.release()
+    assert not await _in_thread(oss2_bucket.object_exists, "corrupt.bin")
