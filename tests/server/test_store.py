@@ -1,0 +1,76 @@
+"""The index on its own: listing pages against a brute-force model (hypothesis), prefix bounds."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ossmount.server.store import ObjectRecord, Store, prefix_upper_bound
+
+ALPHABET = st.sampled_from(["a", "b", "/", "-", "ü", "\U0001f600", "\x01", "\ud7ff", "\ue000"])
+KEYS = st.lists(st.text(ALPHABET, min_size=1, max_size=6), max_size=40, unique=True)
+
+
+def model_listing(keys: list[str], prefix: str, delimiter: str) -> list[str]:
+    """Every entry a complete listing yields, in order: keys and common prefixes."""
+    entries: list[str] = []
+    for key in sorted(keys, key=lambda key: key.encode()):
+        if not key.startswith(prefix):
+            continue
+        cut = key.find(delimiter, len(prefix)) if delimiter else -1
+        entry = key if cut < 0 else key[: cut + len(delimiter)]
+        if not entries or entries[-1] != entry:
+            entries.append(entry)
+    return entries
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    keys=KEYS,
+    prefix=st.text(ALPHABET, max_size=2),
+    delimiter=st.sampled_from(["", "/", "b", "ü"]),
+    page_size=st.integers(min_value=1, max_value=7),
+)
+def test_paged_listing_matches_the_model(
+    keys: list[str], prefix: str, delimiter: str, page_size: int
+) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        store = Store(Path(scratch))
+        store.create_bucket("b")
+        store.create_bucket("other")
+        for key in keys:
+            store.commit_object(ObjectRecord("b", key, None, 0, '""', 0, 0.0, "Normal"))
+            store.commit_object(ObjectRecord("other", key + "x", None, 0, '""', 0, 0.0, "Normal"))
+        listed: list[str] = []
+        after = ""
+        for _ in range(len(keys) + 2):
+            entries, truncated = store.list_objects("b", prefix, delimiter, after, page_size)
+            assert len(entries) <= page_size
+            listed.extend(entry.name for entry in entries)
+            if not truncated:
+                break
+            assert entries
+            after = entries[-1].name
+        else:
+            raise AssertionError("listing did not end")
+        store.close()
+    assert listed == model_listing(keys, prefix, delimiter)
+
+
+@given(st.text(ALPHABET, min_size=1, max_size=5), st.text(ALPHABET, max_size=5))
+def test_prefix_upper_bound(prefix: str, rest: str) -> None:
+    bound = prefix_upper_bound(prefix)
+    assert bound is not None
+    assert (prefix + rest).encode() < bound.encode()
+    assert prefix.encode() < bound.encode()
+
+
+def test_prefix_upper_bound_edges() -> None:
+    assert prefix_upper_bound("") is None
+    assert prefix_upper_bound("a/") == "a0"
+    assert prefix_upper_bound("\ud7ff") == "\ue000"
+    assert prefix_upper_bound("a\U0010ffff") == "b"
+    assert prefix_upper_bound("\U0010ffff") is None
