@@ -851,7 +851,10 @@ class App:
         headers = _object_headers(link, record)
         for param, header in RESPONSE_OVERRIDES.items():
             if param in call.params and not call.principal.anonymous:
-                _set_header(headers, header, call.param(param))
+                value = call.param(param)
+                if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+                    raise invalid_argument(f"{param} holds a control character", param, "")
+                _set_header(headers, header, value)
         if byte_range is None:
             status, offset, length = 200, 0, record.size
         else:

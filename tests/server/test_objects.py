@@ -123,6 +123,13 @@ def test_response_overrides(bucket: oss2.Bucket) -> None:
     assert got.headers["Expires"] == "Thu, 01 Jan 2037 00:00:00 GMT"
 
 
+def test_response_overrides_cannot_inject_headers(bucket: oss2.Bucket) -> None:
+    bucket.put_object("o", b"data")
+    with pytest.raises(ServerError) as caught:
+        bucket.get_object("o", params={"response-content-type": "text/plain\r\nX-Evil: 1"})
+    assert (caught.value.status, caught.value.code) == (400, "InvalidArgument")
+
+
 def test_conditional_requests(bucket: oss2.Bucket) -> None:
     etag = bucket.put_object("c", b"conditional").etag
     past = formatdate(time.time() - 3600, usegmt=True)
