@@ -57,8 +57,8 @@ class MountConfig:
 
     # Skip the per-file HEAD when listing: attributes come from the listing alone.
     readdir_optimize: bool = False
-    head_concurrency: int = 64
-    max_connections: int = 64
+    head_concurrency: int = 32
+    max_connections: int = 16
 
     # Kernel caches (FUSE entry/attribute timeouts).
     attr_timeout_s: float = 1.0

@@ -19,6 +19,7 @@ lazily before the new mount.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import json
@@ -30,7 +31,8 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +248,10 @@ def raise_read_ahead(mountpoint: Path, read_ahead_kb: int) -> bool:
 
 
 def build_filesystem(
-    config: MountConfig, client: OssClient, nursery: trio.Nursery
+    config: MountConfig,
+    client: OssClient,
+    nursery: trio.Nursery,
+    head_clients: Sequence[OssClient] = (),
 ) -> tuple[OssFs, ReadCache]:
     """Wire the namespace, inode table and block cache of one mount."""
     defaults = AttrDefaults(
@@ -270,6 +275,7 @@ def build_filesystem(
             stat_cache_entries=config.stat_cache_entries,
         ),
         dir_mtime_ns=mount_time_ns,
+        head_clients=head_clients,
     )
     inodes = InodeTable(config.prefix, directory_attributes(defaults, mount_time_ns))
     read_cache = ReadCache(
@@ -301,16 +307,41 @@ def find_credentials(config: MountConfig) -> Credentials | None:
         raise MountError(str(exc)) from None
 
 
-def make_client(config: MountConfig, endpoint: str, credentials: Credentials | None) -> OssClient:
-    """The mount's client: connection pool sized for the HEAD concurrency, default retries."""
+HEAD_POOL_CONNECTIONS = 4
+
+
+def make_client(
+    config: MountConfig,
+    endpoint: str,
+    credentials: Credentials | None,
+    max_connections: int | None = None,
+) -> OssClient:
+    """A client of the mount, with the default retry policy."""
     return OssClient(
         endpoint,
         credentials,
         region=config.region,
         signature_version=config.signature_version,
-        max_connections=max(config.max_connections, config.head_concurrency),
+        max_connections=max_connections or config.max_connections,
         retry=RetryPolicy(),
     )
+
+
+@asynccontextmanager
+async def open_clients(
+    config: MountConfig, endpoint: str, credentials: Credentials | None
+) -> AsyncIterator[tuple[OssClient, list[OssClient]]]:
+    """The main client (reads, listings) and the small pools that share the HEAD concurrency."""
+    pools = -(-config.head_concurrency // HEAD_POOL_CONNECTIONS)
+    async with contextlib.AsyncExitStack() as stack:
+        main = await stack.enter_async_context(make_client(config, endpoint, credentials))
+        head_clients = [
+            await stack.enter_async_context(
+                make_client(config, endpoint, credentials, HEAD_POOL_CONNECTIONS)
+            )
+            for _ in range(pools)
+        ]
+        yield main, head_clients
 
 
 async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> None:
@@ -326,10 +357,10 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
     await preflight(config, endpoint, credentials)
     mount_failure: str | None = None
     async with (
-        make_client(config, endpoint, credentials) as client,
+        open_clients(config, endpoint, credentials) as (client, head_clients),
         trio.open_nursery() as nursery,
     ):
-        fs, _ = build_filesystem(config, client, nursery)
+        fs, _ = build_filesystem(config, client, nursery, head_clients)
         try:
             pyfuse3.init(fs, str(config.mountpoint), fuse_options(config))
         except RuntimeError as exc:
