@@ -80,6 +80,7 @@ from ossmount.oss.errors import (
     FileAlreadyExists,
     IntegrityError,
     NoSuchUpload,
+    NotFound,
     OssError,
     PreconditionFailed,
     is_transient,
@@ -731,6 +732,62 @@ class StagedFile:
 
     # --- flush ---------------------------------------------------------------------------
 
+    async def _upload_by_mode(self) -> PutResult:
+        try:
+            if self._mode == MODE_STREAM:
+                return await self._flush_stream()
+            if self._mode == MODE_LOCAL:
+                return await self._flush_local()
+            return await self._flush_metadata_only()
+        except NoSuchUpload:
+            # The upload id is gone: completed by a CompleteMultipartUpload whose answer was
+            # lost (a crash or a broken connection), or aborted by someone else.
+            completed = await self._completed_meanwhile()
+            if completed is not None:
+                log.info("%s: the upload had been completed already", self.key)
+                return completed
+            self._upload_id = None
+            self._plan = None
+            self._uploaded_parts.clear()
+            self._staging.journal.clear_parts(self._file_id)
+            self._journal(upload_id=None, upload_intent_s=None, plan=None)
+            if self._mode == MODE_STREAM:
+                log.error(  # noqa: TRY400 (the reason is the message; no traceback)
+                    "%s: its multipart upload was aborted by someone else; the parts already "
+                    "sent are lost, only what is still staged can be uploaded",
+                    self.key,
+                )
+            raise
+
+    async def _completed_meanwhile(self) -> PutResult | None:
+        """The object, if it is exactly the staged data (size and CRC-64), else None."""
+        expected = await self._expected_crc()
+        if expected is None:
+            return None
+        try:
+            info = await self._staging.client.head_object(self._staging.bucket, self.key)
+        except NotFound:
+            return None
+        if info.size != self.size or info.crc64 != expected:
+            return None
+        return PutResult(info.etag, info.crc64)
+
+    async def _expected_crc(self) -> int | None:
+        """The CRC-64 the uploaded object must have, when it can be known."""
+        if self._mode == MODE_LOCAL:
+            return await trio.to_thread.run_sync(
+                _crc_of_file_range, self._data_path(), 0, self.size
+            )
+        if self._mode != MODE_STREAM:
+            return self._base_crc64
+        if self._append_crc is not None and self._append_crc.length == self.size:
+            return self._append_crc.value
+        recorded = self._staging.journal.parts(self._file_id)
+        last_part = self._part_number_at(max(0, self.size - 1))
+        if sorted(recorded) != list(range(1, last_part + 1)):
+            return None
+        return _combined_crc(list(recorded.values()))
+
     def _prepare_metadata(self) -> None:
         """After a data change, a stale x-oss-meta-mtime goes (the object's Last-Modified is
         then the mtime), unless utimens set one since."""
@@ -747,12 +804,7 @@ class StagedFile:
             self._state = STATE_FLUSHING
             self._journal(state=STATE_FLUSHING, size=self.size, metadata=self._metadata)
         try:
-            if self._mode == MODE_STREAM:
-                result = await self._flush_stream()
-            elif self._mode == MODE_LOCAL:
-                result = await self._flush_local()
-            else:
-                result = await self._flush_metadata_only()
+            result = await self._upload_by_mode()
         except FileAlreadyExists:
             # O_EXCL lost a race: the other writer's object stays, and this one is dropped.
             log.error(  # noqa: TRY400 (the reason is the message; no traceback)
@@ -901,17 +953,10 @@ class StagedFile:
         sent = parts
         if expected_crc is not None:
             sent = [PartInfo(part.part_number, part.etag, part.size) for part in parts]
-        try:
-            result = await staging.client.complete_multipart_upload(
-                staging.bucket, self.key, upload_id, sent, headers=self._overwrite_headers()
-            )
-        except NoSuchUpload:
-            # Completed by an attempt whose answer was lost? Accept only the exact content.
-            info = await staging.client.head_object(staging.bucket, self.key)
-            expected = expected_crc if expected_crc is not None else _combined_crc(parts)
-            if info.size != self.size or expected is None or info.crc64 != expected:
-                raise
-            result = PutResult(info.etag, info.crc64)
+        # (NoSuchUpload, when an earlier attempt did complete it: see _upload_by_mode.)
+        result = await staging.client.complete_multipart_upload(
+            staging.bucket, self.key, upload_id, sent, headers=self._overwrite_headers()
+        )
         if expected_crc is not None and result.crc64 != expected_crc:
             raise IntegrityError(
                 f"CompleteMultipartUpload {self.key}: CRC-64 {expected_crc} of the written data "

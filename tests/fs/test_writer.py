@@ -603,3 +603,46 @@ async def test_end_to_end_crc_catches_staging_corruption(
             await staged.flush()
         await staged.release()
     assert not await _in_thread(oss2_bucket.object_exists, "corrupt.bin")
+
+
+async def test_recover_accepts_an_upload_completed_before_the_crash(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    """The crash came after the server completed the upload but before the answer arrived."""
+    state_dir = tmp_path / "state"
+    data = _data(3 * MiB + 5, 14)
+    original = _data(3 * MiB, 15)
+    await _in_thread(oss2_bucket.put_object, "local.bin", original)
+    edited = b"HEAD" + original[4:]
+    async with (
+        _client(oss_server, attempts=1) as client,
+        open_staging(client, state_dir, retry_initial_s=60, part_size=MiB) as staging,
+    ):
+        stream = await staging.open("stream.bin", None, truncate=True)
+        await _write_all(stream, data, 64 * KiB)
+        local = await staging.open(
+            "local.bin", await client.head_object(TEST_BUCKET, "local.bin"), truncate=False
+        )
+        await local.write(0, b"HEAD")
+        oss_server.faults.only_operations = frozenset({"CompleteMultipartUpload"})
+        oss_server.faults.error_rate = 1.0
+        for staged in (stream, local):
+            with pytest.raises(UploadFailedError):
+                await staged.flush()
+    oss_server.faults.clear()
+
+    def complete_all_uploads() -> None:
+        for upload in list(oss2.MultipartUploadIterator(oss2_bucket)):
+            parts = [
+                oss2.models.PartInfo(part.part_number, part.etag)
+                for part in oss2.PartIterator(oss2_bucket, upload.key, upload.upload_id)
+            ]
+            oss2_bucket.complete_multipart_upload(upload.key, upload.upload_id, parts)
+
+    await _in_thread(complete_all_uploads)
+    async with _client(oss_server) as client, open_staging(client, state_dir) as staging:
+        report = await staging.recover()
+    assert report.ok, report.failed
+    assert sorted(report.completed) == ["local.bin", "stream.bin"]
+    assert await _in_thread(_get, oss2_bucket, "stream.bin") == data
+    assert await _in_thread(_get, oss2_bucket, "local.bin") == edited
