@@ -281,11 +281,23 @@ def prefix_upper_bound(prefix: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectSummary:
+    """What a listing shows of an object."""
+
+    key: str
+    size: int
+    etag: str
+    mtime: float
+    object_type: str
+    storage_class: str
+
+
+@dataclass(frozen=True, slots=True)
 class ListEntry:
-    """One listing entry: an object summary, or a common prefix (record is None)."""
+    """One listing entry: an object summary, or a common prefix (summary is None)."""
 
     name: str
-    record: ObjectRecord | None
+    summary: ObjectSummary | None
 
 
 class Store:
@@ -513,9 +525,10 @@ class Store:
         lower, inclusive = (after, False) if after > prefix else (prefix, True)
         while True:
             want = limit + 1 - len(entries)
+            lower_op = ">=" if inclusive else ">"
             rows = self._db.execute(
-                f"SELECT {self._OBJECT_COLUMNS} FROM objects WHERE bucket = ?"  # noqa: S608
-                f" AND key {'>=' if inclusive else '>'} ? AND (? IS NULL OR key < ?)"
+                "SELECT key, size, etag, mtime, object_type, storage_class FROM objects"  # noqa: S608
+                f" WHERE bucket = ? AND key {lower_op} ? AND (? IS NULL OR key < ?)"
                 " ORDER BY key LIMIT ?",
                 (bucket, lower, upper, upper, want),
             )
@@ -524,10 +537,10 @@ class Store:
             seen = 0
             for row in rows:
                 seen += 1
-                key = str(row[1])
+                key = row[0]
                 cut = key.find(delimiter, len(prefix)) if delimiter else -1
                 if cut < 0:
-                    entries.append(ListEntry(key, self._object_from_row(row)))
+                    entries.append(ListEntry(key, ObjectSummary(*row)))
                     lower, inclusive = key, False
                 else:
                     common = key[: cut + len(delimiter)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from xml.etree.ElementTree import Element, ParseError
@@ -16,8 +17,13 @@ XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'
 _FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
+_NEEDS_ESCAPE = re.compile("[&<>\r\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
 def escape(value: object) -> str:
     text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    if not _NEEDS_ESCAPE.search(text):
+        return text
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = text.replace("\r", "&#13;")
     return _FORBIDDEN.sub(lambda match: f"&#{ord(match.group())};", text)
@@ -35,9 +41,14 @@ def document(root: str) -> bytes:
     return (XML_DECLARATION + root).encode("utf-8", errors="surrogateescape")
 
 
+@functools.lru_cache(maxsize=4096)
+def _iso8601_second(epoch_s: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s)) + ".000Z"
+
+
 def iso8601(epoch_s: float) -> str:
     """2012-02-24T06:07:48.000Z, as OSS writes times in XML."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s)) + ".000Z"
+    return _iso8601_second(int(epoch_s))
 
 
 def parse_body(body: bytes, root_tag: str) -> Element:
