@@ -283,6 +283,13 @@ class ObjectReader:
         headers = _lower_headers(response)
         self.request_id = headers.get("x-oss-request-id")
         parsed_range = _parse_content_range(headers.get("content-range"))
+        if byte_range is not None and parsed_range is None:
+            raise OssProtocolError(
+                f"GET {key}: asked for a range, got HTTP {response.status_code} without "
+                "Content-Range",
+                status=response.status_code,
+                request_id=self.request_id,
+            )
         length_header = headers.get("content-length")
         if parsed_range is not None:
             start, end, total = parsed_range
@@ -319,6 +326,8 @@ class ObjectReader:
                     self._crc.update(chunk)
                     yield chunk
             except httpx.TransportError as exc:
+                if self.length is not None and self._consumed >= self.length:
+                    break  # every byte arrived; only the end of the exchange failed
                 failures += 1
                 error = OssConnectionError(f"GET {self._key}: body interrupted: {exc!r}")
                 if self.length is None or failures >= policy.max_attempts:
@@ -347,9 +356,16 @@ class ObjectReader:
         first = self.content_range[0] if self.content_range is not None else 0
         assert self.length is not None
         last = first + self.length - 1
+        resume_at = first + self._consumed
         response = await self._client._open_get(
-            self._bucket, self._key, (first + self._consumed, last), self.info.etag or None, None
+            self._bucket, self._key, (resume_at, last), self.info.etag or None, None
         )
+        resumed = _parse_content_range(response.headers.get("content-range"))
+        if resumed is None or resumed[0] != resume_at:
+            await response.aclose()
+            raise OssProtocolError(
+                f"GET {self._key}: resuming at {resume_at}, got Content-Range {resumed}"
+            )
         self._response = response
 
     @property
@@ -645,7 +661,11 @@ class OssClient:
         that starts past the end fails with InvalidRange.
         """
         response = await self._open_get(bucket, key, byte_range, if_match, if_none_match)
-        reader = ObjectReader(self, bucket, key, response, byte_range)
+        try:
+            reader = ObjectReader(self, bucket, key, response, byte_range)
+        except BaseException:
+            await response.aclose()
+            raise
         try:
             yield reader
         finally:
@@ -1016,9 +1036,11 @@ class OssClient:
         parts: Sequence[PartInfo],
         *,
         headers: Mapping[str, str] | None = None,
+        expected_crc64: int | None = None,
     ) -> PutResult:
         """CompleteMultipartUpload; when every part's CRC-64 is known, the object's CRC-64 (their
-        combination) is checked against the server's.
+        combination, or ``expected_crc64`` if the caller has it already) is checked against the
+        server's.
 
         If an attempt is retried after the server did complete the upload (the answer was lost),
         the retry meets NoSuchUpload; when the object's CRC-64 and size then match the parts', that
@@ -1030,8 +1052,8 @@ class OssClient:
         )
         all_headers = {"Content-Type": "application/xml"}
         all_headers.update(headers or {})
-        combined: int | None = None
-        if all(part.crc64 is not None for part in ordered):
+        combined: int | None = expected_crc64
+        if combined is None and all(part.crc64 is not None for part in ordered):
             combined = 0
             for part in ordered:
                 assert part.crc64 is not None

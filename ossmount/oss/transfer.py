@@ -193,6 +193,37 @@ def _leaf_exceptions(group: BaseExceptionGroup[BaseException]) -> list[BaseExcep
     return leaves
 
 
+class OrderedCrc:
+    """The CRC-64 of a whole object from the CRC-64s of its parts, which finish in any order.
+
+    Each part is folded in (crc64_combine) as soon as every part before it is in, so the
+    combining is spread over the transfer rather than left to its end.
+    """
+
+    def __init__(self, parts: list[tuple[int, int, int]]) -> None:
+        self._sizes = {number: size for number, _, size in parts}
+        self._waiting: dict[int, int] = {}
+        self._next = 1
+        self._value = 0
+
+    def add(self, number: int, crc: int) -> None:
+        self._waiting[number] = crc
+        while self._next in self._waiting:
+            part_crc = self._waiting.pop(self._next)
+            self._value = crc64_combine(self._value, part_crc, self._sizes[self._next])
+            self._next += 1
+
+    def has(self, number: int) -> bool:
+        return number < self._next or number in self._waiting
+
+    @property
+    def value(self) -> int:
+        """The CRC-64 of the whole object; only once every part was added."""
+        if self._next <= len(self._sizes):
+            raise RuntimeError(f"part {self._next} is missing")
+        return self._value
+
+
 class _Progress:
     def __init__(self, total: int, callback: ProgressCallback | None) -> None:
         self.total = total
@@ -336,21 +367,20 @@ async def _download_once(
     checkpoint = _open_download_journal(
         bucket, key, target, temp, info, part_size, checkpoint_dir or target.parent
     )
-    crcs: dict[int, int] = {
-        number: int(record["crc64"])
-        for number, record in checkpoint.parts.items()
-        if 1 <= number <= len(parts)
-    }
-    progress.add(sum(parts[number - 1][2] for number in crcs))
-    pending = [part for part in parts if part[0] not in crcs]
+    object_crc = OrderedCrc(parts)
+    for number, record in checkpoint.parts.items():
+        if 1 <= number <= len(parts):
+            object_crc.add(number, int(record["crc64"]))
+    pending = [part for part in parts if not object_crc.has(part[0])]
+    progress.add(info.size - sum(size for _, _, size in pending))
 
     fd = os.open(temp, os.O_WRONLY)
     try:
 
         async def fetch(number: int, offset: int, size: int) -> None:
             crc = await _download_range(client, bucket, key, fd, offset, size, info.etag, progress)
-            crcs[number] = crc
             checkpoint.record(number, crc64=crc)
+            object_crc.add(number, crc)
 
         await _run_parts(pending, concurrency, fetch)
     except PreconditionFailed:
@@ -360,11 +390,8 @@ async def _download_once(
     finally:
         os.close(fd)
 
-    combined = 0
-    for number, _, size in parts:
-        combined = crc64_combine(combined, crcs[number], size)
     try:
-        _finish_download(temp, target, info, combined, key)
+        _finish_download(temp, target, info, object_crc.value, key)
     finally:
         checkpoint.remove()
 
@@ -471,6 +498,10 @@ async def upload_file(
         log.info("%s/%s: resuming upload %s, %d parts up", bucket, key, upload_id, len(done))
     assert checkpoint is not None
     uploaded: dict[int, PartInfo] = done
+    object_crc = OrderedCrc(parts)
+    for part in uploaded.values():
+        if part.crc64 is not None:
+            object_crc.add(part.part_number, part.crc64)
     counter.add(sum(part.size for part in uploaded.values()))
     pending = [part for part in parts if part[0] not in uploaded]
     journal = checkpoint
@@ -482,13 +513,20 @@ async def upload_file(
         )
         uploaded[number] = part
         journal.record(number, etag=part.etag, size=part.size, crc64=part.crc64)
+        if part.crc64 is not None:
+            object_crc.add(number, part.crc64)
         counter.add(part_bytes)
 
     try:
         await _run_parts(pending, concurrency, send)
         _check_unchanged(source, size, mtime_ns)
+        all_crcs_known = all(uploaded[number].crc64 is not None for number, _, _ in parts)
         result = await client.complete_multipart_upload(
-            bucket, key, upload_id, [uploaded[number] for number, _, _ in parts]
+            bucket,
+            key,
+            upload_id,
+            [uploaded[number] for number, _, _ in parts],
+            expected_crc64=object_crc.value if all_crcs_known else None,
         )
     except Exception as exc:
         if not is_transient(exc):

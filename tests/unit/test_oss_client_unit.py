@@ -245,3 +245,14 @@ async def test_complete_whose_answer_was_lost_is_recognised(
         other = PartInfo(1, '"P1"', len(part_data), crc64=crc64(b"other data"))
         with pytest.raises(errors.NoSuchUpload):  # the object there is not ours
             await client.complete_multipart_upload("b", "k", "U1", [other])
+
+
+async def test_a_range_answered_with_the_whole_object_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Length": "5"}, stream=Body(b"whole"))
+
+    async with client_for(handler) as client:
+        with pytest.raises(errors.OssProtocolError, match="Content-Range"):
+            await client.get_object("b", "k", byte_range=(1, 2))

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from random import Random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ossmount.oss.crc64 import crc64
 from ossmount.oss.transfer import (
     MAX_PARTS,
     MIN_PART_SIZE,
     Checkpoint,
+    OrderedCrc,
     choose_part_size,
     part_ranges,
 )
@@ -60,3 +64,24 @@ def test_journal_for_another_object_version_is_ignored(tmp_path: Path) -> None:
     assert Checkpoint.load(tmp_path / "missing", {}) is None
     (tmp_path / "garbage").write_bytes(b"\xff\x00")
     assert Checkpoint.load(tmp_path / "garbage", {}) is None
+
+
+@given(st.binary(min_size=0, max_size=5000), st.integers(1, 700), st.randoms())
+def test_ordered_crc_of_parts_in_any_order(data: bytes, part_size: int, rng: Random) -> None:
+    parts = part_ranges(len(data), part_size)
+    combined = OrderedCrc(parts)
+    order = list(parts)
+    rng.shuffle(order)
+    for number, first, size in order:
+        assert not combined.has(number)
+        combined.add(number, crc64(data[first : first + size]))
+        assert combined.has(number)
+    assert combined.value == crc64(data)
+
+
+def test_ordered_crc_refuses_an_incomplete_object() -> None:
+    combined = OrderedCrc(part_ranges(10, 4))
+    combined.add(1, crc64(b"abcd"))
+    combined.add(3, crc64(b"ij"))
+    with pytest.raises(RuntimeError, match="part 2"):
+        _ = combined.value
