@@ -317,6 +317,8 @@ class Store:
         # NORMAL in WAL mode: a commit survives a killed process (it is in the WAL file);
         # only a power cut can lose the latest commits, never consistency.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: listings stay in memory
+        self._db.execute("PRAGMA mmap_size=268435456")
         self._db.executescript(_SCHEMA)
         self._remove_orphans()
 
@@ -394,10 +396,11 @@ class Store:
 
     def list_buckets(self, prefix: str, marker: str, limit: int) -> list[BucketRecord]:
         upper = prefix_upper_bound(prefix)
+        bound_sql, bound = _below("name", upper)
         rows = self._db.execute(
-            "SELECT name, created, acl, storage_class FROM buckets"
-            " WHERE name > ? AND name >= ? AND (? IS NULL OR name < ?) ORDER BY name LIMIT ?",
-            (marker, prefix, upper, upper, limit),
+            "SELECT name, created, acl, storage_class FROM buckets"  # noqa: S608
+            f" WHERE name > ? AND name >= ? {bound_sql} ORDER BY name LIMIT ?",
+            (marker, prefix, *bound, limit),
         ).fetchall()
         return [BucketRecord(*row) for row in rows]
 
@@ -521,6 +524,7 @@ class Store:
         that starts with it, so a page costs O(page) index reads however large the prefixes are.
         """
         upper = prefix_upper_bound(prefix)
+        bound_sql, bound = _below("key", upper)
         entries: list[ListEntry] = []
         lower, inclusive = (after, False) if after > prefix else (prefix, True)
         while True:
@@ -528,9 +532,8 @@ class Store:
             lower_op = ">=" if inclusive else ">"
             rows = self._db.execute(
                 "SELECT key, size, etag, mtime, object_type, storage_class FROM objects"  # noqa: S608
-                f" WHERE bucket = ? AND key {lower_op} ? AND (? IS NULL OR key < ?)"
-                " ORDER BY key LIMIT ?",
-                (bucket, lower, upper, upper, want),
+                f" WHERE bucket = ? AND key {lower_op} ? {bound_sql} ORDER BY key LIMIT ?",
+                (bucket, lower, *bound, want),
             )
             # Iterated lazily: after a jump the rest of this batch is never read.
             jumped = False
@@ -640,21 +643,13 @@ class Store:
     ) -> tuple[list[UploadRecord | str], bool]:
         """Uploads (and common prefixes) after the markers, ordered by key then upload id."""
         upper = prefix_upper_bound(prefix)
+        bound_sql, bound = _below("key", upper)
         rows: Iterator[tuple[str, str, str, float, str, str]] = self._db.execute(
-            "SELECT bucket, key, upload_id, initiated, headers, metadata FROM uploads"
-            " WHERE bucket = ? AND key >= ? AND (? IS NULL OR key < ?)"
+            "SELECT bucket, key, upload_id, initiated, headers, metadata FROM uploads"  # noqa: S608
+            f" WHERE bucket = ? AND key >= ? {bound_sql}"
             " AND (key > ? OR (key = ? AND ? != '' AND upload_id > ?))"
             " ORDER BY key, upload_id",
-            (
-                bucket,
-                prefix,
-                upper,
-                upper,
-                key_marker,
-                key_marker,
-                upload_id_marker,
-                upload_id_marker,
-            ),
+            (bucket, prefix, *bound, key_marker, key_marker, upload_id_marker, upload_id_marker),
         )
         entries: list[UploadRecord | str] = []
         seen_prefixes: set[str] = set()
@@ -726,6 +721,14 @@ class Store:
             raise
         os.close(out_fd)
         return temp_path
+
+
+def _below(column: str, upper: str | None) -> tuple[str, tuple[str, ...]]:
+    """The SQL (and parameter) for `column < upper`; nothing without a bound. Spelled out rather
+    than `(? IS NULL OR col < ?)`, which keeps SQLite from using the bound to end its scan."""
+    if upper is None:
+        return "", ()
+    return f"AND {column} < ?", (upper,)
 
 
 def _copy_fd(in_fd: int, out_fd: int, length: int) -> None:
