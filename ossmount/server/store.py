@@ -526,7 +526,7 @@ class Store:
         upper = prefix_upper_bound(prefix)
         bound_sql, bound = _below("key", upper)
         entries: list[ListEntry] = []
-        lower, inclusive = (after, False) if after > prefix else (prefix, True)
+        lower, inclusive = (after, False) if after >= prefix else (prefix, True)
         while True:
             want = limit + 1 - len(entries)
             lower_op = ">=" if inclusive else ">"
