@@ -1,0 +1,91 @@
+"""Changes made in the bucket by others, seen through a mount with its caches turned off."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import threading
+
+import oss2
+import pytest
+
+from tests.mount.conftest import MountFactory
+
+STRICT = "attr_timeout=0,entry_timeout=0,negative_timeout=0,list_cache_ttl=0,stat_cache_ttl=0"
+
+
+def test_strict_mount_sees_every_change(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory
+) -> None:
+    oss2_bucket.put_object("d/a.txt", b"a")
+    mounted = mount_ossmount([STRICT])
+    root = mounted.path
+    assert os.listdir(root / "d") == ["a.txt"]
+    with pytest.raises(FileNotFoundError):
+        os.stat(root / "d" / "b.txt")
+    oss2_bucket.put_object("d/b.txt", b"bb")  # appears
+    assert sorted(os.listdir(root / "d")) == ["a.txt", "b.txt"]
+    assert os.stat(root / "d" / "b.txt").st_size == 2
+    oss2_bucket.delete_object("d/a.txt")  # disappears
+    assert os.listdir(root / "d") == ["b.txt"]
+    with pytest.raises(FileNotFoundError):
+        os.stat(root / "d" / "a.txt")
+    oss2_bucket.put_object("d/b.txt", b"changed", headers={"x-oss-meta-mode": "33152"})
+    changed = os.stat(root / "d" / "b.txt")
+    assert changed.st_size == 7
+    assert stat.S_IMODE(changed.st_mode) == 0o600
+    assert (root / "d" / "b.txt").read_bytes() == b"changed"
+    # A file replaced by a directory of the same name.
+    oss2_bucket.delete_object("d/b.txt")
+    oss2_bucket.put_object("d/b.txt/inner", b"i")
+    assert stat.S_ISDIR(os.stat(root / "d" / "b.txt").st_mode)
+    assert os.listdir(root / "d" / "b.txt") == ["inner"]
+
+
+def test_default_caches_hide_changes_until_they_expire(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory
+) -> None:
+    oss2_bucket.put_object("d/a.txt", b"a")
+    mounted = mount_ossmount(["list_cache_ttl=3600,entry_timeout=3600"])
+    assert os.listdir(mounted.path / "d") == ["a.txt"]
+    oss2_bucket.put_object("d/new.txt", b"n")
+    # The listing is cached for an hour: the documented consistency window.
+    assert os.listdir(mounted.path / "d") == ["a.txt"]
+
+
+def test_concurrent_tools_on_one_mount(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory
+) -> None:
+    for directory in range(5):
+        for index in range(40):
+            oss2_bucket.put_object(
+                f"t/d{directory}/f{index:02d}", f"{directory}-{index}\n".encode()
+            )
+    mounted = mount_ossmount()
+    errors: list[str] = []
+
+    def run(command: list[str]) -> None:
+        result = subprocess.run(
+            command, cwd=mounted.path, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            errors.append(f"{command}: {result.stderr}")
+
+    commands = [
+        ["ls", "-lR", "t"],
+        ["find", "t", "-type", "f"],
+        ["grep", "-r", "-c", "-", "t"],
+        ["du", "-a", "t"],
+        ["sh", "-c", "cat t/d0/* t/d1/* > /dev/null"],
+    ] * 2
+    threads = [threading.Thread(target=run, args=(command,)) for command in commands]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    found = subprocess.run(
+        ["find", "t", "-type", "f"], cwd=mounted.path, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(found) == 200
