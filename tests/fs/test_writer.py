@@ -15,6 +15,7 @@ import oss2
 import pytest
 import trio
 
+from ossmount.fs import writer as writer_module
 from ossmount.fs.staging import StagingFullError
 from ossmount.fs.writer import (
     RecoveryReport,
@@ -646,3 +647,104 @@ async def test_recover_accepts_an_upload_completed_before_the_crash(
     assert sorted(report.completed) == ["local.bin", "stream.bin"]
     assert await _in_thread(_get, oss2_bucket, "stream.bin") == data
     assert await _in_thread(_get, oss2_bucket, "local.bin") == edited
+
+
+async def test_rename_while_open_then_more_writes(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        staged = await staging.open("old-name", None, truncate=True)
+        await staged.write(0, b"first ")
+        await staged.flush()  # what the caller does before renaming a dirty file
+        await client.copy_object(TEST_BUCKET, "old-name", TEST_BUCKET, "new-name")
+        await client.delete_object(TEST_BUCKET, "old-name")
+        staging.rename("old-name", "new-name", await client.head_object(TEST_BUCKET, "new-name"))
+        assert staging.staged("new-name") is staged
+        await staged.write(6, b"second")
+        await staged.flush()
+        await staged.release()
+    assert await _in_thread(_get, oss2_bucket, "new-name") == b"first second"
+    assert not await _in_thread(oss2_bucket.object_exists, "old-name")
+
+
+async def test_base_object_replaced_before_flush_sends_local_bytes(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    original = _data(2 * MiB, 16)
+    await _in_thread(oss2_bucket.put_object, "base.bin", original)
+    async with (
+        _client(oss_server) as client,
+        open_staging(client, tmp_path / "state", part_size=MiB) as staging,
+    ):
+        staged = await staging.open(
+            "base.bin", await client.head_object(TEST_BUCKET, "base.bin"), truncate=False
+        )
+        await staged.write(0, b"MINE")
+        # Another writer replaces the object: copying "unchanged" ranges from it would mix two
+        # versions, so If-Match fails and those bytes go from the local copy.
+        await _in_thread(oss2_bucket.put_object, "base.bin", _data(2 * MiB, 17))
+        oss_server.stats.reset()
+        await staged.flush()
+        await staged.release()
+    assert await _in_thread(_get, oss2_bucket, "base.bin") == b"MINE" + original[4:]
+    assert oss_server.stats.count("UploadPart") >= 2
+
+
+async def test_metadata_change_of_a_huge_object_is_a_multipart_copy(
+    oss_server: RunningServer,
+    oss2_bucket: oss2.Bucket,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(writer_module, "COPY_OBJECT_LIMIT", 0)  # everything counts as "huge"
+    content = _data(3 * PART, 18)
+    await _in_thread(oss2_bucket.put_object, "huge", content)
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        staged = await staging.open(
+            "huge", await client.head_object(TEST_BUCKET, "huge"), truncate=False
+        )
+        staged.set_metadata({"mode": str(0o100600)})
+        oss_server.stats.reset()
+        await staged.flush()
+        await staged.release()
+        assert oss_server.stats.count("UploadPartCopy") >= 1
+        assert oss_server.stats.count("GetObject") == 0  # nothing downloaded
+    assert await _in_thread(_get, oss2_bucket, "huge") == content
+    headers = (await _in_thread(oss2_bucket.head_object, "huge")).headers
+    assert headers["x-oss-meta-mode"] == str(0o100600)
+
+
+async def test_interrupted_local_copy_resumes(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    original = _data(4 * MiB, 19)
+    await _in_thread(oss2_bucket.put_object, "resume.bin", original)
+    async with (
+        _client(oss_server, attempts=1) as client,
+        open_staging(client, tmp_path / "state", part_size=MiB, upload_concurrency=1) as staging,
+    ):
+        staged = await staging.open(
+            "resume.bin", await client.head_object(TEST_BUCKET, "resume.bin"), truncate=False
+        )
+        oss_server.faults.only_operations = frozenset({"GetObject"})
+        oss_server.faults.error_rate = 0.5
+        oss_server.faults.reseed(3)
+        oss_server.stats.reset()
+        failures = 0
+        for _ in range(30):
+            try:
+                await staged.write(MiB, b"x")
+                break
+            except OssError:
+                failures += 1
+        else:
+            pytest.fail("the local copy never completed")
+        oss_server.faults.clear()
+        assert failures > 0
+        # Resumed, not restarted: each 1 MiB range was fetched once successfully.
+        assert oss_server.stats.count("GetObject") - failures == 4
+        await staged.flush()
+        await staged.release()
+    expected = bytearray(original)
+    expected[MiB] = ord("x")
+    assert await _in_thread(_get, oss2_bucket, "resume.bin") == bytes(expected)
