@@ -24,6 +24,7 @@ import dataclasses
 import errno
 import json
 import logging
+import logging.handlers
 import os
 import select
 import signal
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 60.0
 PREFLIGHT_TIMEOUT_S = 30.0
 FUSE_DEVICE = Path("/dev/fuse")
+SYSLOG_SOCKET = "/dev/log"
 
 
 class MountError(Exception):
@@ -405,14 +407,19 @@ async def _announce_when_answering(
     on_ready(None)
 
 
-def setup_logging(config: MountConfig) -> None:
+def setup_logging(config: MountConfig, *, daemon: bool = False) -> None:
+    """Log to the log file if given, else stderr (foreground) or syslog (daemon, if present)."""
     level = logging.DEBUG if config.debug else logging.INFO
     handler: logging.Handler
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.log_file is not None:
         handler = logging.FileHandler(config.log_file)
+    elif daemon and os.path.exists(SYSLOG_SOCKET):
+        handler = logging.handlers.SysLogHandler(SYSLOG_SOCKET)
+        formatter = logging.Formatter(f"ossmount[{os.getpid()}]: %(levelname)s %(message)s")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -516,7 +523,7 @@ def _clear_half_mount(mountpoint: Path) -> None:
 def _daemon_child_main(argv: list[str]) -> int:
     ready_fd = int(argv[argv.index("--ready-fd") + 1])
     config = config_from_json(sys.stdin.read())
-    setup_logging(config)
+    setup_logging(config, daemon=True)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     answered = False
 
