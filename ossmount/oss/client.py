@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import os
 import re
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ from ossmount.oss.signer import (
     Credentials,
     OssV1Auth,
     OssV4Auth,
+    presign_v1,
+    presign_v4,
 )
 
 log = logging.getLogger(__name__)
@@ -412,6 +415,8 @@ class OssClient:
         self._netloc = url.netloc.decode("ascii")
         self.path_style = is_ip_or_localhost(url.host)
         self.retry = retry if retry is not None else RetryPolicy()
+        self._credentials = credentials
+        self.signature_version = signature_version
         auth: httpx.Auth | None
         if credentials is None:
             auth = None
@@ -461,6 +466,33 @@ class OssClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    def presign(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        expires_s: int,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """A presigned URL for ``method`` on bucket/key, valid for ``expires_s`` seconds, signed
+        like this client's requests (V1 or V4). ``headers``: those the URL's user will send
+        and that are signed (Content-Type, x-oss-*)."""
+        if self._credentials is None:
+            raise ValueError("an anonymous client cannot presign URLs")
+        base_url = self.url(bucket, key)
+        if self.signature_version == 1:
+            return presign_v1(
+                self._credentials, method, base_url, bucket, key,
+                int(time.time()) + expires_s, dict(params or {}), headers,
+            )  # fmt: skip
+        assert self.region is not None
+        return presign_v4(
+            self._credentials, method, base_url, bucket, key, expires_s, self.region,
+            dict(params or {}), headers,
+        )  # fmt: skip
 
     # --- plumbing ---------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import errno
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import oss2
 import pytest
 
@@ -290,3 +291,21 @@ async def test_retries_give_up_with_the_last_error(oss_server: RunningServer) ->
             await flaky.head_object(B, "k")
     assert oss_server.stats.count() == 3
     assert errors.is_transient(info.value)
+
+
+@pytest.mark.parametrize("version", [1, 4])
+async def test_presigned_urls(oss_server: RunningServer, version: int) -> None:
+    creds = Credentials(TEST_AK, TEST_SK)
+    async with OssClient(oss_server.endpoint, creds, signature_version=version) as signer:
+        await signer.put_object(B, "shared ü+%/file", b"shared data")
+        get_url = signer.presign("GET", B, "shared ü+%/file", 600)
+        put_url = signer.presign("PUT", B, "uploaded via url", 600)
+    async with httpx.AsyncClient() as plain:
+        fetched = await plain.get(get_url)
+        assert (fetched.status_code, fetched.content) == (200, b"shared data")
+        stored = await plain.put(put_url, content=b"from a presigned PUT")
+        assert stored.status_code == 200
+        tampered = await plain.get(get_url.replace("shared", "sharex", 1))
+        assert tampered.status_code == 403
+    async with OssClient(oss_server.endpoint, creds) as client:
+        assert await client.get_object(B, "uploaded via url") == b"from a presigned PUT"
