@@ -464,7 +464,7 @@ async def upload_file(
     source = Path(path)
     size, mtime_ns = _source_identity(source)
     counter = _Progress(size, progress)
-    if size < multipart_threshold:
+    if size < multipart_threshold or size == 0:
         result = await client.put_object(
             bucket, key, FileSlice(source, 0, size), metadata=metadata, headers=headers
         )

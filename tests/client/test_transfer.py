@@ -309,3 +309,11 @@ async def test_stream_into_a_sink_and_copy_as_a_stream(client: OssClient, tmp_pa
     assert result.crc64 == crc64(data)
     assert await client.get_object(B, "copy") == data
     assert dict((await client.head_object(B, "copy")).metadata) == {"a": "1"}
+
+
+async def test_empty_file_upload_with_zero_threshold(client: OssClient, tmp_path: Path) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    await transfer.upload_file(
+        client, B, "empty", tmp_path / "empty", multipart_threshold=0, checkpoint_dir=tmp_path
+    )
+    assert await client.get_object(B, "empty") == b""
