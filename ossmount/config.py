@@ -25,6 +25,12 @@ MiB = 1024 * 1024
 LIBFUSE_MAX_READ = MiB
 
 
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/ossmount, else ~/.cache/ossmount."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".cache") / "ossmount"
+
+
 class ConfigError(ValueError):
     """A mount option is unknown or has a value that cannot be used."""
 
@@ -69,6 +75,9 @@ class MountConfig:
     stat_cache_ttl_s: float = 60.0
     stat_cache_entries: int = 100_000
     list_cache_entries: int = 200_000
+    # Keep exact file metadata on disk across mounts (validated by ETag and Last-Modified).
+    metadata_cache: bool = False
+    cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
 
     read_ahead_kb: int = 1024
     block_size: int = 4 * MiB
@@ -129,6 +138,7 @@ _BOOL_OPTIONS = {
     "allow_other": "allow_other",
     "ro": "read_only",
     "readdir_optimize": "readdir_optimize",
+    "metadata_cache": "metadata_cache",
     "debug": "debug",
     "foreground": "foreground",
 }
@@ -161,7 +171,12 @@ _INT_OPTIONS = {
 
 _OCTAL_OPTIONS = {"umask": "umask", "file_mode": "file_mode", "dir_mode": "dir_mode"}
 
-_PATH_OPTIONS = {"passwd_file": "passwd_file", "log_file": "log_file", "logfile": "log_file"}
+_PATH_OPTIONS = {
+    "passwd_file": "passwd_file",
+    "log_file": "log_file",
+    "logfile": "log_file",
+    "cache_dir": "cache_dir",
+}
 
 
 def split_option_list(value: str) -> list[str]:

@@ -22,12 +22,14 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import logging.handlers
 import os
 import select
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -49,7 +51,7 @@ from ossmount.config import (
 )
 from ossmount.credentials import CredentialsError, resolve_credentials
 from ossmount.fs.attrs import AttrDefaults, directory_attributes
-from ossmount.fs.dircache import Namespace, NamespaceOptions
+from ossmount.fs.dircache import DiskMetadataCache, Namespace, NamespaceOptions
 from ossmount.fs.inodes import InodeTable
 from ossmount.fs.operations import FsOptions, OssFs
 from ossmount.fs.reader import ReadCache
@@ -254,6 +256,7 @@ def build_filesystem(
     client: OssClient,
     nursery: trio.Nursery,
     head_clients: Sequence[OssClient] = (),
+    disk_cache: DiskMetadataCache | None = None,
 ) -> tuple[OssFs, ReadCache]:
     """Wire the namespace, inode table and block cache of one mount."""
     defaults = AttrDefaults(
@@ -278,6 +281,7 @@ def build_filesystem(
         ),
         dir_mtime_ns=mount_time_ns,
         head_clients=head_clients,
+        disk_cache=disk_cache,
     )
     inodes = InodeTable(config.prefix, directory_attributes(defaults, mount_time_ns))
     read_cache = ReadCache(
@@ -358,11 +362,12 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
     credentials = find_credentials(config)
     await preflight(config, endpoint, credentials)
     mount_failure: str | None = None
+    disk_cache = open_disk_cache(config, endpoint)
     async with (
         open_clients(config, endpoint, credentials) as (client, head_clients),
         trio.open_nursery() as nursery,
     ):
-        fs, _ = build_filesystem(config, client, nursery, head_clients)
+        fs, _ = build_filesystem(config, client, nursery, head_clients, disk_cache)
         try:
             pyfuse3.init(fs, str(config.mountpoint), fuse_options(config))
         except RuntimeError as exc:
@@ -385,8 +390,22 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
                 nursery.cancel_scope.cancel()
                 pyfuse3.close(unmount=True)
                 log.info("unmounted %s", config.mountpoint)
+    if disk_cache is not None:
+        disk_cache.close()
     if mount_failure is not None:
         raise MountError(mount_failure)
+
+
+def open_disk_cache(config: MountConfig, endpoint: str) -> DiskMetadataCache | None:
+    """The on-disk metadata cache of this endpoint, bucket and prefix, if enabled."""
+    if not config.metadata_cache:
+        return None
+    identity = f"{endpoint}\n{config.bucket}\n{config.prefix}".encode()
+    name = f"meta-{config.bucket}-{hashlib.sha256(identity).hexdigest()[:16]}.sqlite"
+    try:
+        return DiskMetadataCache(config.cache_dir / name)
+    except (OSError, sqlite3.Error) as exc:
+        raise MountError(f"metadata cache in {config.cache_dir}: {exc}") from None
 
 
 async def _stop_on_signals() -> None:
@@ -447,7 +466,7 @@ def config_to_json(config: MountConfig) -> str:
 
 def config_from_json(text: str) -> MountConfig:
     raw: dict[str, Any] = json.loads(text)
-    for name in ("mountpoint", "passwd_file", "log_file"):
+    for name in ("mountpoint", "passwd_file", "log_file", "cache_dir"):
         if raw.get(name) is not None:
             raw[name] = Path(raw[name])
     return MountConfig(**raw)

@@ -34,10 +34,14 @@ directory handles.
 
 from __future__ import annotations
 
+import json
 import logging
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import trio
 from cachetools import LRUCache, TTLCache
@@ -258,6 +262,62 @@ class NegativeCache:
             self._cache.pop(key, None)
 
 
+class DiskMetadataCache:
+    """Exact file attributes kept in SQLite across mounts, valid per object version.
+
+    A row is used only while a listing shows the same ETag and Last-Modified for its key, so a
+    stale row can never show wrong metadata; it only costs the HEAD it failed to save. Calls
+    block briefly (one range query and one batched write per directory listing) and are made
+    from a worker thread.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, etag TEXT NOT NULL, "
+            "last_modified REAL NOT NULL, attrs TEXT NOT NULL)"
+        )
+        self._lock = threading.Lock()
+
+    def load_prefix(self, prefix: str) -> dict[str, Attributes]:
+        """Every stored file under ``prefix`` (deeper keys included)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, attrs FROM meta WHERE key >= ? AND key < ?",
+                (prefix, prefix + "\U0010ffff"),
+            ).fetchall()
+        return {key: _attrs_from_json(text) for key, text in rows}
+
+    def store(self, items: Sequence[tuple[str, Attributes]]) -> None:
+        rows = [
+            (key, attrs.etag, attrs.last_modified, _attrs_to_json(attrs))
+            for key, attrs in items
+            if attrs.etag is not None
+        ]
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?)", rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _attrs_to_json(attrs: Attributes) -> str:
+    fields = {name: getattr(attrs, name) for name in Attributes.__dataclass_fields__}
+    fields["kind"] = attrs.kind.value
+    return json.dumps(fields)
+
+
+def _attrs_from_json(text: str) -> Attributes:
+    fields = json.loads(text)
+    fields["kind"] = Kind(fields["kind"])
+    return Attributes(**fields)
+
+
 @dataclass(frozen=True, slots=True)
 class NamespaceOptions:
     """The parts of the mount configuration the namespace needs."""
@@ -284,9 +344,11 @@ class Namespace:
         *,
         dir_mtime_ns: int,
         head_clients: Sequence[OssClient] = (),
+        disk_cache: DiskMetadataCache | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
+        self.disk_cache = disk_cache
         # HEADs go round-robin over several small connection pools when given: httpx's pool
         # spends time proportional to its size on every request, so for thousands of
         # concurrent HEADs, eight pools of four connections cost half the CPU of one of 32.
@@ -349,6 +411,13 @@ class Namespace:
 
     async def _with_exact_metadata(self, prefix: str, entries: list[DirEntry]) -> list[DirEntry]:
         """Replace listing attributes by HEAD results (cached per version), concurrently."""
+        persisted: dict[str, Attributes] = {}
+        if self.disk_cache is not None:
+            persisted = await trio.to_thread.run_sync(self.disk_cache.load_prefix, prefix)
+            for entry in entries:
+                stored = persisted.get(prefix + entry.name)
+                if stored is not None and entry.attrs.kind is not Kind.DIR:
+                    self._stats.put(prefix + entry.name, stored)
         results: list[DirEntry | None] = list(entries)
         # A fixed set of workers sharing one iterator, not a task per entry: a directory of a
         # million objects must not create a million coroutines at once.
@@ -361,7 +430,18 @@ class Namespace:
         async with trio.open_nursery() as nursery:
             for _ in range(min(self.options.head_concurrency, len(entries))):
                 nursery.start_soon(worker)
-        return [entry for entry in results if entry is not None]
+        exact = [entry for entry in results if entry is not None]
+        if self.disk_cache is not None:
+            fresh = [
+                (prefix + entry.name, entry.attrs)
+                for entry in exact
+                if entry.attrs.exact
+                and entry.attrs.kind is not Kind.DIR
+                and persisted.get(prefix + entry.name) != entry.attrs
+            ]
+            if fresh:
+                await trio.to_thread.run_sync(self.disk_cache.store, fresh)
+        return exact
 
     async def _exact_entry(self, prefix: str, entry: DirEntry) -> DirEntry | None:
         if entry.attrs.kind is Kind.DIR:

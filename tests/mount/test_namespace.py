@@ -7,6 +7,7 @@ import re
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import oss2
 
@@ -177,3 +178,26 @@ def test_read_only_part_one(oss2_bucket: oss2.Bucket, mounted: Mounted) -> None:
     )
     assert result.returncode != 0
     assert "Read-only file system" in result.stderr
+
+
+def test_disk_metadata_cache_saves_heads_across_mounts(
+    oss2_bucket: oss2.Bucket, oss_server: Any, mount_ossmount: MountFactory, tmp_path: Path
+) -> None:
+    for index in range(20):
+        oss2_bucket.put_object(f"many/f{index:02d}", b"x", headers=OSSFS_FILE_0600)
+    options = [f"metadata_cache,cache_dir={tmp_path / 'cache'}"]
+    stats = oss_server.stats
+    first = mount_ossmount(options)
+    stats.reset()
+    entries = run("ls", "-l", "many", cwd=first.path).splitlines()[1:]
+    assert all(line.startswith("-rw------- 1 1234 4321") for line in entries)
+    # Plus 2 for the cold lookup of "many" (HEAD many, HEAD many_$folder$).
+    assert stats.count("HeadObject") == 20 + 2
+    first.unmount()
+    oss2_bucket.put_object("many/f00", b"new", headers={"x-oss-meta-mode": "33216"})  # 0700
+    second = mount_ossmount(options)
+    stats.reset()
+    entries = run("ls", "-l", "many", cwd=second.path).splitlines()[1:]
+    assert stats.count("HeadObject") == 1 + 2  # only the replaced object (and the lookup)
+    assert entries[0].startswith("-rwx------")
+    assert all(line.startswith("-rw------- 1 1234 4321") for line in entries[1:])
