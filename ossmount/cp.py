@@ -118,12 +118,30 @@ class Job:
     size: int
 
 
+def _terminal_known() -> bool:
+    """Whether the terminal on stderr tells its size (a pty may say 0x0)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return size.columns > 0 and size.lines > 0
+
+
 class ProgressBar:
     """One bar for the whole copy, fed by per-file (consumed, total) callbacks."""
 
     def __init__(self, total: int, enabled: bool) -> None:
         self._bar = (
-            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True)
+            tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                # A terminal that does not say its size (0x0) would get an invisible bar.
+                dynamic_ncols=_terminal_known(),
+                ncols=None if _terminal_known() else 80,
+                nrows=None if _terminal_known() else 24,
+            )
             if enabled
             else None
         )

@@ -3,7 +3,9 @@ killed mid-way (SIGKILL) and interrupted (SIGINT), then run again: the result is
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -228,3 +230,29 @@ def test_ctrl_c_then_same_command_resumes(oss_server: RunningServer, tmp_path: P
     down = run_cp(oss_server, tmp_path, f"oss://{B}/up", str(tmp_path / "check"))
     assert down.returncode == 0
     assert (tmp_path / "check").read_bytes() == data
+
+
+def test_progress_bar_on_a_terminal_by_default(oss_server: RunningServer, tmp_path: Path) -> None:
+    random_file(tmp_path / "f", MIB)
+    controller, terminal = pty.openpty()
+    shown = b""
+    try:
+        process = subprocess.Popen(
+            cp_args(oss_server, str(tmp_path / "f"), f"oss://{B}/f"),
+            env=cp_env(tmp_path),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+        )
+        os.close(terminal)
+        terminal = -1
+        # Read while it runs: Linux drops what is unread when the terminal side closes.
+        with contextlib.suppress(OSError):  # EIO once the terminal side is closed
+            while chunk := os.read(controller, 65536):
+                shown += chunk
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert b"100%" in shown and b"B/s" in shown
