@@ -1167,6 +1167,9 @@ class WriteStaging:
         self._files: dict[str, StagedFile] = {}
         self._nursery: trio.Nursery | None = None
         self._retry_wakeup = trio.Event()
+        self._recovery_uploads: list[StagedFile] = []
+        self._recovery_discards: list[JournalEntry] = []
+        self._load_journal()
 
     def close(self) -> None:
         """Release the journal and the state directory lock (after run() ended)."""
@@ -1361,60 +1364,82 @@ class WriteStaging:
 
     # --- recovery ------------------------------------------------------------------------
 
-    async def recover(self) -> RecoveryReport:
-        """Finish what a crash interrupted; call before any file is opened.
+    def _load_journal(self) -> None:
+        """At start: files whose flush had begun are registered at once (an open() of their key
+        gets them, with the newest data); the rest is left for recover() to discard."""
+        for entry in self.journal.entries():
+            if entry.state != STATE_FLUSHING:
+                self._recovery_discards.append(entry)
+                continue
+            staged = StagedFile(self, entry, remote_etag=entry.base_etag, dirty=True)
+            staged._state = STATE_FLUSHING
+            staged._resumed = True
+            if entry.mode == MODE_LOCAL:
+                staged._changed = RangeSet([(0, entry.size)])
+            older = self._files.get(entry.key)
+            if older is not None:
+                # Two pending versions of one key: the newer (higher id) wins.
+                self._recovery_uploads.remove(older)
+                older_entry = self.journal.get(older._file_id)
+                if older_entry is not None:
+                    self._recovery_discards.append(older_entry)
+            self.budget.force(staged._staged_bytes_accounted)
+            self._files[entry.key] = staged
+            self._recovery_uploads.append(staged)
 
-        ``flushing`` files are uploaded (resuming their multipart upload); ``dirty`` and
-        ``clean`` ones are discarded, their uploads aborted and temporary objects deleted.
-        Staging files no journal row refers to are deleted. Files that cannot be finished now
-        stay in the journal (and, in a mount, are retried in the background).
+    async def recover(self) -> RecoveryReport:
+        """Finish what a crash interrupted, as the journal found at start says.
+
+        ``flushing`` files are uploaded (resuming their multipart upload; an upload completed
+        just before the crash is recognised by size and CRC-64); ``dirty`` and ``clean`` ones
+        are discarded and their multipart uploads aborted. Staging files no journal row refers
+        to are deleted. Files that cannot be finished now stay staged (in a mount, run() keeps
+        retrying them; their keys already read as the staged data). May run while the mount
+        serves, in the background.
         """
         report = RecoveryReport()
-        for entry in self.journal.entries():
-            if entry.state == STATE_FLUSHING:
-                await self._recover_upload(entry, report)
-            else:
-                await self._recover_discard(entry, report)
+        discards, self._recovery_discards = self._recovery_discards, []
+        uploads, self._recovery_uploads = self._recovery_uploads, []
+        for entry in discards:
+            await self._recover_discard(entry, report)
+        for staged in uploads:
+            await self._recover_upload(staged, report)
         self._delete_orphan_files()
         for line in report.lines():
             log.warning("recovery: %s", line)
         return report
 
-    async def _recover_upload(self, entry: JournalEntry, report: RecoveryReport) -> None:
-        staged = StagedFile(self, entry, remote_etag=entry.base_etag, dirty=True)
-        if entry.mode == MODE_LOCAL:
-            staged._changed = RangeSet([(0, entry.size)])
-        if entry.upload_id is None and entry.upload_intent_s is not None:
-            await self._abort_orphans(entry, report)
-        staged._resumed = True
-        self.budget.force(staged._staged_bytes_accounted)
-        self._files[entry.key] = staged
+    async def _recover_upload(self, staged: StagedFile, report: RecoveryReport) -> None:
+        entry = self.journal.get(staged._file_id)
+        if entry is None or not staged.dirty:
+            return  # finished meanwhile (an open() and flush() of the same key)
         try:
+            if entry.upload_id is None and entry.upload_intent_s is not None:
+                await self._abort_orphans(entry, report)
             await staged.flush()
-        except NoSuchUpload as exc:
-            report.failed.append(f"{entry.key}: upload {entry.upload_id} is gone ({exc})")
-            return
         except (OssError, OSError) as exc:
             report.failed.append(f"{entry.key}: {exc}")
             return
         report.completed.append(entry.key)
-        await self._discard(staged)
+        if staged._handles == 0:
+            await self._discard(staged)
 
     async def _recover_discard(self, entry: JournalEntry, report: RecoveryReport) -> None:
         if entry.state == STATE_DIRTY:
             report.discarded.append(entry.key)
         upload_key = entry.upload_key or entry.key
-        if entry.upload_id is not None:
-            try:
-                await self.client.abort_multipart_upload(self.bucket, upload_key, entry.upload_id)
-            except NoSuchUpload:
-                pass
-            except OssError as exc:
-                report.failed.append(f"{entry.key}: abort of upload {entry.upload_id}: {exc}")
-                return
-            report.aborted_uploads.append(f"{upload_key} ({entry.upload_id})")
-        elif entry.upload_intent_s is not None:
-            await self._abort_orphans(entry, report)
+        try:
+            if entry.upload_id is not None:
+                with contextlib.suppress(NoSuchUpload):
+                    await self.client.abort_multipart_upload(
+                        self.bucket, upload_key, entry.upload_id
+                    )
+                report.aborted_uploads.append(f"{upload_key} ({entry.upload_id})")
+            elif entry.upload_intent_s is not None:
+                await self._abort_orphans(entry, report)
+        except OssError as exc:
+            report.failed.append(f"{entry.key}: abort of its multipart upload: {exc}")
+            return
         for path in self.staging_dir.glob(f"{entry.file_id}.*"):
             path.unlink(missing_ok=True)
         shutil.rmtree(self.download_dir / str(entry.file_id), ignore_errors=True)

@@ -748,3 +748,31 @@ async def test_interrupted_local_copy_resumes(
     expected = bytearray(original)
     expected[MiB] = ord("x")
     assert await _in_thread(_get, oss2_bucket, "resume.bin") == bytes(expected)
+
+
+async def test_open_during_background_recovery_gets_the_staged_data(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    data = _data(4 * PART, 20)
+    async with (
+        _client(oss_server, attempts=1) as client,
+        open_staging(client, state_dir, retry_initial_s=60) as staging,
+    ):
+        staged = await staging.open("pending.bin", None, truncate=True)
+        await _write_all(staged, data, 64 * KiB)
+        oss_server.faults.only_operations = frozenset({"CompleteMultipartUpload"})
+        oss_server.faults.error_rate = 1.0
+        with pytest.raises(UploadFailedError):
+            await staged.flush()
+    oss_server.faults.clear()
+    async with _client(oss_server) as client, open_staging(client, state_dir) as staging:
+        # The mount serves before recovery ran: the key reads as the staged data.
+        reopened = await staging.open("pending.bin", None, truncate=False)
+        assert reopened.size == len(data)
+        assert await reopened.read(0, PART) == data[:PART]
+        report = await staging.recover()
+        assert report.completed == ["pending.bin"]
+        await reopened.release()
+        assert staging.staged("pending.bin") is None
+    assert await _in_thread(_get, oss2_bucket, "pending.bin") == data
