@@ -32,6 +32,9 @@ def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "--public-read", action="store_true", help="buckets from --bucket allow anonymous reads"
     )
     parser.add_argument("--region", default="cn-hangzhou", help="region the server reports")
+    parser.add_argument(
+        "--direct-io", action="store_true", help="write large bodies with O_DIRECT (less CPU)"
+    )
     faults = parser.add_argument_group("fault injection (for tests and benchmarks)")
     faults.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
     faults.add_argument(

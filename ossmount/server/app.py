@@ -14,6 +14,7 @@ import binascii
 import calendar
 import dataclasses
 import logging
+import mmap
 import os
 import re
 import time
@@ -328,8 +329,10 @@ class App:
         stats: Stats,
         virtual_host_bases: tuple[str, ...],
         region: str = "cn-hangzhou",
+        direct_io: bool = False,
     ) -> None:
         self.store = store
+        self.direct_io = direct_io
         self.verifier = verifier
         self.faults = faults
         self.stats = stats
@@ -880,9 +883,10 @@ class App:
             raise OssServerError(
                 400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size."
             )
-        writer = writer or self.store.new_writer()
+        small = body.declared_length is not None and body.declared_length <= SMALL_BODY
+        writer = writer or self.store.new_writer(direct=self.direct_io and not small)
         try:
-            if body.declared_length is not None and body.declared_length <= SMALL_BODY:
+            if small:
                 writer.write(await body.read_all(limit))
             else:
                 await self._pump(body, writer, limit)
@@ -902,20 +906,24 @@ class App:
         size = PUMP_CHUNK
         if body.declared_length is not None:
             size = max(1, min(PUMP_CHUNK, body.declared_length))
-        free_send, free_receive = trio.open_memory_channel[bytearray](PUMP_BUFFERS)
+        size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE  # page-aligned for O_DIRECT
+        free_send, free_receive = trio.open_memory_channel[mmap.mmap](PUMP_BUFFERS)
         for _ in range(PUMP_BUFFERS):
-            free_send.send_nowait(bytearray(size))
-        md5_send, md5_receive = trio.open_memory_channel[tuple[bytearray, int]](PUMP_BUFFERS)
-        write_send, write_receive = trio.open_memory_channel[tuple[bytearray, int]](PUMP_BUFFERS)
+            free_send.send_nowait(mmap.mmap(-1, size))
+        md5_send, md5_receive = trio.open_memory_channel[tuple[mmap.mmap, int]](PUMP_BUFFERS)
+        write_send, write_receive = trio.open_memory_channel[tuple[mmap.mmap, int]](PUMP_BUFFERS)
         users: dict[int, int] = {}  # id(buffer) -> workers not yet done with it
 
+        def hash_md5(buffer: mmap.mmap, length: int) -> None:
+            writer.hash_md5(memoryview(buffer)[:length])
+
         async def consume(
-            channel: trio.MemoryReceiveChannel[tuple[bytearray, int]],
-            work: Callable[[list[memoryview]], None],
+            channel: trio.MemoryReceiveChannel[tuple[mmap.mmap, int]],
+            work: Callable[[mmap.mmap, int], None],
         ) -> None:
             async with channel:
                 async for buffer, length in channel:
-                    await trio.to_thread.run_sync(work, [memoryview(buffer)[:length]])
+                    await trio.to_thread.run_sync(work, buffer, length)
                     users[id(buffer)] -= 1
                     if users[id(buffer)] == 0:
                         del users[id(buffer)]
@@ -923,8 +931,8 @@ class App:
 
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume, md5_receive, writer.hash_md5)
-                nursery.start_soon(consume, write_receive, writer.write_data)
+                nursery.start_soon(consume, md5_receive, hash_md5)
+                nursery.start_soon(consume, write_receive, writer.write_buffer)
                 async with md5_send, write_send:
                     total = 0
                     while True:

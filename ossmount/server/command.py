@@ -42,6 +42,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         error_rate=args.error_rate,
         reset_rate=args.reset_rate,
         fault_seed=args.fault_seed,
+        direct_io=args.direct_io,
     )
 
 

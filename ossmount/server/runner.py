@@ -44,6 +44,9 @@ class ServerConfig:
     error_rate: float = 0.0
     reset_rate: float = 0.0
     fault_seed: int = 0
+    # Write large bodies with O_DIRECT: about half the CPU per byte, but the data is not left
+    # in the page cache, so reads right after a write come from the disk.
+    direct_io: bool = False
 
 
 @dataclass
@@ -96,7 +99,15 @@ async def open_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         except ValueError:
             if config.host and config.host not in bases:
                 bases.append(config.host)
-        app = App(store, Verifier(config.credentials), faults, stats, tuple(bases), config.region)
+        app = App(
+            store,
+            Verifier(config.credentials),
+            faults,
+            stats,
+            tuple(bases),
+            config.region,
+            config.direct_io,
+        )
         throttle = Throttle(lambda: faults.bandwidth_bytes_per_s)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         listener = trio.socket.socket(family, socket.SOCK_STREAM)

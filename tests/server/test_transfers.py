@@ -12,8 +12,10 @@ import crcmod
 import oss2
 import pytest
 from oss2.exceptions import ServerError
+from oss2.models import PartInfo
 
-from ossmount.server import RunningServer
+from ossmount.server import RunningServer, run_server_in_thread
+from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK, server_config
 
 reference_crc = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
 
@@ -114,3 +116,22 @@ def test_resumable_download_interrupted_and_resumed(
     )  # fmt: skip
     assert oss_server.stats.count("GetObject") <= 9 - 3
     assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize("size", [256 * 1024 + 1, 2 * 1024 * 1024, 5 * 1024 * 1024 + 4097])
+def test_direct_io_uploads(tmp_path: Path, size: int) -> None:
+    config = server_config(tmp_path / "direct", direct_io=True)
+    with run_server_in_thread(config) as server:
+        bucket = oss2.Bucket(
+            oss2.AuthV4(TEST_AK, TEST_SK), server.endpoint, TEST_BUCKET, region=TEST_REGION
+        )
+        data = os.urandom(size)
+        put = bucket.put_object("direct.bin", data)
+        assert put.etag == hashlib.md5(data).hexdigest().upper()
+        assert put.crc == reference_crc(data)
+        assert bucket.get_object("direct.bin").read() == data
+        upload_id = bucket.init_multipart_upload("direct-mp").upload_id
+        part = bucket.upload_part("direct-mp", upload_id, 1, data)
+        assert part.crc == reference_crc(data)
+        bucket.complete_multipart_upload("direct-mp", upload_id, [PartInfo(1, part.etag)])
+        assert bucket.get_object("direct-mp").read() == data
