@@ -10,7 +10,8 @@ a fresh daemon mount (cold caches):
   ls-l        `ls -l` of a directory of --objects objects carrying ossfs metadata (mode 0600):
               with readdir_optimize (attributes from the listing), with exact metadata (a HEAD
               per file), and again with exact metadata once the listing cache expired
-              (list_cache_ttl=0): HEAD results are reused per object version.
+              (list_cache_ttl=0): HEAD results are reused per object version; then with the
+              on-disk metadata cache, on a first and a second mount.
   find        `find` over 100 directories of 100 files, both modes.
   cat         `cat` of 1,000 files of 4 KiB (one `cat` of all, after an `ls` of the directory):
               requests per file counted at the server, both modes.
@@ -29,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -60,8 +62,22 @@ async def upload_all(endpoint: str, items: list[tuple[str, bytes, dict[str, str]
 EXTRA_OPTIONS: list[str] = []
 
 
+@dataclass
+class Mount:
+    path: Path
+    process: subprocess.Popen[bytes]
+
+    def peak_rss_mib(self) -> float:
+        """VmHWM of the mount process."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
 @contextmanager
-def mounted(server: RunningServer, options: list[str]) -> Iterator[Path]:
+def mounted(server: RunningServer, options: list[str]) -> Iterator[Mount]:
+    """A fresh foreground mount (cold caches) as a child process."""
     with tempfile.TemporaryDirectory(prefix="bench-mnt-") as directory:
         mountpoint = Path(directory)
         env = dict(os.environ, OSS_ACCESS_KEY_ID=AK, OSS_ACCESS_KEY_SECRET=SK)
@@ -76,15 +92,21 @@ def mounted(server: RunningServer, options: list[str]) -> Iterator[Path]:
             server.endpoint,
             "--region",
             REGION,
+            "-f",
         ]
         for option in [*options, *EXTRA_OPTIONS]:
             command += ["-o", option]
-        subprocess.run(command, env=env, check=True)
+        process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
         try:
-            yield mountpoint
+            deadline = time.monotonic() + 60
+            while not os.path.ismount(mountpoint):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the mount did not come up")
+                time.sleep(0.05)
+            yield Mount(mountpoint, process)
         finally:
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-            time.sleep(0.2)
+            process.wait(timeout=30)
 
 
 def timed(server: RunningServer, command: list[str], cwd: Path) -> tuple[float, str, str]:
@@ -107,14 +129,38 @@ def bench_ls(server: RunningServer, latency_ms: float, objects: int) -> None:
         ("ls -l, exact, 2nd listing (list_cache_ttl=0)", ["list_cache_ttl=0"], 2),
     ]
     for name, options, runs in variants:
-        with mounted(server, options) as mountpoint:
+        with mounted(server, options) as mount:
             server.faults.latency_ms = latency_ms
             for _ in range(runs):
-                elapsed, out, requests = timed(server, ["ls", "-l", "ls"], mountpoint)
+                elapsed, out, requests = timed(server, ["ls", "-l", "ls"], mount.path)
             server.faults.latency_ms = 0
+            rss = mount.peak_rss_mib()
         lines = out.splitlines()[1:]
         shown_0600 = sum(line.startswith("-rw-------") for line in lines)
-        report(f"{name} ({len(lines)} entries)", elapsed, requests, f"0600 shown: {shown_0600}")
+        report(
+            f"{name} ({len(lines)} entries)",
+            elapsed,
+            requests,
+            f"0600 shown: {shown_0600}, mount peak RSS {rss:.0f} MiB",
+        )
+
+
+def bench_ls_disk_cache(server: RunningServer, latency_ms: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache_dir:
+        options = [f"metadata_cache,cache_dir={cache_dir}"]
+        for attempt in ("1st mount", "2nd mount"):
+            with mounted(server, options) as mount:
+                server.faults.latency_ms = latency_ms
+                elapsed, out, requests = timed(server, ["ls", "-l", "ls"], mount.path)
+                server.faults.latency_ms = 0
+            lines = out.splitlines()[1:]
+            shown_0600 = sum(line.startswith("-rw-------") for line in lines)
+            report(
+                f"ls -l, exact, metadata_cache, {attempt}",
+                elapsed,
+                requests,
+                f"0600 shown: {shown_0600}",
+            )
 
 
 def bench_find(server: RunningServer, latency_ms: float) -> None:
@@ -122,11 +168,12 @@ def bench_find(server: RunningServer, latency_ms: float) -> None:
         ("find 100x100, readdir_optimize", ["readdir_optimize"]),
         ("find 100x100, exact metadata", []),
     ):
-        with mounted(server, options) as mountpoint:
+        with mounted(server, options) as mount:
             server.faults.latency_ms = latency_ms
-            elapsed, out, requests = timed(server, ["find", "tree", "-type", "f"], mountpoint)
+            elapsed, out, requests = timed(server, ["find", "tree", "-type", "f"], mount.path)
             server.faults.latency_ms = 0
-        report(f"{name} ({len(out.split())} files)", elapsed, requests)
+            rss = mount.peak_rss_mib()
+        report(f"{name} ({len(out.split())} files)", elapsed, requests, f"peak RSS {rss:.0f} MiB")
 
 
 def bench_cat(server: RunningServer, latency_ms: float) -> None:
@@ -134,10 +181,10 @@ def bench_cat(server: RunningServer, latency_ms: float) -> None:
         ("cat 1000 x 4 KiB, readdir_optimize", ["readdir_optimize"]),
         ("cat 1000 x 4 KiB, exact metadata", []),
     ):
-        with mounted(server, options) as mountpoint:
+        with mounted(server, options) as mount:
             server.faults.latency_ms = latency_ms
-            listing_s, _, listing_requests = timed(server, ["ls", "-l", "cat"], mountpoint)
-            elapsed, out, requests = timed(server, ["sh", "-c", "cat cat/* | wc -c"], mountpoint)
+            listing_s, _, listing_requests = timed(server, ["ls", "-l", "cat"], mount.path)
+            elapsed, out, requests = timed(server, ["sh", "-c", "cat cat/* | wc -c"], mount.path)
             per_file = server.stats.total / 1000
             server.faults.latency_ms = 0
         report(f"{name}: listing", listing_s, listing_requests)
@@ -188,6 +235,7 @@ def main() -> int:
             )
             if args.only in (None, "ls"):
                 bench_ls(server, args.latency_ms, args.objects)
+                bench_ls_disk_cache(server, args.latency_ms)
             if args.only in (None, "find"):
                 bench_find(server, args.latency_ms)
             if args.only in (None, "cat"):
