@@ -2,9 +2,11 @@
 time to serve a ListObjectsV2 page of 1,000 keys out of 100,000.
 
     .venv/bin/python scripts/bench_server.py [--size-mib 1024] [--keys 100000] [--runs 3]
+                                             [--direct-io]
 
 The server runs as its own process (`ossmount server`); curl uses presigned V1 URLs. Figures
-are the best of --runs.
+are the best of --runs; "server CPU" is the CPU time (user + system) the server process spent
+on that best run, a figure that depends less on what else runs on the machine.
 """
 
 from __future__ import annotations
@@ -44,27 +46,11 @@ def populate_index(root: Path, keys: int) -> None:
     store.close()
 
 
-def start_server(root: Path) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ossmount.cli",
-            "server",
-            "--root",
-            str(root),
-            "--port",
-            "0",
-            "--access-key-id",
-            AK,
-            "--access-key-secret",
-            SK,
-            "--bucket",
-            BUCKET,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def start_server(root: Path, direct_io: bool) -> tuple[subprocess.Popen[str], str]:
+    command = [sys.executable, "-m", "ossmount.cli", "server", "--root", str(root)]
+    command += ["--port", "0", "--access-key-id", AK, "--access-key-secret", SK]
+    command += ["--bucket", BUCKET, *(["--direct-io"] if direct_io else [])]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     endpoint = process.stdout.readline().strip()
     if not endpoint.startswith("http://"):
@@ -79,10 +65,17 @@ def url(endpoint: str, method: str, key: str) -> str:
     )
 
 
-def curl_seconds(args: list[str]) -> float:
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def curl_run(server_pid: int, args: list[str]) -> tuple[float, float]:
+    """(wall seconds, server CPU seconds) of one curl transfer."""
+    cpu_before = cpu_seconds(server_pid)
     started = time.perf_counter()
     subprocess.run(["curl", "-sS", "-f", "-o", "/dev/null", *args], check=True)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, cpu_seconds(server_pid) - cpu_before
 
 
 def main() -> None:
@@ -90,6 +83,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--direct-io", action="store_true", help="server writes with O_DIRECT")
     options = parser.parse_args()
     size = options.size_mib << 20
     with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch:
@@ -102,10 +96,11 @@ def main() -> None:
         started = time.perf_counter()
         populate_index(root, options.keys)
         print(f"indexed {options.keys} keys in {time.perf_counter() - started:.1f} s")
-        process, endpoint = start_server(root)
+        process, endpoint = start_server(root, options.direct_io)
         try:
-            put_s = min(
-                curl_seconds(
+            put_s, put_cpu = min(
+                curl_run(
+                    process.pid,
                     [
                         "-T",
                         str(source),
@@ -114,15 +109,19 @@ def main() -> None:
                         "-H",
                         "Expect:",
                         url(endpoint, "PUT", "big.bin"),
-                    ]
+                    ],
                 )
                 for _ in range(options.runs)
             )
-            get_s = min(
-                curl_seconds([url(endpoint, "GET", "big.bin")]) for _ in range(options.runs)
+            get_s, get_cpu = min(
+                curl_run(process.pid, [url(endpoint, "GET", "big.bin")])
+                for _ in range(options.runs)
             )
-            print(f"PUT {options.size_mib} MiB: {size / put_s / 1e9:.2f} GB/s ({put_s:.2f} s)")
-            print(f"GET {options.size_mib} MiB: {size / get_s / 1e9:.2f} GB/s ({get_s:.2f} s)")
+            for label, seconds, cpu in (("PUT", put_s, put_cpu), ("GET", get_s, get_cpu)):
+                print(
+                    f"{label} {options.size_mib} MiB: {size / seconds / 1e9:.2f} GB/s "
+                    f"({seconds:.2f} s, server CPU {cpu:.2f} s)"
+                )
             auth = OssV4Auth(CREDENTIALS, REGION)
             with httpx.Client(base_url=endpoint, auth=auth) as client:
                 for label, params in (
