@@ -11,6 +11,7 @@ downloads are checked as a whole.
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
 from fastcrc import crc64 as _fastcrc64
@@ -36,14 +37,15 @@ def crc64(data: Buffer, crc: int = 0) -> int:
 
 # --- combine -----------------------------------------------------------------------------
 #
-# The zlib method (crc32_combine), for 64 bits. Appending len2 zero bytes to the first message
-# is a linear map on the CRC register; it is applied to crc1 by repeated squaring of the
-# one-zero-bit operator, a 64x64 matrix over GF(2) stored as 64 column words. The init and
-# xorout of all ones cancel out of the result, exactly as in zlib, so the formula is
-# crc(a+b) = shift(crc(a), len(b)) ^ crc(b).
+# The zlib method (crc32_combine), for 64 bits. Appending n zero bytes to the first message is
+# a linear map on the CRC register: a 64x64 matrix over GF(2), stored as 64 column words. The
+# init and xorout of all ones cancel out of the result, as in zlib, so
+# crc(a+b) = zeros(len(b)) applied to crc(a), xor crc(b).
+# The operators for 2**k zero bytes are squarings of one another and do not depend on the data,
+# so they are computed once; a combine then costs one matrix-vector product per set bit of len2.
 
 
-def _gf2_times(matrix: list[int], vector: int) -> int:
+def _gf2_times(matrix: tuple[int, ...], vector: int) -> int:
     total = 0
     column = 0
     while vector:
@@ -54,40 +56,32 @@ def _gf2_times(matrix: list[int], vector: int) -> int:
     return total
 
 
-def _gf2_square(matrix: list[int]) -> list[int]:
-    return [_gf2_times(matrix, matrix[n]) for n in range(64)]
+def _gf2_square(matrix: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(_gf2_times(matrix, matrix[n]) for n in range(64))
 
 
-def _one_zero_bit_operator() -> list[int]:
-    operator = [_POLY_REFLECTED]
-    row = 1
-    for _ in range(1, 64):
-        operator.append(row)
-        row <<= 1
-    return operator
+@functools.cache
+def _zero_byte_operators() -> tuple[tuple[int, ...], ...]:
+    """Operators for 2**k zero bytes, k = 0 .. 63."""
+    one_bit = (_POLY_REFLECTED, *(1 << n for n in range(63)))
+    operator = one_bit
+    for _ in range(3):  # 1 bit -> 8 bits = one zero byte
+        operator = _gf2_square(operator)
+    operators = [operator]
+    for _ in range(63):
+        operators.append(_gf2_square(operators[-1]))
+    return tuple(operators)
 
 
 def crc64_combine(crc1: int, crc2: int, len2: int) -> int:
     """The CRC-64/XZ of ``a + b`` from ``crc64(a)``, ``crc64(b)`` and ``len(b)``."""
-    if len2 <= 0:
-        return crc1
-    odd = _one_zero_bit_operator()  # operator for one zero bit
-    even = _gf2_square(odd)  # two zero bits
-    odd = _gf2_square(even)  # four zero bits
-    # Apply len2 zero bytes to crc1: each loop squares the operator (1 byte, 2 bytes, 4 ...).
-    while True:
-        even = _gf2_square(odd)
+    operators = _zero_byte_operators()
+    power = 0
+    while len2 > 0:
         if len2 & 1:
-            crc1 = _gf2_times(even, crc1)
+            crc1 = _gf2_times(operators[power], crc1)
         len2 >>= 1
-        if not len2:
-            break
-        odd = _gf2_square(even)
-        if len2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
+        power += 1
     return (crc1 ^ crc2) & _MASK
 
 
