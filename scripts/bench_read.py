@@ -7,8 +7,10 @@ One run of the script starts the bundled server (in a thread of this process, wh
 waits on child processes), uploads one object of --size-mib random bytes, then alternates
   curl -o /dev/null <presigned URL>                 (the reference)
   ossmount mount -f ...; dd if=MNT/obj of=/dev/null bs=1M; unmount   (a new mount each run: cold)
-for every variant of mount options, and reports MB/s (median of --runs), the ratio to curl, and the
-mount process's peak RSS (VmHWM from /proc/PID/status) during the dd.
+for every variant of mount options, and reports MB/s (median of --runs), the ratio to curl, the
+CPU time the mount process spent per GiB (utime + stime from /proc/PID/stat: a measure of its
+efficiency that other load on the machine disturbs less than MB/s does), and the mount process's
+peak RSS (VmHWM from /proc/PID/status) during the dd.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ def curl_get(endpoint: str) -> float:
     return time.perf_counter() - start
 
 
+def cpu_time_s(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -118,8 +126,10 @@ def mounted(endpoint: str, mountpoint: Path, options: list[str], log: Path) -> I
 
 def dd_through_mount(
     endpoint: str, mountpoint: Path, options: list[str], log: Path
-) -> tuple[float, int]:
+) -> tuple[float, float, int]:
+    """(seconds, CPU seconds of the mount process, its peak RSS in KiB) of one cold dd."""
     with mounted(endpoint, mountpoint, options, log) as pid:
+        cpu_before = cpu_time_s(pid)
         start = time.perf_counter()
         subprocess.run(
             ["dd", f"if={mountpoint / KEY}", "of=/dev/null", "bs=1M"],
@@ -127,7 +137,7 @@ def dd_through_mount(
             stderr=subprocess.DEVNULL,
         )
         elapsed = time.perf_counter() - start
-        return elapsed, peak_rss_kib(pid)
+        return elapsed, cpu_time_s(pid) - cpu_before, peak_rss_kib(pid)
 
 
 def main() -> int:
@@ -162,18 +172,20 @@ def main() -> int:
             curl_s: list[float] = []
             dd_s: dict[int, list[float]] = {i: [] for i in range(len(variants))}
             rss_kib: dict[int, list[int]] = {i: [] for i in range(len(variants))}
+            cpu_s: dict[int, list[float]] = {i: [] for i in range(len(variants))}
             for run in range(args.runs):
                 curl_s.append(curl_get(server.endpoint))
                 for index, options in enumerate(variants):
-                    elapsed, peak = dd_through_mount(
+                    elapsed, cpu, peak = dd_through_mount(
                         server.endpoint, mountpoint, options, root / "mount.log"
                     )
                     dd_s[index].append(elapsed)
+                    cpu_s[index].append(cpu)
                     rss_kib[index].append(peak)
                     print(
                         f"run {run}: curl {size / curl_s[-1] / 1e6:.0f} MB/s; "
                         f"dd {' '.join(options) or '(defaults)'} {size / elapsed / 1e6:.0f} MB/s, "
-                        f"peak RSS {peak / 1024:.0f} MiB",
+                        f"mount CPU {cpu:.2f} s, peak RSS {peak / 1024:.0f} MiB",
                         flush=True,
                     )
         curl_mbps = size / statistics.median(curl_s) / 1e6
@@ -181,14 +193,16 @@ def main() -> int:
         print(
             f"object: {args.size_mib} MiB; median of {args.runs} runs; one fresh mount per dd run"
         )
-        print("| reader | MB/s | vs curl | peak RSS of the mount (max) |")
-        print("|---|---|---|---|")
-        print(f"| curl (single stream GET) | {curl_mbps:.0f} | 100% | |")
+        print("| reader | MB/s | vs curl | mount CPU s per GiB | peak RSS of the mount (max) |")
+        print("|---|---|---|---|---|")
+        print(f"| curl (single stream GET) | {curl_mbps:.0f} | 100% | | |")
+        gib = size / (1024 * MIB)
         for index, options in enumerate(variants):
             mbps = size / statistics.median(dd_s[index]) / 1e6
             label = "dd bs=1M, mount " + (" ".join(options) or "defaults")
             print(
                 f"| {label} | {mbps:.0f} | {mbps / curl_mbps:.0%} | "
+                f"{statistics.median(cpu_s[index]) / gib:.2f} | "
                 f"{max(rss_kib[index]) / 1024:.0f} MiB |"
             )
     return 0
