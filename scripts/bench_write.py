@@ -28,6 +28,7 @@ from pathlib import Path
 
 import trio
 
+from ossmount.oss.client import OssClient
 from ossmount.oss.signer import Credentials, presign_v1
 from ossmount.server import ServerConfig, run_server_in_thread
 
@@ -118,6 +119,39 @@ async def writer_child(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+async def small_files(endpoint: str, state_dir: Path, count: int, size: int) -> tuple[float, int]:
+    """Write ``count`` new files of ``size`` bytes one after the other (as `cp -r` does):
+    open, one write, flush, release each. -> (seconds, requests made)."""
+    from ossmount.fs.writer import WriteStaging  # noqa: PLC0415
+
+    payload = os.urandom(size)
+    async with OssClient(endpoint, Credentials(AK, SK)) as client:
+        staging = WriteStaging(
+            client,
+            BUCKET,
+            state_dir=state_dir,
+            prefix="",
+            disk_budget_bytes=1024 * MIB,
+            part_size=8 * MIB,
+            multipart_threshold=16 * MIB,
+            upload_concurrency=4,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(staging.run)
+                start = time.perf_counter()
+                for number in range(count):
+                    staged = await staging.open(f"small/{number:05d}", None, truncate=True)
+                    await staged.write(0, payload)
+                    await staged.flush()
+                    await staged.release()
+                elapsed = time.perf_counter() - start
+                nursery.cancel_scope.cancel()
+        finally:
+            staging.close()
+    return elapsed, count
+
+
 def run_writer(
     endpoint: str, source: Path, key: str, work: Path, args: argparse.Namespace
 ) -> dict[str, float]:
@@ -150,6 +184,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--part-size-mib", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--small-files",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N new 4 KiB files one after the other with --latency-ms injected",
+    )
+    parser.add_argument("--latency-ms", type=float, default=5.0)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
@@ -160,6 +202,8 @@ def main() -> int:
         print(json.dumps(trio.run(writer_child, args)))
         return 0
 
+    if args.small_files:
+        return small_files_main(args)
     size = args.size_mib * MIB
     with tempfile.TemporaryDirectory(prefix="ossmount-bench-write-") as temp:
         work = Path(temp)
@@ -198,6 +242,62 @@ def main() -> int:
             f"{max(run['peak_staging_bytes'] for run in writer) / MIB:.0f} MiB | "
             f"{max(run['peak_rss_kib'] for run in writer) / 1024:.0f} MiB |"
         )
+    return 0
+
+
+def small_files_main(args: argparse.Namespace) -> int:
+    """Time with the server in a process of its own (a server thread here would share the GIL
+    with the writer); count requests with an in-process server (its counters are readable)."""
+    with tempfile.TemporaryDirectory(prefix="ossmount-bench-write-") as temp:
+        work = Path(temp)
+        port = 19000 + os.getpid() % 1000
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ossmount.cli",
+                "server",
+                "--root",
+                str(work / "server-timed"),
+                "--port",
+                str(port),
+                "--access-key-id",
+                AK,
+                "--access-key-secret",
+                SK,
+                "--bucket",
+                BUCKET,
+                "--latency-ms",
+                str(args.latency_ms),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(1.5)
+            elapsed, count = trio.run(
+                small_files,
+                f"http://127.0.0.1:{port}",
+                work / "state-timed",
+                args.small_files,
+                4096,
+            )
+        finally:
+            server.terminate()
+            server.wait()
+        config = ServerConfig(
+            root=work / "server", credentials=[Credentials(AK, SK)], buckets=[BUCKET]
+        )
+        with run_server_in_thread(config) as counted:
+            counted.stats.reset()
+            _, counted_files = trio.run(small_files, counted.endpoint, work / "state", 100, 4096)
+            requests = counted.stats.count()
+            by_operation = dict(sorted(counted.stats.by_operation.items()))
+    print(
+        f"{count} files of 4 KiB, {args.latency_ms:g} ms latency: {elapsed:.2f} s "
+        f"({elapsed / count * 1000:.1f} ms per file); {requests / counted_files:.2f} requests "
+        f"per file {by_operation} (over {counted_files} files)"
+    )
     return 0
 
 

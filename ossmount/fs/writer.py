@@ -99,6 +99,8 @@ FORBID_OVERWRITE_HEADER = {"x-oss-forbid-overwrite": "true"}
 # Window in which an upload initiated just before a crash is recognised as ours.
 UPLOAD_INTENT_SLACK_S = 300.0
 READ_CHUNK = 4 * MiB
+# Bodies up to this size are read into memory before a PUT (cheaper than threaded file reads).
+SMALL_BODY = 1 * MiB
 
 
 class StreamedRangeGoneError(OSError):
@@ -889,8 +891,11 @@ class StagedFile:
                 body: bytes | FileSlice
                 if self.size == 0:
                     body = b""
-                elif last_part == 1:
+                elif last_part == 1 and self.size > SMALL_BODY:
                     body = FileSlice(self._part_path(1), 0, self.size)
+                elif last_part == 1:
+                    # Small: read here rather than in a worker thread per chunk.
+                    body = self._part_path(1).read_bytes()[: self.size]
                 else:
                     body = b"".join(self._part_path(n).read_bytes() for n in numbers)
                 async with staging.upload_limiter:
