@@ -1231,7 +1231,7 @@ class App:
             storage_class=storage_class,
         )
         self._commit_new(call, record)
-        return Response(200, [("ETag", etag)])
+        return Response(200, [("ETag", etag), ("x-oss-hash-crc64ecma", "0")])
 
     async def _op_get_symlink(self, call: Call) -> Response:
         record = self._object(call.require_bucket(), call.require_key())
