@@ -24,9 +24,14 @@ def bucket(request: pytest.FixtureRequest, oss_server: RunningServer) -> oss2.Bu
     return oss2.Bucket(auth, oss_server.endpoint, TEST_BUCKET, region=TEST_REGION)
 
 
-@pytest.fixture
-def service(oss_server: RunningServer) -> oss2.Service:
-    return oss2.Service(oss2.AuthV4(TEST_AK, TEST_SK), oss_server.endpoint, region=TEST_REGION)
+@pytest.fixture(params=["v1", "v4"])
+def service(request: pytest.FixtureRequest, oss_server: RunningServer) -> oss2.Service:
+    """The oss2 service (ListBuckets) with V1 and with V4 signatures."""
+    if request.param == "v1":
+        auth: oss2.AuthBase = oss2.Auth(TEST_AK, TEST_SK)
+    else:
+        auth = oss2.AuthV4(TEST_AK, TEST_SK)
+    return oss2.Service(auth, oss_server.endpoint, region=TEST_REGION)
 
 
 class RawClient:
