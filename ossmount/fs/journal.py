@@ -15,6 +15,10 @@ Rows of ``files`` go through these states::
 ``parts`` records each part of the current multipart upload once the server has it (number,
 ETag, size, CRC-64), so that a resumed upload re-sends only what is missing. ``plan`` is the part
 plan of a flush of a local staging file (JSON), so that a resumed flush produces the same parts.
+``renames`` records each directory rename (old and new prefix) from before its first key moves
+until its last one did: the next start finishes it (the keys still under the old prefix are
+moved; moving a key is a copy then a delete, so doing it again is harmless).
+
 ``upload_intent_s`` is set just before an InitiateMultipartUpload is sent: if the process dies
 before the upload id is recorded, recovery looks for uploads of the key started after it.
 """
@@ -62,6 +66,12 @@ CREATE TABLE IF NOT EXISTS files (
     plan TEXT,
     part_size INTEGER NOT NULL DEFAULT 0,
     updated_s REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS renames (
+    rename_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    old_prefix TEXT NOT NULL,
+    new_prefix TEXT NOT NULL,
+    started_s REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS parts (
     file_id INTEGER NOT NULL,
@@ -243,6 +253,26 @@ class Journal:
             int(number): PartInfo(int(number), str(etag), int(size), crc64=_int_or_none(crc))
             for number, etag, size, crc in rows
         }
+
+    def add_rename(self, old_prefix: str, new_prefix: str) -> int:
+        """Record a directory rename before its first key moves; -> its id."""
+        cursor = self._db.execute(
+            "INSERT INTO renames (old_prefix, new_prefix, started_s) VALUES (?, ?, ?)",
+            (old_prefix, new_prefix, time.time()),
+        )
+        rename_id = cursor.lastrowid
+        assert rename_id is not None
+        return rename_id
+
+    def remove_rename(self, rename_id: int) -> None:
+        self._db.execute("DELETE FROM renames WHERE rename_id = ?", (rename_id,))
+
+    def renames(self) -> list[tuple[int, str, str]]:
+        """Directory renames begun and not finished: (id, old prefix, new prefix), oldest first."""
+        rows = self._db.execute(
+            "SELECT rename_id, old_prefix, new_prefix FROM renames ORDER BY rename_id"
+        ).fetchall()
+        return [(int(rename_id), str(old), str(new)) for rename_id, old, new in rows]
 
     def get(self, file_id: int) -> JournalEntry | None:
         rows = self._select("WHERE file_id = ?", (file_id,))

@@ -79,6 +79,7 @@ from ossmount.oss.crc64 import Crc64, crc64, crc64_combine
 from ossmount.oss.errors import (
     FileAlreadyExists,
     IntegrityError,
+    NoSuchKey,
     NoSuchUpload,
     NotFound,
     OssError,
@@ -99,6 +100,11 @@ FORBID_OVERWRITE_HEADER = {"x-oss-forbid-overwrite": "true"}
 # Window in which an upload initiated just before a crash is recognised as ours.
 UPLOAD_INTENT_SLACK_S = 300.0
 READ_CHUNK = 4 * MiB
+# ossfs marks a directory "d/" with an object "d_$folder$" too.
+FOLDER_MARKER_SUFFIX = "_$folder$"
+# Keys moved at once by a directory rename.
+RENAME_CONCURRENCY = 16
+ABORT_TIMEOUT_S = 10.0
 # Bodies up to this size are read into memory before a PUT (cheaper than threaded file reads).
 SMALL_BODY = 1 * MiB
 
@@ -140,6 +146,7 @@ class RecoveryReport:
     completed: list[str] = field(default_factory=list)  # uploads finished, by key
     discarded: list[str] = field(default_factory=list)  # staged files never closed, by key
     aborted_uploads: list[str] = field(default_factory=list)  # "key (upload id)"
+    renames: list[str] = field(default_factory=list)  # directory renames finished
     failed: list[str] = field(default_factory=list)  # "key: reason"; still staged
 
     def lines(self) -> list[str]:
@@ -148,6 +155,7 @@ class RecoveryReport:
             [f"completed upload of {key}" for key in self.completed]
             + [f"discarded unclosed writes to {key} (old object kept)" for key in self.discarded]
             + [f"aborted multipart upload {item}" for item in self.aborted_uploads]
+            + [f"finished directory rename {item}" for item in self.renames]
             + [f"FAILED to finish {item} (still staged, will retry)" for item in self.failed]
         )
 
@@ -1283,6 +1291,156 @@ class WriteStaging:
         self.journal.update(staged._file_id, **fields)
         self._files[new_key] = staged
 
+    # --- renames -------------------------------------------------------------------------
+
+    async def rename_file(
+        self, old_key: str, new_key: str, *, no_replace: bool = False, symlink: bool = False
+    ) -> ObjectInfo | None:
+        """Rename one object: a staged version is flushed first, then the object is copied
+        (CopyObject up to 1 GB, UploadPartCopy above, If-Match on the source; ``no_replace`` =
+        RENAME_NOREPLACE: x-oss-forbid-overwrite, FileAlreadyExists/EEXIST if the target
+        exists), the old key deleted, and the staged state moved to the new key. An OSS-native
+        symlink (``symlink``; HEAD would follow it) is re-created by PutSymlink.
+        -> the new object's info (None for a symlink)."""
+        staged = self._files.get(old_key)
+        if staged is not None and staged.dirty:
+            await staged.flush()
+        if symlink:
+            await self._move_key(old_key, new_key, 0, "", "Symlink", no_replace=no_replace)
+            self.rename(old_key, new_key, None)
+            return None
+        info = await self.client.head_object(self.bucket, old_key)
+        await self._move_key(
+            old_key, new_key, info.size, info.etag, info.object_type, no_replace=no_replace
+        )
+        new_info = await self.client.head_object(self.bucket, new_key)
+        self.rename(old_key, new_key, new_info)
+        return new_info
+
+    async def rename_directory(self, old_prefix: str, new_prefix: str) -> int:
+        """Move every key under ``old_prefix`` (ending in "/") to ``new_prefix``, in parallel,
+        journalled: a crash in the middle is finished by the next start. Staged files under the
+        old prefix are flushed first and follow the rename. ossfs's ``<dir>_$folder$`` marker
+        of the directory itself moves too. The caller checked that the target may be replaced
+        (POSIX: an empty directory or none). -> number of keys moved."""
+        rename_id = self.journal.add_rename(old_prefix, new_prefix)
+        moved = await self._move_prefix(old_prefix, new_prefix)
+        self.journal.remove_rename(rename_id)
+        return moved
+
+    async def _move_prefix(self, old_prefix: str, new_prefix: str) -> int:
+        pending = [
+            staged
+            for key, staged in self._files.items()
+            if key.startswith(old_prefix) and staged.dirty
+        ]
+        for staged in pending:
+            await staged.flush()
+        entries = [
+            (item.key, item.size, item.etag, item.object_type)
+            async for item in self.client.iter_objects(self.bucket, prefix=old_prefix)
+            if not isinstance(item, str)
+        ]
+        folder_marker = old_prefix.rstrip("/") + FOLDER_MARKER_SUFFIX
+        with contextlib.suppress(NotFound):
+            info = await self.client.head_object(self.bucket, folder_marker)
+            entries.append((folder_marker, info.size, info.etag, info.object_type))
+        limiter = trio.CapacityLimiter(RENAME_CONCURRENCY)
+
+        async def move(key: str, size: int, etag: str, object_type: str) -> None:
+            if key == folder_marker:
+                new_key = new_prefix.rstrip("/") + FOLDER_MARKER_SUFFIX
+            else:
+                new_key = new_prefix + key[len(old_prefix) :]
+            async with limiter:
+                await self._move_key(key, new_key, size, etag, object_type)
+
+        async with trio.open_nursery() as nursery:
+            for entry in entries:
+                nursery.start_soon(move, *entry)
+        for key in [key for key in self._files if key.startswith(old_prefix)]:
+            self.rename(key, new_prefix + key[len(old_prefix) :], None)
+        return len(entries)
+
+    async def _move_key(
+        self,
+        old_key: str,
+        new_key: str,
+        size: int,
+        etag: str,
+        object_type: str,
+        *,
+        no_replace: bool = False,
+    ) -> None:
+        """Copy one object to ``new_key`` (checked by CRC-64 where the server says), then
+        delete it. A source that vanished meanwhile (moved by an earlier attempt) is skipped."""
+        client = self.client
+        try:
+            if object_type == "Symlink":
+                # (A HEAD would describe the target; the link's own user metadata is not kept.)
+                target = await client.get_symlink(self.bucket, old_key)
+                await client.put_symlink(self.bucket, new_key, target, forbid_overwrite=no_replace)
+            elif size <= COPY_OBJECT_LIMIT:
+                await client.copy_object(
+                    self.bucket,
+                    old_key,
+                    self.bucket,
+                    new_key,
+                    if_match=etag or None,
+                    forbid_overwrite=no_replace,
+                )
+            else:
+                await self._multipart_copy(old_key, new_key, no_replace=no_replace)
+        except NoSuchKey:
+            log.info("rename: %s is gone already (moved before?)", old_key)
+            return
+        await client.delete_object(self.bucket, old_key)
+
+    async def _multipart_copy(self, old_key: str, new_key: str, *, no_replace: bool) -> None:
+        """Copy an object over 1 GB with UploadPartCopy (same metadata, CRC-64 checked)."""
+        client = self.client
+        info = await client.head_object(self.bucket, old_key)
+        plan = plan_parts(info.size, RangeSet(), info.size, part_size=self.part_size)
+        upload_id = await client.init_multipart_upload(
+            self.bucket, new_key, metadata=info.metadata, forbid_overwrite=no_replace
+        )
+        parts: dict[int, PartInfo] = {}
+        try:
+
+            async def copy_part(part: PlannedPart) -> None:
+                async with self.upload_limiter:
+                    parts[part.part_number] = await client.upload_part_copy(
+                        self.bucket,
+                        new_key,
+                        upload_id,
+                        part.part_number,
+                        self.bucket,
+                        old_key,
+                        byte_range=(part.offset, part.offset + part.size - 1),
+                        if_match=info.etag,
+                    )
+
+            async with trio.open_nursery() as nursery:
+                for part in plan:
+                    nursery.start_soon(copy_part, part)
+            ordered = [
+                PartInfo(n, parts[n].etag, parts[n].size) for n in sorted(parts)
+            ]  # CRCs of copied parts are not all known: the whole object is checked below
+            result = await client.complete_multipart_upload(
+                self.bucket,
+                new_key,
+                upload_id,
+                ordered,
+                headers=FORBID_OVERWRITE_HEADER if no_replace else None,
+            )
+        except BaseException:
+            with trio.move_on_after(ABORT_TIMEOUT_S) as scope, contextlib.suppress(OssError):
+                scope.shield = True  # also when cancelled: leave no upload behind
+                await client.abort_multipart_upload(self.bucket, new_key, upload_id)
+            raise
+        if info.crc64 is not None and result.crc64 is not None and result.crc64 != info.crc64:
+            raise IntegrityError(f"copy of {old_key} to {new_key}: CRC-64 differs")
+
     async def _release(self, staged: StagedFile) -> None:
         staged._handles -= 1
         if staged._handles > 0:
@@ -1409,6 +1567,14 @@ class WriteStaging:
             await self._recover_discard(entry, report)
         for staged in uploads:
             await self._recover_upload(staged, report)
+        for rename_id, old_prefix, new_prefix in self.journal.renames():
+            try:
+                moved = await self._move_prefix(old_prefix, new_prefix)
+            except OssError as exc:
+                report.failed.append(f"rename of {old_prefix} to {new_prefix}: {exc}")
+                continue
+            self.journal.remove_rename(rename_id)
+            report.renames.append(f"{old_prefix} -> {new_prefix} ({moved} keys moved)")
         self._delete_orphan_files()
         for line in report.lines():
             log.warning("recovery: %s", line)

@@ -776,3 +776,83 @@ async def test_open_during_background_recovery_gets_the_staged_data(
         await reopened.release()
         assert staging.staged("pending.bin") is None
     assert await _in_thread(_get, oss2_bucket, "pending.bin") == data
+
+
+async def test_rename_file_and_noreplace(
+    oss_server: RunningServer,
+    oss2_bucket: oss2.Bucket,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    small = _data(1000, 21)
+    big = _data(3 * PART + 7, 22)
+    await _in_thread(oss2_bucket.put_object, "a/small", small, {"x-oss-meta-mode": "33188"})
+    await _in_thread(oss2_bucket.put_object, "a/big", big)
+    await _in_thread(oss2_bucket.put_object, "a/taken", b"taken")
+    await _in_thread(oss2_bucket.put_symlink, "a/small", "a/link")
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        info = await staging.rename_file("a/small", "b/small")
+        assert info is not None
+        assert info.size == len(small)
+        assert info.metadata["mode"] == "33188"
+        assert await staging.rename_file("a/link", "b/link", symlink=True) is None
+        # Over 1 GB (here: everything, by lowering the limit) the copy is UploadPartCopy.
+        monkeypatch.setattr(writer_module, "COPY_OBJECT_LIMIT", 0)
+        oss_server.stats.reset()
+        await staging.rename_file("a/big", "b/big")
+        assert oss_server.stats.count("UploadPartCopy") >= 1
+        with pytest.raises(FileAlreadyExists) as raised:
+            await staging.rename_file("b/big", "a/taken", no_replace=True)
+        assert raised.value.errno == errno.EEXIST
+    assert await _in_thread(_get, oss2_bucket, "b/small") == small
+    assert await _in_thread(_get, oss2_bucket, "b/big") == big
+    assert await _in_thread(_get, oss2_bucket, "a/taken") == b"taken"
+    assert (await _in_thread(oss2_bucket.get_symlink, "b/link")).target_key == "a/small"
+    for key in ("a/small", "a/big", "a/link"):
+        assert not await _in_thread(oss2_bucket.object_exists, key)
+    assert await _in_thread(_open_uploads, oss2_bucket) == []
+
+
+async def test_rename_directory_and_finish_after_crash(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    tree = {f"src/d{n % 3}/f{n}": _data(100 + n, n) for n in range(40)}
+    tree["src/"] = b""
+    tree["src/d0/"] = b""
+
+    def upload_tree() -> None:
+        for key, value in tree.items():
+            oss2_bucket.put_object(key, value)
+        oss2_bucket.put_object("src_$folder$", b"")
+
+    await _in_thread(upload_tree)
+    async with _client(oss_server) as client, open_staging(client, state_dir) as staging:
+        open_file = await staging.open("src/d1/new", None, truncate=True)
+        await open_file.write(0, b"staged")
+        moved = await staging.rename_directory("src/", "dst/")
+        assert moved == len(tree) + 2  # the staged file was flushed first; the $folder$ marker
+        assert open_file.key == "dst/d1/new"
+        await open_file.write(6, b"!")
+        await open_file.flush()
+        await open_file.release()
+    assert await _in_thread(_get, oss2_bucket, "dst/d1/new") == b"staged!"
+    for key, value in tree.items():
+        assert await _in_thread(_get, oss2_bucket, "dst/" + key[len("src/") :]) == value
+    assert await _in_thread(oss2_bucket.object_exists, "dst_$folder$")
+    left = await _in_thread(lambda: [o.key for o in oss2.ObjectIteratorV2(oss2_bucket, "src")])
+    assert left == []
+
+    # A crash in the middle: the journal row is there, some keys moved, some not.
+    await _in_thread(upload_tree)
+    async with _client(oss_server) as client:
+        async with open_staging(client, state_dir) as staging:
+            staging.journal.add_rename("src/", "moved/")
+            await staging._move_key("src/d0/f0", "moved/d0/f0", 100, "", "Normal")
+        async with open_staging(client, state_dir) as staging:
+            report = await staging.recover()
+    assert report.renames == [f"src/ -> moved/ ({len(tree)} keys moved)"]
+    for key, value in tree.items():
+        assert await _in_thread(_get, oss2_bucket, "moved/" + key[len("src/") :]) == value
+    left = await _in_thread(lambda: [o.key for o in oss2.ObjectIteratorV2(oss2_bucket, "src")])
+    assert left == []
