@@ -60,6 +60,8 @@ class MountConfig:
     # & ~umask).
     file_mode: int | None = None
     dir_mode: int | None = None
+    # ossfs's mp_umask: permissions of the mount's root directory (None: as other directories).
+    mp_umask: int | None = None
 
     # Skip the per-file HEAD when listing: attributes come from the listing alone.
     readdir_optimize: bool = False
@@ -88,6 +90,11 @@ class MountConfig:
     def default_file_mode(self) -> int:
         """Permission bits of a file that carries no x-oss-meta-mode."""
         return self.file_mode if self.file_mode is not None else 0o666 & ~self.umask
+
+    @property
+    def root_dir_mode(self) -> int:
+        """Permission bits of the mount's root directory."""
+        return 0o777 & ~self.mp_umask if self.mp_umask is not None else self.default_dir_mode
 
     @property
     def default_dir_mode(self) -> int:
@@ -169,7 +176,23 @@ _INT_OPTIONS = {
     "max_inflight_reads": "max_inflight_reads",
 }
 
-_OCTAL_OPTIONS = {"umask": "umask", "file_mode": "file_mode", "dir_mode": "dir_mode"}
+_OCTAL_OPTIONS = {
+    "umask": "umask",
+    "file_mode": "file_mode",
+    "dir_mode": "dir_mode",
+    "mp_umask": "mp_umask",
+}
+
+# ossfs options whose behaviour ossmount always has: accepted, nothing to change.
+_OSSFS_ALWAYS_ON = frozenset(
+    {
+        "kernel_cache",  # the page cache is kept across opens while the ETag is unchanged
+        "noxattr",  # extended attributes are not supported
+        "listobjectsv2",  # listings always use ListObjectsV2
+        "enable_noobj_cache",  # missing names are cached (negative_timeout)
+        "use_path_request_style",  # path style is chosen by the endpoint (IP/localhost)
+    }
+)
 
 _PATH_OPTIONS = {
     "passwd_file": "passwd_file",
@@ -230,7 +253,11 @@ def parse_options(options: list[str]) -> dict[str, Any]:
     for item in options:
         name, has_value, value = item.partition("=")
         name = name.strip()
-        if name in _IGNORED_OPTIONS or item.startswith(_IGNORED_PREFIXES):
+        if (
+            name in _IGNORED_OPTIONS
+            or name in _OSSFS_ALWAYS_ON
+            or item.startswith(_IGNORED_PREFIXES)
+        ):
             log.debug("ignoring mount option %s", item)
             continue
         if name == "rw" and not has_value:
@@ -245,6 +272,8 @@ def parse_options(options: list[str]) -> dict[str, Any]:
             raise ConfigError(f"unknown mount option '{item}' (see docs/configuration.md)")
         elif name in ("url", "endpoint"):
             fields["endpoint"] = _endpoint_url(value)
+        elif name == "dbglevel":
+            fields["debug"] = value.lower() in ("dbg", "debug", "info")
         elif name == "region":
             fields["region"] = value
         elif name == "signature_version":

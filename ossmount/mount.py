@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +284,10 @@ def build_filesystem(
         head_clients=head_clients,
         disk_cache=disk_cache,
     )
-    inodes = InodeTable(config.prefix, directory_attributes(defaults, mount_time_ns))
+    root_attrs = replace(
+        directory_attributes(defaults, mount_time_ns), permissions=config.root_dir_mode
+    )
+    inodes = InodeTable(config.prefix, root_attrs)
     read_cache = ReadCache(
         client,
         config.bucket,

@@ -45,6 +45,16 @@ def test_ossfs_option_names() -> None:
     }
 
 
+def test_ossfs_options_with_the_same_behaviour(tmp_path: Path) -> None:
+    items = split_option_list("kernel_cache,noxattr,enable_noobj_cache,dbglevel=debug,mp_umask=022")
+    assert parse_options(items) == {"debug": True, "mp_umask": 0o022}
+    config = build_config("b", tmp_path, options=["mp_umask=077", "umask=000"])
+    assert config.root_dir_mode == 0o700
+    assert config.default_dir_mode == 0o777
+    with pytest.raises(ConfigError, match="unknown mount option 'use_cache=/tmp/x'"):
+        parse_options(["use_cache=/tmp/x"])  # a local data cache: not the same thing
+
+
 def test_fstab_options_are_ignored() -> None:
     items = split_option_list("_netdev,nofail,noauto,defaults,x-systemd.automount,rw,nosuid,nodev")
     assert parse_options(items) == {"read_only": False}
