@@ -190,7 +190,6 @@ _OSSFS_ALWAYS_ON = frozenset(
         "noxattr",  # extended attributes are not supported
         "listobjectsv2",  # listings always use ListObjectsV2
         "enable_noobj_cache",  # missing names are cached (negative_timeout)
-        "use_path_request_style",  # path style is chosen by the endpoint (IP/localhost)
     }
 )
 
