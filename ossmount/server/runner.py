@@ -137,13 +137,20 @@ async def open_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
                         serve_connection, sock, peer, app.handle, app.bad_request, throttle
                     )
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(accept_loop, nursery)
-            log.info("serving %s from %s", running.endpoint, config.root)
-            try:
-                yield running
-            finally:
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(accept_loop, nursery)
+                log.info("serving %s from %s", running.endpoint, config.root)
+                try:
+                    yield running
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # What the caller's block raised comes out as itself, not wrapped in the group
+            # of the server's nursery (connection tasks never raise: see serve_connection).
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
     finally:
         store.close()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import oss2
+import pytest
 
 from ossmount.oss.signer import Credentials, OssV4Auth
 from ossmount.server import RunningServer, open_server
@@ -75,3 +76,9 @@ async def test_open_server_in_the_callers_trio_loop(tmp_path: Path) -> None:
             got = await client.get(f"/{TEST_BUCKET}/async", extensions=extensions)
             assert got.content == b"in loop"
         assert server.stats.count("PutObject") == 1
+
+
+async def test_open_server_lets_the_callers_exception_through(tmp_path: Path) -> None:
+    with pytest.raises(KeyError):
+        async with open_server(server_config(tmp_path / "root")):
+            raise KeyError("from the caller")
