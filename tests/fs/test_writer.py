@@ -856,3 +856,33 @@ async def test_rename_directory_and_finish_after_crash(
         assert await _in_thread(_get, oss2_bucket, "moved/" + key[len("src/") :]) == value
     left = await _in_thread(lambda: [o.key for o in oss2.ObjectIteratorV2(oss2_bucket, "src")])
     assert left == []
+
+
+async def test_chmod_while_streaming_and_budget_returns_to_zero(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    data = _data(6 * PART + 1, 23)
+    original = _data(3 * PART, 24)
+    await _in_thread(oss2_bucket.put_object, "existing", original)
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        staged = await staging.open("streamed", None, truncate=True)
+        staged.set_metadata({"mode": str(0o100644)})
+        await _write_all(staged, data[: 4 * PART], 64 * KiB)  # the upload began: metadata fixed
+        staged.set_metadata({"mode": str(0o100600)})  # chmod while writing
+        await _write_all(staged, data[4 * PART :], 64 * KiB, offset=4 * PART)
+        await staged.flush()
+        await staged.release()
+        local = await staging.open(
+            "existing", await client.head_object(TEST_BUCKET, "existing"), truncate=False
+        )
+        await local.write(10, b"x")
+        await local.truncate(2 * PART)
+        await local.flush()
+        await local.release()
+        assert staging.budget.used == 0
+    headers = (await _in_thread(oss2_bucket.head_object, "streamed")).headers
+    assert headers["x-oss-meta-mode"] == str(0o100600)
+    assert await _in_thread(_get, oss2_bucket, "streamed") == data
+    assert await _in_thread(_get, oss2_bucket, "existing") == (
+        original[:10] + b"x" + original[11 : 2 * PART]
+    )
