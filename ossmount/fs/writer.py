@@ -39,9 +39,30 @@ moment flush() begins until the upload is confirmed, ``clean`` after. The next s
 and discards the others, aborting their multipart uploads, so a file that was never closed is
 never published: the old object stays.
 
-A flush that fails after the client's retries raises the OssError (EIO for the caller); the data
-stays staged, the file stays ``flushing`` and the task started by :meth:`WriteStaging.run` retries
-it with growing delays, even after the last handle is closed, until it succeeds.
+A flush that fails after the client's retries raises :class:`UploadFailedError` (EIO) for
+transient failures, or the OssError itself (EACCES, EEXIST ...); the data stays staged, the file
+stays ``flushing`` and the task started by :meth:`WriteStaging.run` retries it with growing
+delays, even after the last handle is closed, until it succeeds.
+
+How the FUSE operations use it (keys are full object keys; OSError subclasses raised here carry
+their errno: ENOSPC, EIO, EBUSY):
+
+- mount: ``WriteStaging(...)`` before ``pyfuse3.init`` (it loads the journal: pending keys read
+  as their staged data at once), ``await nursery.start(staging.run)``, ``recover()`` in the
+  background, ``staging.close()`` after the nursery ended.
+- create: ``staging.open(key, None, truncate=True, exclusive=O_EXCL)``, then ``set_metadata``
+  with mode/uid/gid. open for writing: ``staging.open(key, head_object(key), truncate=O_TRUNC,
+  append=O_APPEND)``. One StagedFile per key, shared by every handle; one ``release()`` per open.
+- write: ``staged.write(off, buf)``; getattr of a key with ``staging.staged(key)``: ``size``.
+- read: ``staged.read(off, size)``; None means "read the object at ``remote_etag``".
+- flush and fsync of a handle opened for writing: ``staged.flush()``, then the inode takes
+  ``size`` and ``remote_etag``. (Not for read-only handles: that would publish another handle's
+  unfinished writes.) release: ``staged.release()``.
+- truncate / chmod / chown / utimens: ``staged.truncate(size)`` / ``staged.set_metadata(...)``
+  on the open StagedFile, or on one opened for the call and flushed and released at once
+  (metadata alone is a CopyObject onto itself).
+- unlink: ``staging.unlink(key)`` before deleting the object. rename: ``rename_file`` /
+  ``rename_directory`` (journalled; they flush staged data first and move the staged state).
 """
 
 from __future__ import annotations
