@@ -26,8 +26,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpcore._async.http11 as httpcore_http11
 import trio
 
+from ossmount.fs.reader import ReadCache
 from ossmount.oss.client import OssClient
 from ossmount.oss.signer import Credentials, presign_v1
 from ossmount.server import ServerConfig, run_server_in_thread
@@ -140,8 +142,45 @@ def dd_through_mount(
         return elapsed, cpu_time_s(pid) - cpu_before, peak_rss_kib(pid)
 
 
+async def read_with_file_reader(endpoint: str, block_size: int) -> None:
+    """The mount's read path without FUSE: FileReader.read() of 1 MiB pieces, front to back."""
+    async with (
+        OssClient(endpoint, Credentials(AK, SK)) as client,
+        trio.open_nursery() as nursery,
+    ):
+        info = await client.head_object(BUCKET, KEY)
+        cache = ReadCache(
+            client,
+            BUCKET,
+            block_size=block_size,
+            cache_bytes=64 * MIB,
+            max_inflight=8,
+            nursery=nursery,
+        )
+        reader = cache.open(KEY, info.size, info.etag, info.crc64)
+        cpu_before = time.process_time()
+        start = time.perf_counter()
+        for offset in range(0, info.size, MIB):
+            await reader.read(offset, MIB)
+        elapsed = time.perf_counter() - start
+        print(elapsed, time.process_time() - cpu_before)
+        await reader.close()
+
+
+def reader_only(endpoint: str, httpcore_read: int | None) -> tuple[float, float]:
+    """(seconds, CPU seconds) of read_with_file_reader in a process of its own."""
+    command = [sys.executable, __file__, "--reader-child", endpoint]
+    if httpcore_read:
+        command += ["--httpcore-read", str(httpcore_read)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    elapsed, cpu = result.stdout.split()
+    return float(elapsed), float(cpu)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reader-child", metavar="ENDPOINT", help=argparse.SUPPRESS)
+    parser.add_argument("--httpcore-read", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
@@ -152,7 +191,18 @@ def main() -> int:
         "default: the default options only); a first word httpcore_read=N runs that mount "
         "with httpcore reading N bytes per socket read (a client tuning under test)",
     )
+    parser.add_argument(
+        "--reader-only",
+        action="store_true",
+        help="also time FileReader without FUSE (1 MiB blocks), with httpcore's default socket "
+        "reads and with 1 MiB ones",
+    )
     args = parser.parse_args()
+    if args.reader_child:
+        if args.httpcore_read:
+            httpcore_http11.AsyncHTTP11Connection.READ_NUM_BYTES = args.httpcore_read
+        trio.run(read_with_file_reader, args.reader_child, MIB)
+        return 0
     variants: list[list[str]] = [[]] + [v.split() for v in args.variant]
     size = args.size_mib * MIB
     with tempfile.TemporaryDirectory(prefix="bench-read-") as tmp:
@@ -173,8 +223,12 @@ def main() -> int:
             dd_s: dict[int, list[float]] = {i: [] for i in range(len(variants))}
             rss_kib: dict[int, list[int]] = {i: [] for i in range(len(variants))}
             cpu_s: dict[int, list[float]] = {i: [] for i in range(len(variants))}
+            alone: dict[int | None, list[tuple[float, float]]] = {None: [], MIB: []}
             for run in range(args.runs):
                 curl_s.append(curl_get(server.endpoint))
+                if args.reader_only:
+                    for httpcore_read, timings in alone.items():
+                        timings.append(reader_only(server.endpoint, httpcore_read))
                 for index, options in enumerate(variants):
                     elapsed, cpu, peak = dd_through_mount(
                         server.endpoint, mountpoint, options, root / "mount.log"
@@ -197,6 +251,16 @@ def main() -> int:
         print("|---|---|---|---|---|")
         print(f"| curl (single stream GET) | {curl_mbps:.0f} | 100% | | |")
         gib = size / (1024 * MIB)
+        for httpcore_read, timings in alone.items():
+            if not timings:
+                continue
+            mbps = size / statistics.median(t for t, _ in timings) / 1e6
+            socket_reads = "1 MiB" if httpcore_read else "64 KiB (httpcore default)"
+            print(
+                f"| FileReader alone, no FUSE, 1 MiB blocks, socket reads {socket_reads} | "
+                f"{mbps:.0f} | {mbps / curl_mbps:.0%} | "
+                f"{statistics.median(c for _, c in timings) / gib:.2f} | |"
+            )
         for index, options in enumerate(variants):
             mbps = size / statistics.median(dd_s[index]) / 1e6
             label = "dd bs=1M, mount " + (" ".join(options) or "defaults")
