@@ -51,7 +51,11 @@ class ServerConfig:
 
 @dataclass
 class RunningServer:
-    """A server that answers at `endpoint`; `faults` may be changed while it runs."""
+    """A server that answers at `endpoint`; `faults` may be changed while it runs.
+
+    `store` is there for tests to inspect or prepare the index directly (buckets, ACLs,
+    objects); do that while no request is in flight, since it shares the server's connection.
+    """
 
     endpoint: str
     host: str
