@@ -403,11 +403,21 @@ class Namespace:
         )
         if self.options.exact_metadata:
             entries = await self._with_exact_metadata(prefix, entries)
+        else:
+            # No HEADs, but exact attributes already known for the same version cost nothing.
+            entries = [self._known_version(prefix, entry) for entry in entries]
         snapshot = DirSnapshot(prefix, tuple(entries), taken_at)
         self._listings.put(snapshot)
         for entry in entries:
             self._negative.discard(prefix + entry.name)
         return snapshot
+
+    def _known_version(self, prefix: str, entry: DirEntry) -> DirEntry:
+        listed = entry.attrs
+        if listed.etag is None or listed.kind is Kind.DIR:
+            return entry
+        known = self._stats.get_for_version(prefix + entry.name, listed.etag, listed.last_modified)
+        return entry if known is None else replace(entry, attrs=known)
 
     async def _with_exact_metadata(self, prefix: str, entries: list[DirEntry]) -> list[DirEntry]:
         """Replace listing attributes by HEAD results (cached per version), concurrently."""

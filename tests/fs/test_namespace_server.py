@@ -112,3 +112,18 @@ async def test_many_pages(client: OssClient, oss2_bucket: oss2.Bucket) -> None:
     snapshot = await ns.list_directory("big/")
     assert len(snapshot.entries) == 251
     assert snapshot.entries[-1].name == "zz"
+
+
+async def test_readdir_optimize_reuses_known_exact_attributes(
+    client: OssClient, oss2_bucket: oss2.Bucket, oss_server: RunningServer
+) -> None:
+    oss2_bucket.put_object("dir/a", b"x", headers=MODE_0600)
+    oss2_bucket.put_object("dir/b", b"x", headers=MODE_0600)
+    ns = namespace(client, exact_metadata=False)
+    looked_up = await ns.lookup("dir/", "a")  # a cold lookup HEADs: exact
+    assert looked_up is not None
+    assert looked_up.permissions == 0o600
+    oss_server.stats.reset()
+    snapshot = await ns.list_directory("dir/")
+    assert [e.attrs.permissions for e in snapshot.entries] == [0o600, 0o644]
+    assert oss_server.stats.count("HeadObject") == 0
