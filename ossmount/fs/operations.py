@@ -10,6 +10,18 @@ numbers and lookup counts from :mod:`inodes`; file data from :mod:`reader`.
 
 Part 1 is read-only: the mount is made with the kernel's ``ro`` option, and open() refuses
 write access with EROFS.
+
+Where part 2 (writes) plugs in:
+
+* a :class:`FileHandle` gains a writer (fs/writer.py) beside its reader; read() of a handle
+  (or of an inode) with staged data reads the staged file, so one mount reads its own writes;
+* create/mkdir/symlink upsert the new inode and call ``Namespace.invalidate`` on the new key
+  (which drops the parent's cached listing and the negative entry); unlink/rmdir call
+  ``InodeTable.detach`` (an open file keeps its inode through ``open_count``) and invalidate;
+* rename calls ``InodeTable.rename`` (which moves every known inode below a directory) and
+  invalidates both parents' listings;
+* setattr writes mode/uid/gid/mtime with ``attrs.posix_metadata`` (ossfs's names) and replaces
+  the inode's attributes, which then stay valid by ETag in the stat cache.
 """
 
 from __future__ import annotations
