@@ -89,3 +89,15 @@ def test_concurrent_tools_on_one_mount(
         ["find", "t", "-type", "f"], cwd=mounted.path, capture_output=True, text=True, check=True
     ).stdout.split()
     assert len(found) == 200
+
+
+def test_object_deleted_after_listing_reads_as_enoent(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory
+) -> None:
+    oss2_bucket.put_object("d/gone.txt", b"soon gone")
+    mounted = mount_ossmount(["readdir_optimize"])
+    assert os.listdir(mounted.path / "d") == ["gone.txt"]
+    oss2_bucket.delete_object("d/gone.txt")
+    with pytest.raises(FileNotFoundError):
+        (mounted.path / "d" / "gone.txt").read_bytes()
+    assert "Traceback" not in mounted.log()
