@@ -330,7 +330,7 @@ def build_config(
     if "endpoint" in overrides and overrides["endpoint"] is not None:
         fields["endpoint"] = _endpoint_url(overrides["endpoint"])
     config = MountConfig(
-        bucket=bucket, prefix=prefix, mountpoint=Path(mountpoint).absolute(), **fields
+        bucket=bucket, prefix=prefix, mountpoint=Path(mountpoint).expanduser().resolve(), **fields
     )
     _validate(config)
     return config

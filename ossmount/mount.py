@@ -603,7 +603,7 @@ def mount_command(args: argparse.Namespace) -> int:
 
 def unmount_command(args: argparse.Namespace) -> int:
     """`ossmount unmount MOUNTPOINT`."""
-    mountpoint = Path(args.mountpoint).absolute()
+    mountpoint = Path(args.mountpoint).expanduser().resolve()
     try:
         unmount(mountpoint, lazy=args.lazy)
     except MountError as exc:
