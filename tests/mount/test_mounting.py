@@ -288,3 +288,11 @@ def test_unmount_command_on_unmounted_dir_fails(tmp_path: Path) -> None:
 def test_fixture_mount_is_usable(mount_ossmount: MountFactory) -> None:
     daemon = mount_ossmount(daemon=True)
     assert is_mounted(daemon.path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may set a bdi's read_ahead_kb")
+def test_read_ahead_raised(mount_ossmount: MountFactory) -> None:
+    mounted = mount_ossmount(["read_ahead_kb=2048"])
+    device = os.stat(mounted.path).st_dev
+    sysfs = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    assert sysfs.read_text().strip() == "2048"
