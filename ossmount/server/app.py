@@ -15,7 +15,6 @@ import calendar
 import dataclasses
 import logging
 import mmap
-import os
 import re
 import time
 import uuid
@@ -39,7 +38,7 @@ from ossmount.server.errors import (
 from ossmount.server.faults import Faults
 from ossmount.server.http import (
     Body,
-    FileBody,
+    FileSegment,
     PeerGoneError,
     ProtocolError,
     Request,
@@ -55,7 +54,7 @@ from ossmount.server.store import (
     PartRecord,
     Store,
     UploadRecord,
-    copy_range_to_writer,
+    copy_slices_to_writer,
     md5_digest,
     md5_etag,
 )
@@ -410,8 +409,8 @@ class App:
         if length:
             call.request.body.reset_after = self.faults.pick_reset(call.operation, length)
         response = await self._dispatch(call)
-        if response.file is not None and call.request.method != "HEAD":
-            response.reset_at = self.faults.pick_reset(call.operation, response.file.length)
+        if response.segments and call.request.method != "HEAD":
+            response.reset_at = self.faults.pick_reset(call.operation, response.content_length)
         return response
 
     def error_response(self, exc: OssServerError, request_id: str, head: bool) -> Response:
@@ -865,11 +864,16 @@ class App:
             first, last = byte_range
             status, offset, length = 206, first, last - first + 1
             headers.append(("Content-Range", f"bytes {first}-{last}/{record.size}"))
-        if head:
-            return Response(status, headers, declared_length=length)
-        # Lookup and open happen with no checkpoint in between (see store.py).
-        fd = self.store.open_object(record)
-        return Response(status, headers, file=FileBody(fd, offset, length))
+        if head or length == 0:
+            return Response(status, headers, declared_length=length if head else None)
+        # Lookup and pin happen with no checkpoint in between (see Store.pin).
+        files = self.store.object_files(record)
+        self.store.pin(files)
+        segments = [
+            FileSegment(path, first, count)
+            for path, first, count in self.store.object_slices(record, offset, length)
+        ]
+        return Response(status, headers, segments=segments, release=lambda: self.store.unpin(files))
 
     # --- objects: write ------------------------------------------------------------------------
 
@@ -1018,8 +1022,7 @@ class App:
         try:
             self._check_forbid_overwrite(call, record.bucket, record.key)
         except OssServerError:
-            if record.data_file is not None:
-                self.store.object_path(record.data_file).unlink(missing_ok=True)
+            self.store.discard_files(record)
             raise
         self.store.commit_object(record)
 
@@ -1066,16 +1069,12 @@ class App:
             headers, metadata = dict(source.headers), dict(source.metadata)
         acl, storage_class = _object_acl_and_class(call.headers)
         self._check_forbid_overwrite(call, bucket, key)
-        temp_path = await trio.to_thread.run_sync(self.store.copy_object_file, source)
-        try:
-            data_file = await trio.to_thread.run_sync(self.store.install_object_file, temp_path)
-        except BaseException:
-            temp_path.unlink(missing_ok=True)
-            raise
+        data_file, segments = await self._copy_data(source)
         record = ObjectRecord(
             bucket=bucket,
             key=key,
             data_file=data_file,
+            segments=segments,
             size=source.size,
             etag=source.etag,
             crc64=source.crc64,
@@ -1096,6 +1095,33 @@ class App:
         response.headers.append(("ETag", record.etag))
         response.headers.append(("x-oss-hash-crc64ecma", str(record.crc64)))
         return response
+
+    async def _copy_data(
+        self, source: ObjectRecord
+    ) -> tuple[str | None, tuple[tuple[str, int], ...]]:
+        """(data_file, segments) of a new copy of `source`'s data.
+
+        Objects other than appendable ones never change their files, so a copy is a set of
+        hard links (no data moves); an appendable object, or a file system without links,
+        gets a real copy into one new file.
+        """
+        files = self.store.object_files(source)
+        self.store.pin(files)
+        try:
+            if source.object_type != "Appendable":
+                try:
+                    return self.store.link_object_files(source)
+                except OSError as exc:
+                    log.debug("hard link failed (%s); copying the data", exc)
+            temp_path = await trio.to_thread.run_sync(self.store.copy_object_file, source)
+            try:
+                data_file = await trio.to_thread.run_sync(self.store.install_object_file, temp_path)
+            except BaseException:
+                temp_path.unlink(missing_ok=True)
+                raise
+            return data_file, ()
+        finally:
+            self.store.unpin(files)
 
     def _copy_source(self, call: Call) -> ObjectRecord:
         """The (symlink-resolved) object named by x-oss-copy-source, its conditions checked."""
@@ -1364,15 +1390,17 @@ class App:
         if length > MAX_PART_SIZE:
             raise OssServerError(400, "EntityTooLarge", "The part is too large.")
         writer = self.store.new_writer()
-        fd = self.store.open_object(source)
+        files = self.store.object_files(source)
+        self.store.pin(files)
         try:
-            await trio.to_thread.run_sync(copy_range_to_writer, fd, first, length, writer)
+            slices = self.store.object_slices(source, first, length)
+            await trio.to_thread.run_sync(copy_slices_to_writer, slices, writer)
             blob = await trio.to_thread.run_sync(writer.finish)
         except BaseException:
             writer.discard()
             raise
         finally:
-            os.close(fd)
+            self.store.unpin(files)
         response = await self._commit_part(call, upload, part_number, blob)
         etag = dict(response.headers)["ETag"]
         body = node(
@@ -1385,10 +1413,13 @@ class App:
         return copy_response
 
     async def _op_complete_multipart_upload(self, call: Call) -> Response:
+        self._upload(call)
+        body = await call.request.body.read_all(MAX_XML_BODY)
+        # From here on no checkpoint: the parts validated are the parts committed (a part
+        # re-uploaded meanwhile would otherwise replace a file the object is made of).
         upload = self._upload(call)
         bucket, key = upload.bucket, upload.key
         all_parts = self.store.all_parts(upload.upload_id)
-        body = await call.request.body.read_all(MAX_XML_BODY)
         if call.headers.get("x-oss-complete-all", "").lower() == "yes":
             if body.strip():
                 raise invalid_argument("With x-oss-complete-all the body must be empty.")
@@ -1407,20 +1438,6 @@ class App:
                 )
         if upload.headers.get("x-oss-forbid-overwrite") == "true":
             self._check_forbid_overwrite(call, bucket, key)
-        temp_path = await trio.to_thread.run_sync(self.store.concatenate_parts, chosen)
-        try:
-            data_file = await trio.to_thread.run_sync(self.store.install_object_file, temp_path)
-        except BaseException:
-            temp_path.unlink(missing_ok=True)
-            raise
-        if self.store.get_upload(upload.upload_id) is None:  # completed or aborted meanwhile
-            self.store.object_path(data_file).unlink(missing_ok=True)
-            raise OssServerError(
-                404,
-                "NoSuchUpload",
-                "The specified upload does not exist.",
-                extra={"UploadId": upload.upload_id},
-            )
         crc = 0
         md5s = b""
         size = 0
@@ -1436,7 +1453,8 @@ class App:
         record = ObjectRecord(
             bucket=bucket,
             key=key,
-            data_file=data_file,
+            data_file=None,
+            segments=tuple(self.store.part_segment(part) for part in chosen),
             size=size,
             etag=etag,
             crc64=crc,
@@ -1447,11 +1465,9 @@ class App:
             acl=acl,
             storage_class=storage_class,
         )
-        if upload.headers.get("x-oss-forbid-overwrite") == "true":
-            self._commit_new(call, record)
-        else:
-            self.store.commit_object(record)
-        self.store.delete_upload(upload.upload_id)
+        # The parts were fsynced as they arrived: completing moves no data, it is one index
+        # transaction (object in, upload out).
+        self.store.complete_upload(upload.upload_id, record)
         encoding = call.param("encoding-type") == "url"
         encode = _url_encoder(encoding)
         fields = [leaf("EncodingType", "url")] if encoding else []

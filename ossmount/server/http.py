@@ -3,8 +3,8 @@
 The request head is parsed here (request line and header fields, with the usual size limits);
 bodies are framed here too (Content-Length or chunked transfer coding, `Expect: 100-continue`)
 so that a PUT body goes from the socket to its consumer in large reads with no per-chunk
-protocol machinery in between. Responses are a head plus either an in-memory body or a slice
-of an open file; file slices go out with `os.sendfile` (zero copy) unless a bandwidth cap or
+protocol machinery in between. Responses are a head plus either an in-memory body or slices
+of files; file slices go out with `os.sendfile` (zero copy) unless a bandwidth cap or
 an injected reset needs to see the bytes.
 
 One `Connection` per accepted socket; requests on it are handled one after another
@@ -54,11 +54,11 @@ class PeerGoneError(Exception):
     """The peer closed or reset the connection in the middle of a message."""
 
 
-@dataclass
-class FileBody:
-    """`length` bytes of the open file `fd` from `offset`; the response owns (closes) the fd."""
+@dataclass(frozen=True)
+class FileSegment:
+    """`length` bytes of the file at `path` from `offset` (opened when its turn comes)."""
 
-    fd: int
+    path: str
     offset: int
     length: int
 
@@ -68,7 +68,10 @@ class Response:
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
-    file: FileBody | None = None
+    # A body from files: the segments in order. `release` runs once the response is done
+    # with them (sent, failed or abandoned): the store keeps the files until then.
+    segments: list[FileSegment] = field(default_factory=list)
+    release: Callable[[], None] | None = None
     # HEAD: send the head with the Content-Length a GET would have, and no body.
     head_only: bool = False
     # Fault injection: reset the connection after this many body bytes.
@@ -80,12 +83,14 @@ class Response:
     def content_length(self) -> int:
         if self.declared_length is not None:
             return self.declared_length
-        return self.file.length if self.file is not None else len(self.body)
+        if self.segments:
+            return sum(segment.length for segment in self.segments)
+        return len(self.body)
 
-    def close_file(self) -> None:
-        if self.file is not None:
-            os.close(self.file.fd)
-            self.file = None
+    def finish(self) -> None:
+        if self.release is not None:
+            release, self.release = self.release, None
+            release()
 
 
 class Throttle:
@@ -215,14 +220,26 @@ class Connection:
         except OSError as exc:
             raise PeerGoneError(str(exc)) from exc
 
-    async def send_file(self, body: FileBody, limit: int | None = None) -> None:
-        """Send the file slice (at most `limit` bytes): sendfile, or pread+send if throttled."""
-        offset = body.offset
-        remaining = body.length if limit is None else min(limit, body.length)
+    async def send_segments(self, segments: list[FileSegment], limit: int | None) -> None:
+        """Send the file segments (at most `limit` bytes in all)."""
+        remaining = sum(segment.length for segment in segments) if limit is None else limit
+        for segment in segments:
+            if remaining <= 0:
+                return
+            fd = os.open(segment.path, os.O_RDONLY)
+            try:
+                length = min(segment.length, remaining)
+                await self._send_file(fd, segment.offset, length)
+                remaining -= length
+            finally:
+                os.close(fd)
+
+    async def _send_file(self, fd: int, offset: int, remaining: int) -> None:
+        """sendfile (zero copy), or pread + send if throttled."""
         out_fd = self.sock.fileno()
         while remaining > 0:
             if self.throttle.active:
-                chunk = os.pread(body.fd, min(remaining, 64 * 1024), offset)
+                chunk = os.pread(fd, min(remaining, 64 * 1024), offset)
                 if not chunk:
                     raise PeerGoneError("file shrank while being sent")
                 await self.throttle.take(len(chunk))
@@ -230,7 +247,7 @@ class Connection:
                 sent = len(chunk)
             else:
                 try:
-                    sent = os.sendfile(out_fd, body.fd, offset, min(remaining, SENDFILE_CHUNK))
+                    sent = os.sendfile(out_fd, fd, offset, min(remaining, SENDFILE_CHUNK))
                 except BlockingIOError:
                     await self._wait_writable(out_fd)
                     continue
@@ -514,7 +531,7 @@ async def serve_connection(
                 if not response.head_only and response.status != 304:
                     await _send_body(conn, response, response.reset_at)
             finally:
-                response.close_file()
+                response.finish()
             if close:
                 return
     except PeerGoneError as exc:
@@ -541,8 +558,8 @@ async def _drain(body: Body, limit: int) -> bool:
 
 
 async def _send_body(conn: Connection, response: Response, reset_at: int | None) -> None:
-    if response.file is not None:
-        await conn.send_file(response.file, reset_at)
+    if response.segments:
+        await conn.send_segments(response.segments, reset_at)
     elif response.body:
         body = response.body if reset_at is None else response.body[:reset_at]
         if conn.throttle.active:

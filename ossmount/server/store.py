@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS objects (
     symlink_target TEXT,
     acl TEXT NOT NULL,
     storage_class TEXT NOT NULL,
+    segments TEXT,
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS uploads (
@@ -121,6 +122,9 @@ class ObjectRecord:
     symlink_target: str | None = None
     acl: str = "default"
     storage_class: str = "Standard"
+    # A multipart object's data: its part files in order, as (path under the root, size);
+    # data_file is None then.
+    segments: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,17 +299,6 @@ def _write_all(fd: int, view: memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def copy_range_to_writer(src_fd: int, offset: int, length: int, writer: BlobWriter) -> None:
-    """Copy `length` bytes from `src_fd` at `offset` into `writer` (hashing them). Blocking."""
-    while length > 0:
-        chunk = os.pread(src_fd, min(length, COPY_CHUNK), offset)
-        if not chunk:
-            raise OSError("source file shorter than its index entry")
-        writer.write(chunk)
-        offset += len(chunk)
-        length -= len(chunk)
-
-
 def md5_digest(data: bytes) -> bytes:
     return hashlib.md5(data, usedforsecurity=False).digest()
 
@@ -369,6 +362,13 @@ class Store:
         self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: listings stay in memory
         self._db.execute("PRAGMA mmap_size=268435456")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
+        if "segments" not in columns:  # an index written before multipart segments
+            self._db.execute("ALTER TABLE objects ADD COLUMN segments TEXT")
+        # Files that a response is still reading (path -> readers), and those among them that
+        # are no longer indexed and go once the last reader is done.
+        self._pins: dict[str, int] = {}
+        self._doomed: set[str] = set()
         self._remove_orphans()
 
     def close(self) -> None:
@@ -396,27 +396,81 @@ class Store:
         os.rename(temp_path, target)
         return name
 
-    def open_object(self, record: ObjectRecord) -> int:
-        """An fd for reading the record's data (call right after the lookup, no await between)."""
-        if record.data_file is None:
-            return os.open(os.devnull, os.O_RDONLY)
-        return os.open(self.object_path(record.data_file), os.O_RDONLY)
+    def _relative(self, directory: Path, name: str) -> str:
+        return f"{directory.name}/{name[:2]}/{name}"
 
-    def open_part(self, part: PartRecord) -> int:
-        return os.open(self.part_path(part.data_file), os.O_RDONLY)
+    def object_files(self, record: ObjectRecord) -> list[str]:
+        """The files holding the record's data, as paths relative to the root."""
+        if record.data_file is not None:
+            return [self._relative(self.data_dir, record.data_file)]
+        return [path for path, _ in record.segments]
+
+    def object_slices(
+        self, record: ObjectRecord, offset: int, length: int
+    ) -> list[tuple[str, int, int]]:
+        """(absolute path, offset, length) of the files holding `length` bytes from `offset`."""
+        if record.data_file is not None:
+            pieces = [(self._relative(self.data_dir, record.data_file), record.size)]
+        else:
+            pieces = list(record.segments)
+        slices = []
+        start = 0
+        for path, size in pieces:
+            first = max(offset, start)
+            last = min(offset + length, start + size)
+            if first < last:
+                slices.append((str(self.root / path), first - start, last - first))
+            start += size
+        return slices
+
+    def pin(self, paths: list[str]) -> None:
+        """Keep these files (see object_files) until unpin(), even if their object goes.
+
+        Call it right after the lookup that found them, with no checkpoint in between.
+        """
+        for path in paths:
+            self._pins[path] = self._pins.get(path, 0) + 1
+
+    def unpin(self, paths: list[str]) -> None:
+        for path in paths:
+            count = self._pins[path] - 1
+            if count:
+                self._pins[path] = count
+                continue
+            del self._pins[path]
+            if path in self._doomed:
+                self._doomed.discard(path)
+                (self.root / path).unlink(missing_ok=True)
+
+    def discard_files(self, record: ObjectRecord) -> None:
+        """Remove the files of a record that was never committed."""
+        self._release(self.object_files(record))
+
+    def _release(self, paths: list[str]) -> None:
+        """Remove files no index entry names any more (later, if a response still reads them)."""
+        for path in paths:
+            if path in self._pins:
+                self._doomed.add(path)
+            else:
+                (self.root / path).unlink(missing_ok=True)
 
     def _remove_orphans(self) -> None:
         for leftover in self.tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
-        known_objects = {
-            row[0]
-            for row in self._db.execute("SELECT data_file FROM objects WHERE data_file NOT NULL")
-        }
-        known_parts = {row[0] for row in self._db.execute("SELECT data_file FROM parts")}
+        known: set[str] = set()
+        for data_file, segments in self._db.execute("SELECT data_file, segments FROM objects"):
+            if data_file is not None:
+                known.add(self._relative(self.data_dir, data_file))
+            if segments:
+                known.update(path for path, _ in json.loads(segments))
+        known.update(
+            self._relative(self.parts_dir, row[0])
+            for row in self._db.execute("SELECT data_file FROM parts")
+        )
         removed = 0
-        for directory, known in ((self.data_dir, known_objects), (self.parts_dir, known_parts)):
+        for directory in (self.data_dir, self.parts_dir):
             for path in directory.glob("*/*"):
-                if path.name not in known:
+                if str(path.relative_to(self.root)) not in known:
                     path.unlink(missing_ok=True)
                     removed += 1
         if removed:
@@ -476,7 +530,7 @@ class Store:
 
     _OBJECT_COLUMNS = (
         "bucket, key, data_file, size, etag, crc64, mtime, object_type, headers, metadata,"
-        " symlink_target, acl, storage_class"
+        " symlink_target, acl, storage_class, segments"
     )
 
     @staticmethod
@@ -495,6 +549,7 @@ class Store:
             symlink_target,
             acl,
             storage_class,
+            segments,
         ) = row
         return ObjectRecord(
             bucket=str(bucket),
@@ -510,6 +565,9 @@ class Store:
             symlink_target=None if symlink_target is None else str(symlink_target),
             acl=str(acl),
             storage_class=str(storage_class),
+            segments=tuple((str(path), int(size)) for path, size in json.loads(str(segments)))
+            if segments
+            else (),
         )
 
     def get_object(self, bucket: str, key: str) -> ObjectRecord | None:
@@ -523,15 +581,11 @@ class Store:
         """Rename a finished temp file into data/ (blocking: run in a worker thread)."""
         return self._install(temp_path, self.data_dir)
 
-    def commit_object(self, record: ObjectRecord) -> ObjectRecord | None:
-        """Make `record` the current version of its key; returns the version it replaced.
-
-        The replaced version's data file is removed after the commit.
-        """
+    def _replace_object(self, record: ObjectRecord) -> ObjectRecord | None:
         previous = self.get_object(record.bucket, record.key)
         self._db.execute(
             f"INSERT OR REPLACE INTO objects ({self._OBJECT_COLUMNS})"  # noqa: S608
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 record.bucket,
                 record.key,
@@ -546,10 +600,23 @@ class Store:
                 record.symlink_target,
                 record.acl,
                 record.storage_class,
+                json.dumps(record.segments) if record.segments else None,
             ),
         )
-        if previous is not None and previous.data_file not in (None, record.data_file):
-            self._unlink_data(previous)
+        return previous
+
+    def _release_replaced(self, previous: ObjectRecord | None, record: ObjectRecord) -> None:
+        if previous is not None:
+            kept = set(self.object_files(record))
+            self._release([path for path in self.object_files(previous) if path not in kept])
+
+    def commit_object(self, record: ObjectRecord) -> ObjectRecord | None:
+        """Make `record` the current version of its key; returns the version it replaced.
+
+        The replaced version's files are removed after the commit.
+        """
+        previous = self._replace_object(record)
+        self._release_replaced(previous, record)
         return previous
 
     def delete_object(self, bucket: str, key: str) -> bool:
@@ -557,12 +624,8 @@ class Store:
         if previous is None:
             return False
         self._db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
-        self._unlink_data(previous)
+        self._release(self.object_files(previous))
         return True
-
-    def _unlink_data(self, record: ObjectRecord) -> None:
-        if record.data_file is not None:
-            self.object_path(record.data_file).unlink(missing_ok=True)
 
     def list_objects(
         self, bucket: str, prefix: str, delimiter: str, after: str, limit: int
@@ -666,7 +729,7 @@ class Store:
             ),
         )
         if previous is not None and previous[0] != part.data_file:
-            self.part_path(previous[0]).unlink(missing_ok=True)
+            self._release([self._relative(self.parts_dir, previous[0])])
 
     def list_parts(self, upload_id: str, after_part: int, limit: int) -> list[PartRecord]:
         rows = self._db.execute(
@@ -720,47 +783,73 @@ class Store:
             entries.append(entry)
         return entries, False
 
-    def delete_upload(self, upload_id: str, keep_files: frozenset[str] = frozenset()) -> None:
+    def delete_upload(self, upload_id: str) -> None:
         files = [
-            row[0]
+            self._relative(self.parts_dir, row[0])
             for row in self._db.execute(
                 "SELECT data_file FROM parts WHERE upload_id = ?", (upload_id,)
             )
         ]
         self._db.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
         self._db.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
-        for name in files:
-            if name not in keep_files:
-                self.part_path(name).unlink(missing_ok=True)
+        self._release(files)
 
-    def concatenate_parts(self, parts: list[PartRecord]) -> Path:
-        """Join part files into one temp file (fsynced), in-kernel where possible. Blocking."""
-        temp_path = self.tmp_dir / uuid.uuid4().hex
-        out_fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    def part_segment(self, part: PartRecord) -> tuple[str, int]:
+        return (self._relative(self.parts_dir, part.data_file), part.size)
+
+    def complete_upload(self, upload_id: str, record: ObjectRecord) -> ObjectRecord | None:
+        """In one transaction: the object (whose segments are part files of the upload) is
+        committed and the upload is gone. No data moves: the chosen part files become the
+        object's; the other parts and the replaced version's files are removed."""
+        files = [
+            self._relative(self.parts_dir, row[0])
+            for row in self._db.execute(
+                "SELECT data_file FROM parts WHERE upload_id = ?", (upload_id,)
+            )
+        ]
+        self._db.execute("BEGIN IMMEDIATE")
         try:
-            for part in parts:
-                in_fd = self.open_part(part)
-                try:
-                    _copy_fd(in_fd, out_fd, part.size)
-                finally:
-                    os.close(in_fd)
-            os.fsync(out_fd)
+            previous = self._replace_object(record)
+            self._db.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
+            self._db.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+            self._db.execute("COMMIT")
         except BaseException:
-            os.close(out_fd)
-            temp_path.unlink(missing_ok=True)
+            self._db.execute("ROLLBACK")
             raise
-        os.close(out_fd)
-        return temp_path
+        self._release_replaced(previous, record)
+        chosen = set(self.object_files(record))
+        self._release([path for path in files if path not in chosen])
+        return previous
+
+    def link_object_files(
+        self, record: ObjectRecord
+    ) -> tuple[str | None, tuple[tuple[str, int], ...]]:
+        """New names (hard links) for an immutable object's files: (data_file, segments) of a
+        copy that costs no data movement. Raises OSError where links are not possible."""
+        if record.data_file is not None:
+            name = uuid.uuid4().hex
+            target = self.object_path(name)
+            target.parent.mkdir(exist_ok=True)
+            os.link(self.object_path(record.data_file), target)
+            return name, ()
+        segments = []
+        for path, size in record.segments:
+            name = uuid.uuid4().hex
+            target = self.object_path(name)
+            target.parent.mkdir(exist_ok=True)
+            os.link(self.root / path, target)
+            segments.append((self._relative(self.data_dir, name), size))
+        return None, tuple(segments)
 
     def copy_object_file(self, record: ObjectRecord) -> Path:
-        """A fsynced temp copy of an object's data. Blocking."""
+        """A fsynced temp copy of an object's data, in one file. Blocking."""
         temp_path = self.tmp_dir / uuid.uuid4().hex
         out_fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            if record.data_file is not None and record.size:
-                in_fd = self.open_object(record)
+            for path, offset, length in self.object_slices(record, 0, record.size):
+                in_fd = os.open(path, os.O_RDONLY)
                 try:
-                    _copy_fd(in_fd, out_fd, record.size)
+                    _copy_fd(in_fd, out_fd, offset, length)
                 finally:
                     os.close(in_fd)
             os.fsync(out_fd)
@@ -770,6 +859,22 @@ class Store:
             raise
         os.close(out_fd)
         return temp_path
+
+
+def copy_slices_to_writer(slices: list[tuple[str, int, int]], writer: BlobWriter) -> None:
+    """Copy file slices (see Store.object_slices) into `writer`, hashing them. Blocking."""
+    for path, start, length in slices:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            offset, end = start, start + length
+            while offset < end:
+                chunk = os.pread(fd, min(end - offset, COPY_CHUNK), offset)
+                if not chunk:
+                    raise OSError("source file shorter than its index entry")
+                writer.write(chunk)
+                offset += len(chunk)
+        finally:
+            os.close(fd)
 
 
 def _below(column: str, upper: str | None) -> tuple[str, tuple[str, ...]]:
@@ -780,16 +885,16 @@ def _below(column: str, upper: str | None) -> tuple[str, tuple[str, ...]]:
     return f"AND {column} < ?", (upper,)
 
 
-def _copy_fd(in_fd: int, out_fd: int, length: int) -> None:
-    """Copy `length` bytes from the start of `in_fd` to the current end of `out_fd`."""
-    offset = 0
-    while offset < length:
+def _copy_fd(in_fd: int, out_fd: int, offset: int, length: int) -> None:
+    """Copy `length` bytes of `in_fd` from `offset` to the current end of `out_fd`."""
+    end = offset + length
+    while offset < end:
         try:
-            copied = os.copy_file_range(in_fd, out_fd, min(length - offset, 1 << 30), offset)
+            copied = os.copy_file_range(in_fd, out_fd, min(end - offset, 1 << 30), offset)
         except OSError:
             copied = 0
         if copied == 0:
-            chunk = os.pread(in_fd, min(length - offset, COPY_CHUNK), offset)
+            chunk = os.pread(in_fd, min(end - offset, COPY_CHUNK), offset)
             if not chunk:
                 raise OSError("source file shorter than its index entry")
             view = memoryview(chunk)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 
 import crcmod
 import oss2
@@ -12,6 +13,7 @@ import pytest
 from oss2.exceptions import InvalidDigest, NoSuchUpload, ServerError
 from oss2.models import PartInfo
 
+from ossmount.server import RunningServer
 from tests.server.conftest import RawClient
 
 reference_crc = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
@@ -152,3 +154,83 @@ def test_part_number_range(bucket: oss2.Bucket) -> None:
         with pytest.raises(ServerError) as caught:
             bucket.upload_part("pn", upload_id, number, b"x")
         assert caught.value.code == "InvalidArgument"
+
+
+def _three_part_object(bucket: oss2.Bucket, key: str) -> bytes:
+    pieces = [os.urandom(PART + 11), os.urandom(PART - 5 + PART), os.urandom(999)]
+    upload_id = bucket.init_multipart_upload(key).upload_id
+    parts = [
+        PartInfo(number, bucket.upload_part(key, upload_id, number, piece).etag)
+        for number, piece in enumerate(pieces, start=1)
+    ]
+    bucket.complete_multipart_upload(key, upload_id, parts)
+    return b"".join(pieces)
+
+
+def test_ranges_across_part_boundaries(bucket: oss2.Bucket) -> None:
+    data = _three_part_object(bucket, "spans")
+    boundary = PART + 11
+    standard = {"x-oss-range-behavior": "standard"}
+    for first, last in [
+        (0, boundary),
+        (boundary - 1, boundary),
+        (boundary - 10, len(data) - 1),
+        (len(data) - 1000, len(data) - 1),
+        (5, 5),
+    ]:
+        got = bucket.get_object("spans", byte_range=(first, last), headers=standard).read()
+        assert got == data[first : last + 1], (first, last)
+
+
+def test_completion_keeps_only_the_chosen_parts(
+    bucket: oss2.Bucket, oss_server: RunningServer
+) -> None:
+    upload_id = bucket.init_multipart_upload("chosen").upload_id
+    one = bucket.upload_part("chosen", upload_id, 1, b"1" * PART)
+    bucket.upload_part("chosen", upload_id, 2, b"not used")
+    three = bucket.upload_part("chosen", upload_id, 3, b"3")
+    bucket.complete_multipart_upload(
+        "chosen", upload_id, [PartInfo(1, one.etag), PartInfo(3, three.etag)]
+    )
+    assert bucket.get_object("chosen").read() == b"1" * PART + b"3"
+    assert len(list((oss_server.root / "parts").glob("*/*"))) == 2
+    bucket.delete_object("chosen")
+    assert list((oss_server.root / "parts").glob("*/*")) == []
+
+
+def test_a_read_in_progress_survives_overwrite_and_delete(
+    bucket: oss2.Bucket, oss_server: RunningServer
+) -> None:
+    # Parts larger than the socket buffers, so that the server is still sending when the
+    # object is replaced and deleted.
+    pieces = [os.urandom(8 << 20) for _ in range(3)]
+    upload_id = bucket.init_multipart_upload("busy").upload_id
+    parts = [
+        PartInfo(number, bucket.upload_part("busy", upload_id, number, piece).etag)
+        for number, piece in enumerate(pieces, start=1)
+    ]
+    bucket.complete_multipart_upload("busy", upload_id, parts)
+    reading = bucket.get_object("busy")
+    first = reading.read(1000)
+    bucket.put_object("busy", b"replaced")
+    bucket.delete_object("busy")
+    assert len(list((oss_server.root / "parts").glob("*/*"))) == 3  # kept for the reader
+    assert first + reading.read() == b"".join(pieces)
+    assert reading.client_crc == reading.server_crc
+    # Once the reader is done, the replaced version's files go.
+    deadline = time.monotonic() + 5
+    while list((oss_server.root / "parts").glob("*/*")):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_copies_of_multipart_objects(bucket: oss2.Bucket, oss_server: RunningServer) -> None:
+    data = _three_part_object(bucket, "original")
+    source_etag = bucket.head_object("original").etag
+    copied = bucket.copy_object(bucket.bucket_name, "original", "copy")
+    assert copied.etag == source_etag
+    bucket.delete_object("original")
+    got = bucket.get_object("copy")
+    assert got.read() == data
+    assert got.headers["x-oss-object-type"] == "Multipart"
+    assert bucket.get_object("copy", byte_range=(PART, PART + 20)).read() == data[PART : PART + 21]

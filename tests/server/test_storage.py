@@ -14,6 +14,7 @@ from pathlib import Path
 
 import oss2
 import pytest
+from oss2.models import PartInfo
 
 from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
 
@@ -102,6 +103,13 @@ def test_data_survives_restart_and_strays_are_removed(root: Path) -> None:
         bucket.put_object("kept", b"persistent")
         upload_id = bucket.init_multipart_upload("pending").upload_id
         bucket.upload_part("pending", upload_id, 1, b"part one")
+        done_id = bucket.init_multipart_upload("assembled").upload_id
+        first = bucket.upload_part("assembled", done_id, 1, b"a" * 102400)
+        second = bucket.upload_part("assembled", done_id, 2, b"b")
+        bucket.complete_multipart_upload(
+            "assembled", done_id, [PartInfo(1, first.etag), PartInfo(2, second.etag)]
+        )
+        bucket.copy_object(TEST_BUCKET, "assembled", "assembled-copy")
     finally:
         assert server.stop() == 0
     stray = root / "data" / "ff" / ("ff" * 16)
@@ -112,6 +120,8 @@ def test_data_survives_restart_and_strays_are_removed(root: Path) -> None:
     try:
         bucket = restarted.bucket()
         assert bucket.get_object("kept").read() == b"persistent"
+        assert bucket.get_object("assembled").read() == b"a" * 102400 + b"b"
+        assert bucket.get_object("assembled-copy").read() == b"a" * 102400 + b"b"
         assert [part.size for part in oss2.PartIterator(bucket, "pending", upload_id)] == [8]
         assert not stray.exists()
         assert list((root / "tmp").iterdir()) == []
