@@ -6,6 +6,8 @@ import logging
 import stat
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ossmount.fs.attrs import (
     AttrDefaults,
@@ -222,3 +224,26 @@ def test_inode_rename_moves_descendants() -> None:
     assert child.key == "e/f"
     assert table.by_key("e/f") is child
     assert table.by_key("d/f") is None
+
+
+SEGMENT = st.sampled_from(["a", "b", "a.txt", ".", "..", "", "x" * 256, "d_$folder$", "é"])
+
+
+@given(st.lists(st.lists(SEGMENT, min_size=1, max_size=3).map("/".join), max_size=30))
+def test_build_entries_properties(keys: list[str]) -> None:
+    """Any keys: names unique, sorted and valid; a name is a directory iff keys are below it."""
+    objects = []
+    prefixes = set()
+    for key in keys:
+        head, slash, _ = key.partition("/")
+        if slash:
+            prefixes.add(head + "/")
+        else:
+            objects.append(summary(key))
+    entries = build_entries("", objects, sorted(prefixes), DEFAULTS, warn=WarnOnce())
+    names = [entry.name for entry in entries]
+    assert names == sorted(set(names))
+    assert all(invalid_name_reason(name) is None for name in names)
+    for entry in entries:
+        below = entry.name + "/" in prefixes or entry.name + "_$folder$" in keys
+        assert (entry.attrs.kind is Kind.DIR) == below, entry
