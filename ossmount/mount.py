@@ -367,35 +367,38 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
     await preflight(config, endpoint, credentials)
     mount_failure: str | None = None
     disk_cache = open_disk_cache(config, endpoint)
-    async with (
-        open_clients(config, endpoint, credentials) as (client, head_clients),
-        trio.open_nursery() as nursery,
+    # Signals are caught from before the mount exists, so none can kill it half-way.
+    with (
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,
+        contextlib.closing(disk_cache) if disk_cache is not None else contextlib.nullcontext(),
     ):
-        fs, _ = build_filesystem(config, client, nursery, head_clients, disk_cache)
-        try:
-            pyfuse3.init(fs, str(config.mountpoint), fuse_options(config))
-        except RuntimeError as exc:
-            # Raised after the nursery closes: raising here would wrap it in an ExceptionGroup.
-            mount_failure = f"cannot mount {config.mountpoint}: {exc}"
-            nursery.cancel_scope.cancel()
-        else:
-            log.info(
-                "mounted %s%s at %s (endpoint %s)",
-                config.bucket,
-                ":/" + config.prefix if config.prefix else "",
-                config.mountpoint,
-                endpoint,
-            )
+        async with (
+            open_clients(config, endpoint, credentials) as (client, head_clients),
+            trio.open_nursery() as nursery,
+        ):
+            fs, _ = build_filesystem(config, client, nursery, head_clients, disk_cache)
             try:
-                nursery.start_soon(_stop_on_signals)
-                nursery.start_soon(_announce_when_answering, config, on_ready)
-                await pyfuse3.main(min_tasks=4, max_tasks=256)
-            finally:
+                pyfuse3.init(fs, str(config.mountpoint), fuse_options(config))
+            except RuntimeError as exc:
+                # Raised after the nursery closes: raising here would wrap it in an ExceptionGroup.
+                mount_failure = f"cannot mount {config.mountpoint}: {exc}"
                 nursery.cancel_scope.cancel()
-                pyfuse3.close(unmount=True)
-                log.info("unmounted %s", config.mountpoint)
-    if disk_cache is not None:
-        disk_cache.close()
+            else:
+                log.info(
+                    "mounted %s%s at %s (endpoint %s)",
+                    config.bucket,
+                    ":/" + config.prefix if config.prefix else "",
+                    config.mountpoint,
+                    endpoint,
+                )
+                try:
+                    nursery.start_soon(_stop_on_signals, signals)
+                    nursery.start_soon(_announce_when_answering, config, on_ready)
+                    await pyfuse3.main(min_tasks=4, max_tasks=256)
+                finally:
+                    nursery.cancel_scope.cancel()
+                    pyfuse3.close(unmount=True)
+                    log.info("unmounted %s", config.mountpoint)
     if mount_failure is not None:
         raise MountError(mount_failure)
 
@@ -412,12 +415,11 @@ def open_disk_cache(config: MountConfig, endpoint: str) -> DiskMetadataCache | N
         raise MountError(f"metadata cache in {config.cache_dir}: {exc}") from None
 
 
-async def _stop_on_signals() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("signal %d: unmounting", signum)
-            pyfuse3.terminate()
-            return
+async def _stop_on_signals(signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        log.info("signal %d: unmounting", signum)
+        pyfuse3.terminate()
+        return
 
 
 async def _announce_when_answering(
@@ -456,6 +458,10 @@ def run_foreground(config: MountConfig, on_ready: Callable[[str | None], None]) 
         trio.run(serve, config, on_ready)
     except MountError as exc:
         on_ready(str(exc))
+        return 1
+    except Exception as exc:
+        log.exception("the mount failed")
+        on_ready(f"the mount failed: {exc!r}")
         return 1
     return 0
 
