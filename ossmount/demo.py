@@ -129,7 +129,8 @@ def demo_command(args: argparse.Namespace) -> int:
             if args.mountpoint
             else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ossmount-mnt-")))
         )
-        mountpoint.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # exists, or a stale mount the mount will clear
+            mountpoint.mkdir(parents=True, exist_ok=True)
         options = [item for value in args.options for item in split_option_list(value)]
         server = stack.enter_context(
             run_server_in_thread(
