@@ -11,7 +11,8 @@ times each:
   download: ossmount.oss.transfer.download_file   vs  oss2.resumable_download (parallel ranges)
 with the same part size and --threads parallel parts on both sides (ossmount's concurrency,
 oss2's num_threads). Every result is checked (CRC-64 by ossmount itself, size and CRC-64 of the
-oss2 results here). It prints MB/s (median of the runs) and the ratio ossmount/oss2.
+oss2 results here). It prints MB/s (median of the runs), the ratio ossmount/oss2, and the CPU
+seconds per GiB each client spent (this process: robust to other load on the machine).
 """
 
 from __future__ import annotations
@@ -79,10 +80,11 @@ def start_server(root: Path) -> tuple[subprocess.Popen[str], str]:
     return server, endpoint
 
 
-def timed(action: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def timed(action: Callable[[], object]) -> tuple[float, float]:
+    """-> (wall seconds, CPU seconds of this process: the client's own work, all threads)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     action()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def main() -> int:
@@ -143,6 +145,9 @@ def main() -> int:
                 multiget_threshold=part_size, part_size=part_size, num_threads=args.threads,
             )  # fmt: skip
 
+        cpu_s: dict[str, list[float]] = {name: [] for name in ("upload ossmount", "upload oss2",
+                                                                "download ossmount",
+                                                                "download oss2")}  # fmt: skip
         results: dict[str, list[float]] = {
             name: [] for name in ("upload ossmount", "upload oss2", "download ossmount",
                                   "download oss2")
@@ -155,10 +160,11 @@ def main() -> int:
             for name, action in pairs:
                 for stale in ("ossmount-down.bin", "oss2-down.bin"):
                     (workdir / stale).unlink(missing_ok=True)
-                seconds = timed(action)
+                seconds, cpu_seconds = timed(action)
                 results[name].append(size / seconds / 1e6)
-                print(f"run {run_number + 1} {name:18s} {size / seconds / 1e6:8.1f} MB/s",
-                      flush=True)  # fmt: skip
+                cpu_s[name].append(cpu_seconds / (size / 1024**3))
+                print(f"run {run_number + 1} {name:18s} {size / seconds / 1e6:8.1f} MB/s "
+                      f"{cpu_s[name][-1]:6.2f} client CPU s/GiB", flush=True)  # fmt: skip
                 if name == "download oss2":
                     assert file_crc(workdir / "oss2-down.bin") == source_crc, "oss2 download"
                 if name == "upload oss2":
@@ -172,12 +178,20 @@ def main() -> int:
             f"object {args.size_mib} MiB, part size {args.part_size_mib} MiB, {args.threads} "
             f"parallel parts, median of {args.runs} runs (MB/s = 10^6 B/s)"
         )
-        print("| transfer | ossmount MB/s | oss2 MB/s | ossmount / oss2 |")
-        print("|---|---|---|---|")
+        print(
+            "| transfer | ossmount MB/s | oss2 MB/s | ossmount / oss2 "
+            "| client CPU s/GiB ossmount | oss2 |"
+        )
+        print("|---|---|---|---|---|---|")
         for kind in ("upload", "download"):
             ours = statistics.median(results[f"{kind} ossmount"])
             theirs = statistics.median(results[f"{kind} oss2"])
-            print(f"| resumable {kind} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} |")
+            our_cpu = statistics.median(cpu_s[f"{kind} ossmount"])
+            their_cpu = statistics.median(cpu_s[f"{kind} oss2"])
+            print(
+                f"| resumable {kind} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} "
+                f"| {our_cpu:.2f} | {their_cpu:.2f} |"
+            )
     finally:
         server.terminate()
         server.wait(timeout=30)
