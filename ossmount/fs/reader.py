@@ -81,7 +81,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 DEFAULT_MAX_PREFETCH_BYTES = 64 * 1024 * 1024
-# A GET whose body breaks off (reset, timeout) is resumed from the byte it reached this many times.
+# A GET that fails transiently even after the client's own retries and resumes (reset, timeout,
+# 503) is reopened from the byte it reached, this many times in a row without progress.
 DEFAULT_RESUME_ATTEMPTS = 4
 _RESUME_BACKOFF_S = 0.05
 # How far before or after the end of the previous reads a read still counts as sequential.
@@ -455,6 +456,8 @@ class FileReader:
                 raise self._failure
             if self._closed:
                 raise trio.ClosedResourceError(f"reader of {self.key} closed during read()")
+            if self._cache.nursery.cancel_scope.cancel_called:
+                raise trio.ClosedResourceError("the mount is shutting down")
             # Abandoned (the fetching handle was closed): look again, fetch it ourselves.
 
     def _start_fetch(self, first: int, last: int) -> None:
