@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import httpx
 
@@ -78,11 +79,41 @@ def curl_run(server_pid: int, args: list[str]) -> tuple[float, float]:
     return time.perf_counter() - started, cpu_seconds(server_pid) - cpu_before
 
 
+def time_multipart_complete(client: httpx.Client, parts: int) -> float:
+    """Upload `parts` parts of 1 MiB and time the CompleteMultipartUpload alone."""
+    key = "multipart.bin"
+    extensions = {"oss_bucket": BUCKET, "oss_key": key}
+    path = f"/{BUCKET}/{key}"
+    initiated = client.post(path, params={"uploads": ""}, extensions=extensions)
+    initiated.raise_for_status()
+    upload_id = ElementTree.fromstring(initiated.content).findtext("UploadId") or ""
+    body = os.urandom(1 << 20)
+    listing = []
+    for number in range(1, parts + 1):
+        response = client.put(
+            path,
+            params={"partNumber": str(number), "uploadId": upload_id},
+            content=body,
+            extensions=extensions,
+        )
+        response.raise_for_status()
+        etag = response.headers["ETag"]
+        listing.append(f"<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>")
+    document = f"<CompleteMultipartUpload>{''.join(listing)}</CompleteMultipartUpload>"
+    started = time.perf_counter()
+    response = client.post(
+        path, params={"uploadId": upload_id}, content=document.encode(), extensions=extensions
+    )
+    response.raise_for_status()
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--parts", type=int, default=128, help="parts of the multipart timing")
     parser.add_argument("--direct-io", action="store_true", help="server writes with O_DIRECT")
     options = parser.parse_args()
     size = options.size_mib << 20
@@ -156,6 +187,11 @@ def main() -> None:
                         response.raise_for_status()
                         timings.append(time.perf_counter() - started)
                     print(f"list {label} (1000 of {options.keys}): {min(timings) * 1000:.1f} ms")
+                complete_s = time_multipart_complete(client, options.parts)
+                print(
+                    f"CompleteMultipartUpload of {options.parts} parts of 1 MiB: "
+                    f"{complete_s * 1000:.1f} ms"
+                )
         finally:
             process.terminate()
             process.wait(timeout=30)
