@@ -4,7 +4,8 @@ Layout under the root directory::
 
     index.sqlite3        buckets, objects, multipart uploads and parts (WAL mode)
     data/ab/<32 hex>     object data, one file per object version, named by a random id
-    parts/ab/<32 hex>    uploaded parts, named the same way
+    parts/ab/<32 hex>    uploaded parts, named the same way (and, once an upload is complete,
+                         the data of its object: a multipart object is its list of part files)
     tmp/<32 hex>         bodies being received
 
 A key never becomes a path: files are named by random ids and the index maps keys to them, so no
@@ -14,14 +15,17 @@ A write is atomic: the body goes to a file in tmp/, which is fsynced and renamed
 only then does the index row change (one SQLite transaction), and only after that commit is the
 previous version's file removed. A process killed at any point leaves the old object or the new
 one. Files the index does not name (a kill between rename and commit) are removed at start-up.
+Completing a multipart upload moves no data: the object row (naming the part files) goes in and
+the upload's rows go out in one transaction. Copies of immutable objects are hard links.
 
 Appendable objects are the one exception to "files never change": an append truncates the file
 to the indexed size (dropping what a killed append may have left), writes, fsyncs, and then
 commits the new size; readers never look past the indexed size.
 
 All index access happens on the trio thread (SQLite calls take microseconds); file data moves in
-worker threads. Looking up a row and opening its file happen without a checkpoint in between, so
-a concurrent overwrite cannot remove the file between the two.
+worker threads. A reader pins the files it found in the same step as the lookup (no checkpoint
+in between); files that stop being indexed while pinned are removed when the last pin goes, so
+an overwrite or delete never pulls the data from under a response being sent.
 """
 
 from __future__ import annotations
