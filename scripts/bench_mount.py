@@ -67,6 +67,11 @@ class Mount:
     path: Path
     process: subprocess.Popen[bytes]
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the mount process so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mib(self) -> float:
         """VmHWM of the mount process."""
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -132,7 +137,9 @@ def bench_ls(server: RunningServer, latency_ms: float, objects: int) -> None:
         with mounted(server, options) as mount:
             server.faults.latency_ms = latency_ms
             for _ in range(runs):
+                cpu_before = mount.cpu_s()
                 elapsed, out, requests = timed(server, ["ls", "-l", "ls"], mount.path)
+                cpu = mount.cpu_s() - cpu_before
             server.faults.latency_ms = 0
             rss = mount.peak_rss_mib()
         lines = out.splitlines()[1:]
@@ -141,7 +148,7 @@ def bench_ls(server: RunningServer, latency_ms: float, objects: int) -> None:
             f"{name} ({len(lines)} entries)",
             elapsed,
             requests,
-            f"0600 shown: {shown_0600}, mount peak RSS {rss:.0f} MiB",
+            f"0600 shown: {shown_0600}, mount CPU {cpu:.1f} s, peak RSS {rss:.0f} MiB",
         )
 
 
