@@ -201,3 +201,18 @@ def test_disk_metadata_cache_saves_heads_across_mounts(
     assert stats.count("HeadObject") == 1 + 2  # only the replaced object (and the lookup)
     assert entries[0].startswith("-rwx------")
     assert all(line.startswith("-rw------- 1 1234 4321") for line in entries[1:])
+
+
+def test_owner_and_mode_options_for_objects_without_metadata(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory
+) -> None:
+    upload_tree(oss2_bucket)
+    mounted = mount_ossmount(["uid=4242,gid=4343,umask=077,mp_umask=022"])
+    root = mounted.path
+    top = os.stat(root / "top.txt")
+    assert (top.st_uid, top.st_gid, stat.S_IMODE(top.st_mode)) == (4242, 4343, 0o600)
+    directory = os.stat(root / "a")
+    assert (directory.st_uid, stat.S_IMODE(directory.st_mode)) == (4242, 0o700)
+    assert stat.S_IMODE(os.stat(root).st_mode) == 0o755  # mp_umask
+    private = os.stat(root / "private.txt")  # its own metadata wins
+    assert (private.st_uid, private.st_gid, stat.S_IMODE(private.st_mode)) == (1234, 4321, 0o600)
