@@ -72,7 +72,7 @@ MAX_XML_BODY = 2 << 20
 # Bodies below this are received on the event loop; larger ones through a worker thread.
 SMALL_BODY = 256 * 1024
 PUMP_CHUNK = 2 << 20
-PUMP_BUFFERS = 3
+PUMP_BUFFERS = 6
 OWNER_ID = "ossmount"
 STANDARD_HEADERS = (
     "Content-Type",
@@ -911,9 +911,9 @@ class App:
         if body.declared_length is not None:
             size = max(1, min(PUMP_CHUNK, body.declared_length))
         size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE  # page-aligned for O_DIRECT
+        # Buffers are made as needed, up to PUMP_BUFFERS, and reused.
         free_send, free_receive = trio.open_memory_channel[mmap.mmap](PUMP_BUFFERS)
-        for _ in range(PUMP_BUFFERS):
-            free_send.send_nowait(mmap.mmap(-1, size))
+        made = 0
         md5_send, md5_receive = trio.open_memory_channel[tuple[mmap.mmap, int]](PUMP_BUFFERS)
         write_send, write_receive = trio.open_memory_channel[tuple[mmap.mmap, int]](PUMP_BUFFERS)
         users: dict[int, int] = {}  # id(buffer) -> workers not yet done with it
@@ -940,7 +940,14 @@ class App:
                 async with md5_send, write_send:
                     total = 0
                     while True:
-                        buffer = await free_receive.receive()
+                        try:
+                            buffer = free_receive.receive_nowait()
+                        except trio.WouldBlock:
+                            if made < PUMP_BUFFERS:
+                                buffer = mmap.mmap(-1, size)
+                                made += 1
+                            else:
+                                buffer = await free_receive.receive()
                         view = memoryview(buffer)
                         filled = 0
                         while filled < len(buffer):
