@@ -296,3 +296,26 @@ def test_read_ahead_raised(mount_ossmount: MountFactory) -> None:
     device = os.stat(mounted.path).st_dev
     sysfs = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
     assert sysfs.read_text().strip() == "2048"
+
+
+def test_anonymous_on_private_bucket(oss_server: Any, mountpoint: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in ossmount_env().items() if not k.startswith("OSS_")}
+    env["HOME"] = str(tmp_path)  # no ~/.passwd-ossfs: anonymous access
+    line = one_line_error(mount_daemon(oss_server.endpoint, mountpoint, env=env))
+    assert line.startswith(f"ossmount: access denied to bucket {TEST_BUCKET}"), line
+
+
+def test_passwd_file_readable_by_others_is_refused(
+    oss_server: Any, mountpoint: Path, tmp_path: Path
+) -> None:
+    passwd = tmp_path / "passwd-ossfs"
+    passwd.write_text("test-ak:test-secret\n")
+    passwd.chmod(0o644)
+    env = {k: v for k, v in ossmount_env().items() if not k.startswith("OSS_")}
+    line = one_line_error(
+        mount_daemon(oss_server.endpoint, mountpoint, "-o", f"passwd_file={passwd}", env=env)
+    )
+    assert "chmod 600" in line, line
+    passwd.chmod(0o600)
+    result = mount_daemon(oss_server.endpoint, mountpoint, "-o", f"passwd_file={passwd}", env=env)
+    assert result.returncode == 0, result.stderr
