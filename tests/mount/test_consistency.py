@@ -6,10 +6,15 @@ import os
 import stat
 import subprocess
 import threading
+from typing import Any
 
 import oss2
 import pytest
+import trio
 
+from ossmount.oss.client import OssClient
+from ossmount.oss.signer import Credentials
+from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
 from tests.mount.conftest import MountFactory
 
 STRICT = "attr_timeout=0,entry_timeout=0,negative_timeout=0,list_cache_ttl=0,stat_cache_ttl=0"
@@ -101,3 +106,36 @@ def test_object_deleted_after_listing_reads_as_enoent(
     with pytest.raises(FileNotFoundError):
         (mounted.path / "d" / "gone.txt").read_bytes()
     assert "Traceback" not in mounted.log()
+
+
+async def test_listing_is_a_stable_snapshot_while_open(
+    oss_server: Any, mount_ossmount: MountFactory
+) -> None:
+    async with OssClient(
+        oss_server.endpoint, Credentials(TEST_AK, TEST_SK), region=TEST_REGION
+    ) as client:
+
+        async def put_many(names: list[str]) -> None:
+            limiter = trio.CapacityLimiter(16)
+
+            async def put(name: str) -> None:
+                async with limiter:
+                    await client.put_object(TEST_BUCKET, f"big/{name}", b"")
+
+            async with trio.open_nursery() as nursery:
+                for name in names:
+                    nursery.start_soon(put, name)
+
+        original = [f"f{index:04d}" for index in range(1500)]
+        await put_many(original)
+        mounted = mount_ossmount([STRICT + ",readdir_optimize"])
+        seen: list[str] = []
+        with os.scandir(mounted.path / "big") as entries:
+            iterator = iter(entries)
+            seen.append(next(iterator).name)
+            # Changes while the directory is open: the open handle keeps its snapshot.
+            await put_many([f"new{index}" for index in range(50)])
+            await client.delete_object(TEST_BUCKET, "big/f0700")
+            seen.extend(entry.name for entry in iterator)
+        assert sorted(seen) == original
+        assert len(os.listdir(mounted.path / "big")) == 1500 + 50 - 1  # a new handle: new state
