@@ -317,3 +317,20 @@ async def test_empty_file_upload_with_zero_threshold(client: OssClient, tmp_path
         client, B, "empty", tmp_path / "empty", multipart_threshold=0, checkpoint_dir=tmp_path
     )
     assert await client.get_object(B, "empty") == b""
+
+
+async def test_source_changed_during_upload_is_not_completed(
+    client: OssClient, tmp_path: Path
+) -> None:
+    random_file(tmp_path / "src", SIZE)
+
+    def touch_source(consumed: int, total: int) -> None:
+        if consumed:
+            os.utime(tmp_path / "src", ns=(0, 123_456_789))
+
+    with pytest.raises(transfer.SourceChangedError):
+        await upload_in_parts(client, tmp_path, touch_source)
+    with pytest.raises(errors.NoSuchKey):
+        await client.head_object(B, "up")
+    assert [u async for u in client.iter_object_uploads(B, "up")] == []
+    assert os.listdir(tmp_path / "ck") == []
