@@ -9,9 +9,10 @@ Resumable download (:func:`download_file`)
     appended to the checkpoint journal. A later call with the same object and target reads the
     journal and fetches only the missing parts, whether the first run was cancelled, failed or
     killed. If the object changed (another ETag, size or mtime at the start, or a 412 during the
-    run), the temp file and journal are thrown away and the download starts over. At the end the
-    parts' CRCs are combined and compared with the object's ``x-oss-hash-crc64ecma``; only then is
-    the temp file renamed over the target.
+    run), the temp file and journal are thrown away and the download starts over. The parts'
+    CRCs are combined (in order, as they finish) and compared with the object's
+    ``x-oss-hash-crc64ecma``; only then is the temp file renamed over the target. An object of
+    one part is a single streamed GET without a journal.
 
 Resumable upload (:func:`upload_file`)
     Files below ``multipart_threshold`` are one PutObject. Larger files are a multipart upload:
@@ -20,9 +21,10 @@ Resumable upload (:func:`upload_file`)
     later call finds the upload id in the journal, asks the server which parts it has
     (ListParts), and sends only the others. A source file whose size or mtime changed since the
     journal starts over (the old upload is aborted). CompleteMultipartUpload is sent only when
-    every part is up, and its CRC-64 is checked against the combination of the parts'. A fatal
-    (non-transient) error aborts the upload and drops the journal; cancellation and exhausted
-    retries of transient errors keep both, so that the same call can resume.
+    every part is up and the source is unchanged, and its CRC-64 is checked against the
+    combination of the parts'. A fatal (non-transient) error aborts the upload and drops the
+    journal; cancellation and exhausted retries of transient errors keep both, so that the same
+    call can resume.
 
 The checkpoint journal is JSON Lines: a header describing the transfer, then one line per
 finished part. Appending a line is one ``write``, so a killed process leaves at worst a torn last
