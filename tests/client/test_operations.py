@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -309,3 +310,23 @@ async def test_presigned_urls(oss_server: RunningServer, version: int) -> None:
         assert tampered.status_code == 403
     async with OssClient(oss_server.endpoint, creds) as client:
         assert await client.get_object(B, "uploaded via url") == b"from a presigned PUT"
+
+
+async def test_no_secret_or_signature_in_debug_logs(
+    oss_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for version in (1, 4):
+        creds = Credentials(TEST_AK, TEST_SK)
+        async with OssClient(oss_server.endpoint, creds, signature_version=version) as client:
+            await client.put_object(B, "logged", b"x")
+            await client.get_object(B, "logged")
+            with pytest.raises(errors.NoSuchKey):
+                await client.head_object(B, "missing")
+        wrong = Credentials(TEST_AK, "another-secret-value")
+        async with OssClient(oss_server.endpoint, wrong, signature_version=version) as client:
+            with pytest.raises(errors.SignatureDoesNotMatch):
+                await client.get_object(B, "logged")
+    assert caplog.records  # httpx/httpcore did log at DEBUG
+    for secret in (TEST_SK, "another-secret-value", "Signature=", "OSS4-HMAC-SHA256 Cred"):
+        assert secret not in caplog.text
