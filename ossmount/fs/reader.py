@@ -16,13 +16,14 @@ iterated chunk by chunk as the socket delivers it; each block is published (put 
 its waiters woken) as soon as its last byte arrives, so a reader waits for its block, not for the
 whole GET. Every GET carries ``If-Match: <etag>`` of the handle and the client always sends
 ``x-oss-range-behavior: standard``: a replaced object answers 412, the handle raises
-:class:`PreconditionFailed` (ESTALE) on that read and every later one, and never mixes versions.
+:class:`PreconditionFailed` on that read and every later one (the mount answers EIO), and never
+mixes versions.
 
 Prefetch
 --------
 Each handle watches its own access pattern. A read that starts near the end of the previous ones
-(within a tolerance, because the kernel sends readahead requests concurrently and trio may run
-them in any order) is *sequential*: the prefetch window doubles (1, 2, 4 ... blocks, up to
+(within a small slack, for pages the kernel already had and for readahead batches) is
+*sequential*: the prefetch window doubles (1, 2, 4 ... blocks, up to
 ``max_prefetch_bytes``) and the blocks ahead of the stream up to the window are fetched in the
 background. To keep GETs large the window is topped up only when at least ``step`` blocks are
 missing (half the window, at most ``part_size``), so a long sequential read keeps several GETs of
@@ -57,7 +58,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -239,19 +240,23 @@ class ReadCache:
     def _is_missing(self, block_id: BlockId) -> bool:
         return block_id not in self._blocks and block_id not in self._pending
 
-    def _publish(self, block_id: BlockId, data: bytes) -> None:
-        if len(data) <= self._blocks.maxsize:
+    def _settle(
+        self,
+        block_id: BlockId,
+        pending: _PendingBlock,
+        *,
+        data: bytes | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """End one fetch of a block: cache ``data`` and wake its waiters (with ``error``, or
+        with neither when the fetch was abandoned)."""
+        if data is not None and len(data) <= self._blocks.maxsize:
             self._blocks[block_id] = data
-        pending = self._pending.pop(block_id, None)
-        if pending is not None:
-            pending.data = data
-            pending.done.set()
-
-    def _fail(self, block_id: BlockId, error: BaseException | None) -> None:
-        pending = self._pending.pop(block_id, None)
-        if pending is not None:
-            pending.error = error
-            pending.done.set()
+        if self._pending.get(block_id) is pending:
+            del self._pending[block_id]
+        pending.data = data
+        pending.error = error
+        pending.done.set()
 
 
 class _WholeFileCheck:
@@ -462,37 +467,34 @@ class FileReader:
 
     def _start_fetch(self, first: int, last: int) -> None:
         """Register blocks ``first..last`` as pending and fetch them in a task of this handle."""
-        for index in range(first, last + 1):
-            self._cache._pending[self._id(index)] = _PendingBlock()
+        pendings = [_PendingBlock() for _ in range(first, last + 1)]
+        for index, pending in enumerate(pendings, start=first):
+            self._cache._pending[self._id(index)] = pending
         scope = trio.CancelScope()
         self._task_scopes.add(scope)
         self._tasks_done = trio.Event()
-        self._cache.nursery.start_soon(self._run_task, scope, self._fetch_blocks, first, last)
+        self._cache.nursery.start_soon(self._run_task, scope, first, pendings)
 
     async def _run_task(
-        self,
-        scope: trio.CancelScope,
-        job: Callable[[int, int], Awaitable[None]],
-        first: int,
-        last: int,
+        self, scope: trio.CancelScope, first: int, pendings: list[_PendingBlock]
     ) -> None:
         try:
             with scope:
-                await job(first, last)
+                await self._fetch_blocks(first, pendings)
         finally:
             self._task_scopes.discard(scope)
             if not self._task_scopes:
                 self._tasks_done.set()
 
-    async def _fetch_blocks(self, first: int, last: int) -> None:
-        """GET blocks ``first..last`` and publish each as it completes; never raises but
-        Cancelled. Whatever is not published at the end is failed or abandoned."""
+    async def _fetch_blocks(self, first: int, pendings: list[_PendingBlock]) -> None:
+        """GET the blocks from ``first`` on and settle each as it completes; never raises but
+        Cancelled. Whatever is not settled at the end is failed, or abandoned if cancelled."""
         cache = self._cache
-        next_block = first
+        last = first + len(pendings) - 1
         error: BaseException | None = None
         try:
             async with cache.limiter:
-                next_block = await self._stream_blocks(first, last)
+                await self._stream_blocks(first, pendings)
         except OssError as exc:
             error = exc
             if isinstance(exc, PreconditionFailed):
@@ -505,14 +507,15 @@ class FileReader:
             log.exception("GET %s blocks %d-%d failed unexpectedly", self.key, first, last)
             error = exc
         finally:
-            for index in range(next_block, last + 1):
-                cache._fail(self._id(index), error)
+            for index, pending in enumerate(pendings, start=first):
+                if not pending.done.is_set():
+                    cache._settle(self._id(index), pending, error=error)
 
-    async def _stream_blocks(self, first: int, last: int) -> int:
-        """Fetch and publish blocks ``first..last``; returns the first block not published."""
+    async def _stream_blocks(self, first: int, pendings: list[_PendingBlock]) -> None:
+        """Fetch the blocks from ``first`` on and settle each as soon as its last byte is in."""
         cache = self._cache
         block_size = self._block_size
-        end = min((last + 1) * block_size, self.size)  # exclusive
+        end = min((first + len(pendings)) * block_size, self.size)  # exclusive
         position = first * block_size
         block = first
         block_end = min(position + block_size, end)
@@ -532,7 +535,7 @@ class FileReader:
                         view: bytes | memoryview = chunk
                         while view:
                             take = min(len(view), block_end - position)
-                            parts.append(view if take == len(view) else view[:take])
+                            parts.append(view if take == len(view) else memoryview(view)[:take])
                             position += take
                             view = memoryview(view)[take:] if take < len(view) else b""
                             if position == block_end:
@@ -541,7 +544,7 @@ class FileReader:
                                 else:
                                     data = b"".join(parts)
                                 parts = []
-                                cache._publish(self._id(block), data)
+                                cache._settle(self._id(block), pendings[block - first], data=data)
                                 block += 1
                                 block_end = min(block_end + block_size, end)
                 if position < end:
@@ -557,7 +560,6 @@ class FileReader:
                 cache.stats.resumed_gets += 1
                 log.info("GET %s broke off at byte %d (%s); resuming", self.key, position, exc)
                 await trio.sleep(_RESUME_BACKOFF_S)
-        return block
 
     def _verify_whole_file(self) -> None:
         expected = self._expected_crc64

@@ -20,6 +20,7 @@ from ossmount.oss.crc64 import crc64
 from ossmount.oss.errors import (
     IntegrityError,
     OssConnectionError,
+    OssProtocolError,
     PreconditionFailed,
 )
 
@@ -63,6 +64,7 @@ class MemorySource:
         self.replaced = False  # every later request answers 412
         self.break_after_bytes: int | None = None  # one reset after this many body bytes
         self.corrupt_at: int | None = None  # flip the byte at this offset
+        self.fail_after_bytes: int | None = None  # one non-transient error after this many bytes
         self._crc = crc
 
     @property
@@ -99,6 +101,9 @@ class MemorySource:
                 if cut:
                     yield chunk[:cut]
                 raise OssConnectionError("connection reset (injected)")
+            if self.fail_after_bytes is not None and sent + len(chunk) > self.fail_after_bytes:
+                self.fail_after_bytes = None
+                raise OssProtocolError("garbled body (injected)")
             sent += len(chunk)
             yield chunk
 
@@ -356,6 +361,28 @@ async def test_broken_body_is_resumed(nursery: trio.Nursery) -> None:
     assert await read_all(reader, MIB) == data
     assert cache.stats.resumed_gets == 1
     assert any(start == 300 * KIB + 5 for start, _ in source.requests)
+    await reader.close()
+
+
+async def test_failed_get_keeps_the_blocks_it_completed(nursery: trio.Nursery) -> None:
+    data = payload(8 * MIB)
+    source = MemorySource(data)
+    source.fail_after_bytes = 2 * MIB + 10
+    cache = make_cache(nursery, part_size=4 * MIB)
+    reader = open_reader(cache, source)
+    # Blocks 0-1 and a one-block prefetch in one GET, which breaks inside block 2.
+    assert await reader.read(0, 2 * MIB) == data[: 2 * MIB]
+    assert source.requests == [(0, 3 * MIB - 1)]
+    with trio.fail_after(2):
+        while reader.tasks_in_flight:
+            await trio.sleep(0.001)
+    assert cache.blocks_in_flight == 0
+    assert await reader.read(0, 2 * MIB) == data[: 2 * MIB]  # still cached
+    assert len(source.requests) == 1
+    assert await reader.read(2 * MIB, MIB) == data[2 * MIB : 3 * MIB]
+    # The failed block is fetched again (beside prefetches further on); blocks 0-1 are not.
+    assert any(start == 2 * MIB for start, _ in source.requests[1:])
+    assert all(start >= 2 * MIB for start, _ in source.requests[1:])
     await reader.close()
 
 
