@@ -39,9 +39,10 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import trio
 from cachetools import LRUCache, TTLCache
@@ -81,6 +82,49 @@ class WarnOnce:
         if len(self._seen) < self._limit:
             self._seen.add(key)
         log.warning(message, *args)
+
+
+T = TypeVar("T")
+
+
+class _Flight(Generic[T]):
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        # (result,) once the leader succeeded.
+        self.outcome: tuple[T] | None = None
+        self.error: Exception | None = None
+
+
+class SingleFlight(Generic[T]):
+    """Concurrent calls for the same key share one execution (one listing, one probe).
+
+    Followers wait for the leader and get its result or its exception. If the leader was
+    cancelled, a follower runs the call itself.
+    """
+
+    def __init__(self) -> None:
+        self._flights: dict[str, _Flight[T]] = {}
+
+    async def run(self, key: str, call: Callable[[], Awaitable[T]]) -> T:
+        while (flight := self._flights.get(key)) is not None:
+            await flight.done.wait()
+            if flight.outcome is not None:
+                return flight.outcome[0]
+            if flight.error is not None:
+                raise flight.error
+        flight = _Flight()
+        self._flights[key] = flight
+        try:
+            result = await call()
+        except Exception as exc:
+            flight.error = exc
+            raise
+        else:
+            flight.outcome = (result,)
+            return result
+        finally:
+            del self._flights[key]
+            flight.done.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +408,8 @@ class Namespace:
         self._negative = NegativeCache(options.negative_ttl_s, options.stat_cache_entries)
         self._head_limiter = trio.CapacityLimiter(options.head_concurrency)
         self.warn_once = WarnOnce()
+        self._listing_flights: SingleFlight[DirSnapshot] = SingleFlight()
+        self._probe_flights: SingleFlight[Attributes | None] = SingleFlight()
 
     def _head_client(self) -> OssClient:
         self._head_turn = (self._head_turn + 1) % len(self._head_clients)
@@ -376,6 +422,9 @@ class Namespace:
         cached = self._listings.get(prefix)
         if cached is not None:
             return cached
+        return await self._listing_flights.run(prefix, lambda: self._fetch_listing(prefix))
+
+    async def _fetch_listing(self, prefix: str) -> DirSnapshot:
         objects: list[ObjectSummary] = []
         prefixes: list[str] = []
         token: str | None = None
@@ -530,7 +579,7 @@ class Namespace:
             cached = self._stats.get_fresh(cached_key)
             if cached is not None:
                 return cached
-        attrs = await self._probe(key)
+        attrs = await self._probe_flights.run(key, lambda: self._probe(key))
         if attrs is None:
             self._negative.add(key)
         return attrs

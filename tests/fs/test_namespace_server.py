@@ -8,9 +8,10 @@ from typing import Any
 
 import oss2
 import pytest
+import trio
 
-from ossmount.fs.attrs import AttrDefaults, Kind
-from ossmount.fs.dircache import Namespace, NamespaceOptions
+from ossmount.fs.attrs import AttrDefaults, Attributes, Kind
+from ossmount.fs.dircache import DirSnapshot, Namespace, NamespaceOptions, SingleFlight
 from ossmount.oss.client import OssClient
 from ossmount.oss.signer import Credentials
 from ossmount.server import RunningServer
@@ -127,3 +128,53 @@ async def test_readdir_optimize_reuses_known_exact_attributes(
     snapshot = await ns.list_directory("dir/")
     assert [e.attrs.permissions for e in snapshot.entries] == [0o600, 0o644]
     assert oss_server.stats.count("HeadObject") == 0
+
+
+async def test_concurrent_calls_share_one_listing_and_one_probe(
+    client: OssClient, oss2_bucket: oss2.Bucket, oss_server: RunningServer
+) -> None:
+    for index in range(10):
+        oss2_bucket.put_object(f"dir/f{index}", b"x")
+    ns = namespace(client)
+    oss_server.stats.reset()
+    snapshots: list[DirSnapshot] = []
+    misses: list[Attributes | None] = []
+
+    async def list_it() -> None:
+        snapshots.append(await ns.list_directory("dir/"))
+
+    async def look_up_missing() -> None:
+        misses.append(await ns.lookup("", "missing"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(list_it)
+            nursery.start_soon(look_up_missing)
+    assert len({id(snapshot) for snapshot in snapshots}) == 1
+    assert misses == [None] * 5
+    assert oss_server.stats.count("ListObjectsV2") == 1 + 1  # one listing, one probe
+    assert oss_server.stats.count("HeadObject") == 10 + 2  # the listing's, the probe's two
+
+
+async def test_single_flight_passes_errors_to_followers() -> None:
+    flights: SingleFlight[int] = SingleFlight()
+    calls = 0
+    errors: list[Exception] = []
+
+    async def failing() -> int:
+        nonlocal calls
+        calls += 1
+        await trio.sleep(0.01)
+        raise ValueError("boom")
+
+    async def run() -> None:
+        try:
+            await flights.run("k", failing)
+        except ValueError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(run)
+    assert calls == 1
+    assert len(errors) == 3
