@@ -156,9 +156,17 @@ class ProgressBar:
 
         return update
 
+    def write(self, line: str) -> None:
+        """Print a line on stderr without breaking the bar."""
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
 
 
 class Copier:
@@ -166,6 +174,7 @@ class Copier:
         self.client = client
         self.args = args
         self.failures: list[str] = []
+        self.bar: ProgressBar | None = None
 
     async def plan_download(self, source: OssLocation, target: Path) -> list[Job]:
         if not self.args.recursive:
@@ -212,10 +221,13 @@ class Copier:
 
     def fail(self, line: str) -> None:
         self.failures.append(line)
-        print(f"ossmount cp: {line}", file=sys.stderr)
+        if self.bar is not None:
+            self.bar.write(f"ossmount cp: {line}")
+        else:
+            print(f"ossmount cp: {line}", file=sys.stderr)
 
     async def run_jobs(self, jobs: list[Job], download: bool) -> None:
-        bar = ProgressBar(sum(job.size for job in jobs), self.args.progress)
+        self.bar = bar = ProgressBar(sum(job.size for job in jobs), self.args.progress)
         limiter = trio.CapacityLimiter(self.args.concurrency)
 
         async def run(job: Job) -> None:
@@ -231,6 +243,7 @@ class Copier:
                     nursery.start_soon(run, job)
         finally:
             bar.close()
+            self.bar = None
 
     async def copy_one(
         self, job: Job, download: bool, progress: Callable[[int, int], None]
