@@ -76,7 +76,7 @@ class MountConfig:
     list_cache_ttl_s: float = 60.0
     stat_cache_ttl_s: float = 60.0
     stat_cache_entries: int = 100_000
-    list_cache_entries: int = 200_000
+    list_cache_entries: int = 100_000
     # Keep exact file metadata on disk across mounts (validated by ETag and Last-Modified).
     metadata_cache: bool = False
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
