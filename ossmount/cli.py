@@ -213,7 +213,8 @@ def _helper_syntax(argv: list[str]) -> list[str]:
     for action in build_parser()._actions:
         if isinstance(action, argparse._SubParsersAction):
             commands.update(action.choices)
-    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+    helper_form = len(argv) >= 2 and not argv[0].startswith("-") and not argv[1].startswith("-")
+    if helper_form and argv[0] not in commands:
         return ["mount", *argv]
     return argv
 
