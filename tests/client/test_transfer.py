@@ -334,3 +334,53 @@ async def test_source_changed_during_upload_is_not_completed(
         await client.head_object(B, "up")
     assert [u async for u in client.iter_object_uploads(B, "up")] == []
     assert os.listdir(tmp_path / "ck") == []
+
+
+@pytest.mark.parametrize("single_copy_limit", [transfer.COPY_OBJECT_LIMIT, MIB])
+async def test_server_side_copy_of_any_size(
+    oss_server: RunningServer, client: OssClient, tmp_path: Path, single_copy_limit: int
+) -> None:
+    data = random_file(tmp_path / "src", SIZE)
+    await client.put_object(
+        B, "big source", tmp_path / "src", metadata={"m": "1"}, headers={"Content-Type": "a/b"}
+    )
+    seen: list[int] = []
+    result = await transfer.copy_object_server_side(
+        client,
+        B,
+        "big source",
+        B,
+        "big copy",
+        part_size=PART,
+        single_copy_limit=single_copy_limit,
+        progress=lambda c, t: seen.append(c),
+    )
+    assert result.crc64 == crc64(data) and seen[-1] == SIZE
+    assert await client.get_object(B, "big copy") == data
+    info = await client.head_object(B, "big copy")
+    assert dict(info.metadata) == {"m": "1"} and info.content_type == "a/b"
+    parts_copied = oss_server.stats.count("UploadPartCopy")
+    assert parts_copied == (0 if single_copy_limit > SIZE else PARTS)
+
+
+async def test_server_side_copy_of_a_replaced_source_fails_and_aborts(
+    oss_server: RunningServer, client: OssClient, tmp_path: Path
+) -> None:
+    random_file(tmp_path / "src", SIZE)
+    await client.put_object(B, "source", tmp_path / "src")
+    oss_server.faults.latency_ms = 20  # so that the source is replaced while parts are copied
+
+    async def replace_soon() -> None:
+        await trio.sleep(0.1)
+        await client.put_object(B, "source", b"replaced")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replace_soon)
+        with pytest.raises(errors.PreconditionFailed):
+            await transfer.copy_object_server_side(
+                client, B, "source", B, "copy", part_size=PART, concurrency=1,
+                single_copy_limit=MIB,
+            )  # fmt: skip
+    assert [u async for u in client.iter_object_uploads(B, "copy")] == []
+    with pytest.raises(errors.NoSuchKey):
+        await client.head_object(B, "copy")
