@@ -123,3 +123,24 @@ def test_read_at_offsets_and_tail(oss2_bucket: oss2.Bucket, mount_ossmount: Moun
         for offset, size in ((5 * MIB - 3, 10), (0, 4096), (9 * MIB, MIB), (MIB + 17, 2 * MIB)):
             handle.seek(offset)
             assert handle.read(size) == data[offset : offset + size]
+
+
+def test_copy_out_through_server_errors_and_resets(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory, oss_server: Any, tmp_path: Path
+) -> None:
+    files = {f"flaky/f{i}.bin": os.urandom(50_000 + i * 997) for i in range(20)}
+    files["flaky/big.bin"] = os.urandom(24 * MIB + 5)
+    for key, body in files.items():
+        oss2_bucket.put_object(key, body)
+    mount = mount_ossmount()
+    oss_server.faults.only_operations = frozenset({"GetObject"})
+    oss_server.faults.error_rate = 0.05
+    oss_server.faults.reset_rate = 0.05
+    try:
+        out = tmp_path / "out"
+        subprocess.run(["cp", "-r", str(mount.path / "flaky"), str(out)], check=True, timeout=120)
+    finally:
+        oss_server.faults.error_rate = 0
+        oss_server.faults.reset_rate = 0
+    for key, body in files.items():
+        assert (out / key.removeprefix("flaky/")).read_bytes() == body, key
