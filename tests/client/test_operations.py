@@ -10,6 +10,9 @@ from pathlib import Path
 import httpx
 import oss2
 import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ossmount.oss import errors
 from ossmount.oss.client import FileSlice, OssClient
@@ -330,3 +333,28 @@ async def test_no_secret_or_signature_in_debug_logs(
     assert caplog.records  # httpx/httpcore did log at DEBUG
     for secret in (TEST_SK, "another-secret-value", "Signature=", "OSS4-HMAC-SHA256 Cred"):
         assert secret not in caplog.text
+
+
+KEY_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(key=KEY_TEXT.filter(lambda key: not key.startswith("/")))
+def test_any_unicode_key_round_trips(oss_server: RunningServer, key: str) -> None:
+    async def round_trip() -> None:
+        creds = Credentials(TEST_AK, TEST_SK)
+        async with OssClient(oss_server.endpoint, creds) as client:
+            await client.put_object(B, key, key.encode())
+            assert await client.get_object(B, key) == key.encode()
+            assert (await client.head_object(B, key)).size == len(key.encode())
+            listed = [
+                entry.key
+                async for entry in client.iter_objects(B, prefix=key)
+                if isinstance(entry, ObjectSummary)
+            ]
+            assert key in listed
+            await client.delete_object(B, key)
+
+    trio.run(round_trip)
