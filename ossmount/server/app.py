@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import calendar
 import dataclasses
 import logging
 import mmap
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from email.utils import formatdate, parsedate_tz
 from urllib.parse import quote, unquote
 
 import trio
@@ -44,13 +41,35 @@ from ossmount.server.http import (
     Request,
     Response,
 )
+from ossmount.server.protocol import (
+    BUCKET_ACLS,
+    OBJECT_ACLS,
+    OWNER_ID,
+    RESPONSE_OVERRIDES,
+    STORAGE_CLASSES,
+    acl_xml,
+    check_conditions,
+    contents_xml,
+    decode_token,
+    encode_token,
+    http_date,
+    invalid_range,
+    new_request_id,
+    object_acl_and_class,
+    object_attributes,
+    object_headers,
+    parse_range,
+    set_header,
+    url_encoder,
+    write_headers,
+    xml_response,
+)
 from ossmount.server.store import (
     Blob,
     BlobWriter,
     BucketRecord,
     ListEntry,
     ObjectRecord,
-    ObjectSummary,
     PartRecord,
     Store,
     UploadRecord,
@@ -67,32 +86,11 @@ MAX_PART_SIZE = 5 << 30
 MIN_PART_SIZE = 100 * 1024
 MAX_PART_NUMBER = 10000
 MAX_KEY_BYTES = 1023
-MAX_USER_META_BYTES = 8 * 1024
 MAX_XML_BODY = 2 << 20
 # Bodies below this are received on the event loop; larger ones through a worker thread.
 SMALL_BODY = 256 * 1024
 PUMP_CHUNK = 2 << 20
 PUMP_BUFFERS = 6
-OWNER_ID = "ossmount"
-STANDARD_HEADERS = (
-    "Content-Type",
-    "Content-Disposition",
-    "Content-Encoding",
-    "Content-Language",
-    "Cache-Control",
-    "Expires",
-)
-RESPONSE_OVERRIDES = {
-    "response-content-type": "Content-Type",
-    "response-content-language": "Content-Language",
-    "response-expires": "Expires",
-    "response-cache-control": "Cache-Control",
-    "response-content-disposition": "Content-Disposition",
-    "response-content-encoding": "Content-Encoding",
-}
-BUCKET_ACLS = frozenset({"private", "public-read", "public-read-write"})
-OBJECT_ACLS = BUCKET_ACLS | {"default"}
-STORAGE_CLASSES = frozenset({"Standard", "IA", "Archive", "ColdArchive", "DeepColdArchive"})
 # Sub-resources this server does not implement: answered with NotImplemented, never mistaken
 # for a plain GET/PUT of the bucket or object.
 UNSUPPORTED_SUBRESOURCES = frozenset(
@@ -127,130 +125,6 @@ UNSUPPORTED_SUBRESOURCES = frozenset(
     }
 )
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
-_META_NAME = re.compile(r"^[a-z0-9-]+$")
-
-
-def http_date(epoch_s: float) -> str:
-    return formatdate(epoch_s, usegmt=True)
-
-
-def parse_http_date(value: str) -> float | None:
-    parsed = parsedate_tz(value)
-    if parsed is None:
-        return None
-    return float(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex[:24].upper()
-
-
-# --- ranges and conditions (pure) -----------------------------------------------------------
-
-
-def parse_range(header: str, size: int, standard: bool) -> tuple[int, int] | None:
-    """The inclusive byte range a Range header selects, or None for the whole object.
-
-    OSS by default ignores any range it cannot satisfy in full (200 with the whole object);
-    with ``x-oss-range-behavior: standard`` it clips the end to the object and answers 416
-    InvalidRange only when the start lies beyond it. Syntactically invalid ranges and
-    multi-range requests are ignored either way.
-    """
-    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
-    if match is None:
-        return None
-    first_text, last_text = match.groups()
-    if not first_text and not last_text:
-        return None
-    if not first_text:  # suffix: the last N bytes
-        suffix = int(last_text)
-        if suffix == 0:
-            if standard:
-                raise _invalid_range(size)
-            return None
-        if suffix > size and not standard:
-            return None
-        return max(0, size - suffix), size - 1 if size else -1
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last_text and last < first:
-        return None
-    if first >= size:
-        if standard:
-            raise _invalid_range(size)
-        return None
-    if last >= size:
-        if not standard:
-            return None
-        last = size - 1
-    return first, last
-
-
-def _invalid_range(size: int) -> OssServerError:
-    return OssServerError(
-        416,
-        "InvalidRange",
-        "The requested range cannot be satisfied",
-        headers={"Content-Range": f"bytes */{size}"},
-    )
-
-
-def _etag_matches(condition: str, etag: str) -> bool:
-    bare = etag.strip('"').upper()
-    for item in condition.split(","):
-        candidate = item.strip()
-        if candidate == "*" or candidate.removeprefix("W/").strip('"').upper() == bare:
-            return True
-    return False
-
-
-def check_conditions(
-    headers: dict[str, str], record: ObjectRecord, *, read: bool, prefix: str = ""
-) -> None:
-    """If-Match / If-Unmodified-Since fail with 412; If-None-Match / If-Modified-Since with 304
-    (412 for writes). `prefix` selects the copy-source variants (x-oss-copy-source-if-...)."""
-    mtime = int(record.mtime)
-    if_match = headers.get(prefix + "if-match")
-    if if_match is not None and not _etag_matches(if_match, record.etag):
-        raise OssServerError(
-            412,
-            "PreconditionFailed",
-            "At least one of the pre-conditions you specified did not hold.",
-            extra={"Condition": "If-Match"},
-        )
-    if if_match is None:
-        since = headers.get(prefix + "if-unmodified-since")
-        since_epoch = parse_http_date(since) if since else None
-        if since_epoch is not None and mtime > since_epoch:
-            raise OssServerError(
-                412,
-                "PreconditionFailed",
-                "At least one of the pre-conditions you specified did not hold.",
-                extra={"Condition": "If-Unmodified-Since"},
-            )
-    if_none_match = headers.get(prefix + "if-none-match")
-    if if_none_match is not None and _etag_matches(if_none_match, record.etag):
-        raise _not_modified(record, read)
-    if if_none_match is None:
-        since = headers.get(prefix + "if-modified-since")
-        since_epoch = parse_http_date(since) if since else None
-        if since_epoch is not None and mtime <= since_epoch:
-            raise _not_modified(record, read)
-
-
-def _not_modified(record: ObjectRecord, read: bool) -> OssServerError:
-    if not read:
-        return OssServerError(
-            412,
-            "PreconditionFailed",
-            "At least one of the pre-conditions you specified did not hold.",
-        )
-    return OssServerError(
-        304,
-        "NotModified",
-        "Not Modified",
-        headers={"ETag": record.etag, "Last-Modified": http_date(record.mtime)},
-    )
 
 
 # --- request context ----------------------------------------------------------------------------
@@ -656,7 +530,7 @@ class App:
             node("Owner", leaf("ID", OWNER_ID), leaf("DisplayName", OWNER_ID)),
             node("Buckets", *items),
         )
-        return _xml_response(body)
+        return xml_response(body)
 
     def _bucket_xml(self, bucket: BucketRecord) -> str:
         return node(
@@ -713,7 +587,7 @@ class App:
 
     async def _op_get_bucket_acl(self, call: Call) -> Response:
         bucket = self._bucket(call.require_bucket())
-        return _xml_response(_acl_xml(bucket.acl))
+        return xml_response(acl_xml(bucket.acl))
 
     async def _op_put_bucket_acl(self, call: Call) -> Response:
         acl = call.headers.get("x-oss-acl", "")
@@ -745,10 +619,10 @@ class App:
                 leaf("Comment", ""),
             ),
         )
-        return _xml_response(body)
+        return xml_response(body)
 
     async def _op_get_bucket_location(self, call: Call) -> Response:
-        return _xml_response(leaf("LocationConstraint", f"oss-{self.region}"))
+        return xml_response(leaf("LocationConstraint", f"oss-{self.region}"))
 
     async def _op_get_bucket_stat(self, call: Call) -> Response:
         count, total = self.store.bucket_usage(call.require_bucket())
@@ -761,7 +635,7 @@ class App:
             leaf("StandardStorage", total),
             leaf("StandardObjectCount", count),
         )
-        return _xml_response(body)
+        return xml_response(body)
 
     # --- listing -----------------------------------------------------------------------------
 
@@ -779,12 +653,12 @@ class App:
         encoding = call.param("encoding-type")
         if encoding not in ("", "url"):
             raise invalid_argument("encoding-type must be url", "encoding-type", encoding)
-        encode = _url_encoder(encoding == "url")
+        encode = url_encoder(encoding == "url")
         token = call.params.get("continuation-token") or None
         if version == 1:
             after = call.param("marker")
         elif token is not None:
-            after = _decode_token(token)
+            after = decode_token(token)
         else:
             after = call.param("start-after")
         if max_keys == 0:
@@ -799,7 +673,7 @@ class App:
             if entry.summary is None:
                 prefixes.append(node("CommonPrefixes", leaf("Prefix", encode(entry.name))))
             else:
-                contents.append(_contents_xml(entry.summary, encode, fetch_owner))
+                contents.append(contents_xml(entry.summary, encode, fetch_owner))
         fields = [leaf("Name", bucket), leaf("Prefix", encode(prefix))]
         if version == 1:
             fields.append(leaf("Marker", encode(after)))
@@ -818,11 +692,11 @@ class App:
             if version == 1:
                 fields.append(leaf("NextMarker", encode(last)))
             else:
-                fields.append(leaf("NextContinuationToken", _encode_token(last)))
+                fields.append(leaf("NextContinuationToken", encode_token(last)))
         if version == 2:
             fields.append(leaf("KeyCount", len(entries)))
         body = node("ListBucketResult", *fields, *contents, *prefixes)
-        return _xml_response(body)
+        return xml_response(body)
 
     # --- objects: read -------------------------------------------------------------------------
 
@@ -851,13 +725,13 @@ class App:
         byte_range = None
         if "range" in call.headers:
             byte_range = parse_range(call.headers["range"], record.size, standard)
-        headers = _object_headers(link, record)
+        headers = object_headers(link, record)
         for param, header in RESPONSE_OVERRIDES.items():
             if param in call.params and not call.principal.anonymous:
                 value = call.param(param)
                 if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
                     raise invalid_argument(f"{param} holds a control character", param, "")
-                _set_header(headers, header, value)
+                set_header(headers, header, value)
         if byte_range is None:
             status, offset, length = 200, 0, record.size
         else:
@@ -995,8 +869,8 @@ class App:
 
     async def _op_put_object(self, call: Call) -> Response:
         bucket, key = call.require_bucket(), call.require_key()
-        headers, metadata = _object_attributes(call.headers, key)
-        acl, storage_class = _object_acl_and_class(call.headers)
+        headers, metadata = object_attributes(call.headers, key)
+        acl, storage_class = object_acl_and_class(call.headers)
         self._check_forbid_overwrite(call, bucket, key)
         blob = await self.receive_blob(call.request.body, MAX_OBJECT_SIZE)
         try:
@@ -1022,7 +896,7 @@ class App:
             storage_class=storage_class,
         )
         self._commit_new(call, record)
-        return Response(200, _write_headers(record, blob.md5))
+        return Response(200, write_headers(record, blob.md5))
 
     def _commit_new(self, call: Call, record: ObjectRecord) -> None:
         """Commit, re-checking x-oss-forbid-overwrite now that the body is in."""
@@ -1050,7 +924,7 @@ class App:
             raise malformed_xml("At most 1000 objects can be deleted in one request.")
         if not keys or any(not key for key in keys):
             raise malformed_xml("Every Object needs a non-empty Key.")
-        encode = _url_encoder(call.param("encoding-type") == "url")
+        encode = url_encoder(call.param("encoding-type") == "url")
         deleted: list[str] = []
         for key in keys:
             assert key is not None
@@ -1058,7 +932,7 @@ class App:
             if not quiet:
                 deleted.append(node("Deleted", leaf("Key", encode(key))))
         fields = [leaf("EncodingType", "url")] if call.param("encoding-type") == "url" else []
-        return _xml_response(node("DeleteResult", *fields, *deleted))
+        return xml_response(node("DeleteResult", *fields, *deleted))
 
     async def _op_copy_object(self, call: Call) -> Response:
         bucket, key = call.require_bucket(), call.require_key()
@@ -1071,10 +945,10 @@ class App:
                 directive,
             )
         if directive == "REPLACE":
-            headers, metadata = _object_attributes(call.headers, key)
+            headers, metadata = object_attributes(call.headers, key)
         else:
             headers, metadata = dict(source.headers), dict(source.metadata)
-        acl, storage_class = _object_acl_and_class(call.headers)
+        acl, storage_class = object_acl_and_class(call.headers)
         self._check_forbid_overwrite(call, bucket, key)
         data_file, segments = await self._copy_data(source)
         record = ObjectRecord(
@@ -1098,7 +972,7 @@ class App:
             leaf("ETag", record.etag),
             leaf("LastModified", xmlio.iso8601(record.mtime)),
         )
-        response = _xml_response(body)
+        response = xml_response(body)
         response.headers.append(("ETag", record.etag))
         response.headers.append(("x-oss-hash-crc64ecma", str(record.crc64)))
         return response
@@ -1187,8 +1061,8 @@ class App:
                 headers={"x-oss-next-append-position": str(expected)},
             )
         if current is None:
-            headers, metadata = _object_attributes(call.headers, key)
-            acl, storage_class = _object_acl_and_class(call.headers)
+            headers, metadata = object_attributes(call.headers, key)
+            acl, storage_class = object_acl_and_class(call.headers)
             data_file = self.store.new_append_file()
             previous_crc, previous_etag = 0, ""
         else:
@@ -1233,7 +1107,7 @@ class App:
             storage_class=storage_class,
         )
         self.store.commit_object(record)
-        response_headers = _write_headers(record, None)
+        response_headers = write_headers(record, None)
         response_headers.append(("x-oss-next-append-position", str(record.size)))
         return Response(200, response_headers)
 
@@ -1245,8 +1119,8 @@ class App:
         target = unquote(raw_target)
         if len(target.encode("utf-8", errors="surrogateescape")) > MAX_KEY_BYTES:
             raise OssServerError(400, "InvalidObjectName", "The symlink target is too long.")
-        headers, metadata = _object_attributes(call.headers, key)
-        acl, storage_class = _object_acl_and_class(call.headers)
+        headers, metadata = object_attributes(call.headers, key)
+        acl, storage_class = object_acl_and_class(call.headers)
         etag = md5_etag(md5_digest(target.encode("utf-8", errors="surrogateescape")))
         record = ObjectRecord(
             bucket=bucket,
@@ -1280,7 +1154,7 @@ class App:
 
     async def _op_get_object_acl(self, call: Call) -> Response:
         record = self._object(call.require_bucket(), call.require_key())
-        return _xml_response(_acl_xml(record.acl))
+        return xml_response(acl_xml(record.acl))
 
     async def _op_put_object_acl(self, call: Call) -> Response:
         record = self._object(call.require_bucket(), call.require_key())
@@ -1308,15 +1182,15 @@ class App:
 
     async def _op_initiate_multipart_upload(self, call: Call) -> Response:
         bucket, key = call.require_bucket(), call.require_key()
-        headers, metadata = _object_attributes(call.headers, key)
-        acl, storage_class = _object_acl_and_class(call.headers)
+        headers, metadata = object_attributes(call.headers, key)
+        acl, storage_class = object_acl_and_class(call.headers)
         self._check_forbid_overwrite(call, bucket, key)
         headers["x-oss-object-acl"] = acl
         headers["x-oss-storage-class"] = storage_class
         if call.headers.get("x-oss-forbid-overwrite", "").lower() == "true":
             headers["x-oss-forbid-overwrite"] = "true"
         upload = self.store.create_upload(bucket, key, headers, metadata)
-        encode = _url_encoder(call.param("encoding-type") == "url")
+        encode = url_encoder(call.param("encoding-type") == "url")
         fields = [leaf("EncodingType", "url")] if call.param("encoding-type") == "url" else []
         body = node(
             "InitiateMultipartUploadResult",
@@ -1325,7 +1199,7 @@ class App:
             leaf("Key", encode(key)),
             leaf("UploadId", upload.upload_id),
         )
-        return _xml_response(body)
+        return xml_response(body)
 
     def _part_number(self, call: Call) -> int:
         text = call.param("partNumber")
@@ -1392,7 +1266,7 @@ class App:
             first = int(match.group(1))
             last = int(match.group(2)) if match.group(2) else source.size - 1
             if first > last or last >= source.size:
-                raise _invalid_range(source.size)
+                raise invalid_range(source.size)
         length = last - first + 1
         if length > MAX_PART_SIZE:
             raise OssServerError(400, "EntityTooLarge", "The part is too large.")
@@ -1413,7 +1287,7 @@ class App:
         body = node(
             "CopyPartResult", leaf("LastModified", xmlio.iso8601(time.time())), leaf("ETag", etag)
         )
-        copy_response = _xml_response(body)
+        copy_response = xml_response(body)
         copy_response.headers.extend(
             (name, value) for name, value in response.headers if name != "Content-MD5"
         )
@@ -1476,7 +1350,7 @@ class App:
         # transaction (object in, upload out).
         self.store.complete_upload(upload.upload_id, record)
         encoding = call.param("encoding-type") == "url"
-        encode = _url_encoder(encoding)
+        encode = url_encoder(encoding)
         fields = [leaf("EncodingType", "url")] if encoding else []
         result = node(
             "CompleteMultipartUploadResult",
@@ -1486,7 +1360,7 @@ class App:
             leaf("Key", encode(key)),
             leaf("ETag", etag),
         )
-        response = _xml_response(result)
+        response = xml_response(result)
         response.headers.append(("ETag", etag))
         response.headers.append(("x-oss-hash-crc64ecma", str(crc)))
         return response
@@ -1538,7 +1412,7 @@ class App:
         parts = self.store.list_parts(upload.upload_id, marker, max_parts + 1)
         truncated = len(parts) > max_parts
         parts = parts[:max_parts]
-        encode = _url_encoder(call.param("encoding-type") == "url")
+        encode = url_encoder(call.param("encoding-type") == "url")
         items = [
             node(
                 "Part",
@@ -1564,7 +1438,7 @@ class App:
             leaf("IsTruncated", truncated),
             *items,
         )
-        return _xml_response(body)
+        return xml_response(body)
 
     async def _op_list_multipart_uploads(self, call: Call) -> Response:
         bucket = call.require_bucket()
@@ -1577,7 +1451,7 @@ class App:
             bucket, prefix, delimiter, key_marker, upload_id_marker, max_uploads
         )
         encoding = call.param("encoding-type") == "url"
-        encode = _url_encoder(encoding)
+        encode = url_encoder(encoding)
         uploads: list[str] = []
         prefixes: list[str] = []
         next_key, next_id = "", ""
@@ -1614,7 +1488,7 @@ class App:
             *uploads,
             *prefixes,
         )
-        return _xml_response(body)
+        return xml_response(body)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -1647,128 +1521,6 @@ def _int_param(call: Call, name: str, default: int, low: int, high: int) -> int:
     if not text.isdigit() or not low <= int(text) <= high:
         raise invalid_argument(f"{name} must be an integer between {low} and {high}", name, text)
     return int(text)
-
-
-def _url_encoder(enabled: bool) -> Callable[[str], str]:
-    if not enabled:
-        return lambda text: text
-    return lambda text: quote(text, safe="/", errors="surrogateescape")
-
-
-def _encode_token(key: str) -> str:
-    raw = key.encode("utf-8", errors="surrogateescape")
-    return base64.urlsafe_b64encode(raw).decode("ascii")
-
-
-def _decode_token(token: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
-    except (ValueError, UnicodeError):
-        raise invalid_argument(
-            "The continuation token is not valid.", "continuation-token", token
-        ) from None
-
-
-def _xml_response(root: str) -> Response:
-    return Response(200, [("Content-Type", "application/xml")], xmlio.document(root))
-
-
-def _acl_xml(acl: str) -> str:
-    return node(
-        "AccessControlPolicy",
-        node("Owner", leaf("ID", OWNER_ID), leaf("DisplayName", OWNER_ID)),
-        node("AccessControlList", leaf("Grant", acl)),
-    )
-
-
-_OWNER_XML = node("Owner", leaf("ID", OWNER_ID), leaf("DisplayName", OWNER_ID))
-
-
-def _contents_xml(summary: ObjectSummary, encode: Callable[[str], str], owner: bool) -> str:
-    # Written out by hand: this runs a thousand times per listing page.
-    return (
-        f"<Contents><Key>{xmlio.escape(encode(summary.key))}</Key>"
-        f"<LastModified>{xmlio.iso8601(summary.mtime)}</LastModified>"
-        f"<ETag>{xmlio.escape(summary.etag)}</ETag><Type>{summary.object_type}</Type>"
-        f"<Size>{summary.size}</Size><StorageClass>{summary.storage_class}</StorageClass>"
-        f"{_OWNER_XML if owner else ''}</Contents>"
-    )
-
-
-def _object_attributes(headers: dict[str, str], key: str) -> tuple[dict[str, str], dict[str, str]]:
-    """The standard headers and the user metadata of a write request (metadata checked)."""
-    standard: dict[str, str] = {}
-    for name in STANDARD_HEADERS:
-        value = headers.get(name.lower())
-        if value is not None:
-            standard[name] = value
-    standard.setdefault("Content-Type", "application/octet-stream")
-    metadata: dict[str, str] = {}
-    total = 0
-    for name, value in headers.items():
-        if not name.startswith("x-oss-meta-"):
-            continue
-        short = name[len("x-oss-meta-") :]
-        if not short or not _META_NAME.match(short):
-            raise OssServerError(
-                400,
-                "InvalidArgument",
-                "User metadata names may hold only letters, digits and hyphens.",
-                extra={"ArgumentName": name},
-                ec="0011-00000004",
-            )
-        metadata[short] = value
-        total += len(name) + len(value.encode("utf-8", errors="surrogateescape"))
-    if total > MAX_USER_META_BYTES:
-        raise OssServerError(
-            400,
-            "InvalidArgument",
-            "The user metadata exceeds the 8 KB limit.",
-            extra={"ArgumentName": "x-oss-meta-*"},
-            ec="0011-00000002",
-        )
-    return standard, metadata
-
-
-def _object_acl_and_class(headers: dict[str, str]) -> tuple[str, str]:
-    acl = headers.get("x-oss-object-acl", "default")
-    if acl not in OBJECT_ACLS:
-        raise invalid_argument("no such object access control exists", "x-oss-object-acl", acl)
-    storage_class = headers.get("x-oss-storage-class", "Standard")
-    if storage_class not in STORAGE_CLASSES:
-        raise invalid_argument("invalid storage class", "x-oss-storage-class", storage_class)
-    return acl, storage_class
-
-
-def _object_headers(link: ObjectRecord, record: ObjectRecord) -> list[tuple[str, str]]:
-    headers = list(record.headers.items())
-    headers.extend(
-        [
-            ("ETag", record.etag),
-            ("Last-Modified", http_date(max(record.mtime, link.mtime))),
-            ("Accept-Ranges", "bytes"),
-            ("x-oss-object-type", link.object_type),
-            ("x-oss-storage-class", record.storage_class),
-            ("x-oss-hash-crc64ecma", str(record.crc64)),
-        ]
-    )
-    if record.object_type == "Appendable":
-        headers.append(("x-oss-next-append-position", str(record.size)))
-    headers.extend((f"x-oss-meta-{name}", value) for name, value in link.metadata.items())
-    return headers
-
-
-def _set_header(headers: list[tuple[str, str]], name: str, value: str) -> None:
-    lower = name.lower()
-    headers[:] = [(key, val) for key, val in headers if key.lower() != lower]
-    headers.append((name, value))
-
-
-def _write_headers(record: ObjectRecord, md5: bytes | None) -> list[tuple[str, str]]:
-    headers = [("ETag", record.etag), ("x-oss-hash-crc64ecma", str(record.crc64))]
-    if md5 is not None:
-        headers.append(("Content-MD5", base64.b64encode(md5).decode()))
-    return headers
 
 
 def _replace(record: ObjectRecord, *, acl: str) -> ObjectRecord:
