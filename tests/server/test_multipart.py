@@ -234,3 +234,15 @@ def test_copies_of_multipart_objects(bucket: oss2.Bucket, oss_server: RunningSer
     assert got.read() == data
     assert got.headers["x-oss-object-type"] == "Multipart"
     assert bucket.get_object("copy", byte_range=(PART, PART + 20)).read() == data[PART : PART + 21]
+
+
+def test_upload_part_copy_across_the_parts_of_a_multipart_source(bucket: oss2.Bucket) -> None:
+    data = _three_part_object(bucket, "segmented")
+    first, last = PART, 2 * PART + 500  # runs over the first part boundary (PART + 11)
+    upload_id = bucket.init_multipart_upload("from-segments").upload_id
+    part = bucket.upload_part_copy(
+        bucket.bucket_name, "segmented", (first, last), "from-segments", upload_id, 1
+    )
+    assert part.etag == hashlib.md5(data[first : last + 1]).hexdigest().upper()
+    bucket.complete_multipart_upload("from-segments", upload_id, [PartInfo(1, part.etag)])
+    assert bucket.get_object("from-segments").read() == data[first : last + 1]
