@@ -303,6 +303,7 @@ def build_filesystem(
         FsOptions(
             entry_timeout_s=config.entry_timeout_s,
             attr_timeout_s=config.attr_timeout_s,
+            negative_timeout_s=config.negative_timeout_s,
             stat_cache_ttl_s=config.stat_cache_ttl_s,
             block_size=LIBFUSE_MAX_READ,
         ),

@@ -82,6 +82,7 @@ class FsOptions:
 
     entry_timeout_s: float = 1.0
     attr_timeout_s: float = 1.0
+    negative_timeout_s: float = 1.0
     stat_cache_ttl_s: float = 60.0
     block_size: int = 1024 * 1024
 
@@ -190,6 +191,13 @@ class OssFs(pyfuse3.Operations):
             raise _fuse_error(errno.ENOTDIR)
         attrs = await self.namespace.lookup(parent.key, os.fsdecode(name))
         if attrs is None:
+            if self.options.negative_timeout_s > 0:
+                # Inode 0 is a negative entry: the kernel itself remembers that the name is
+                # missing for the timeout, so repeated probes never reach this process.
+                negative = pyfuse3.EntryAttributes()
+                negative.st_ino = 0
+                negative.entry_timeout = self.options.negative_timeout_s
+                return negative
             raise _fuse_error(errno.ENOENT)
         inode = self.inodes.upsert(parent, os.fsdecode(name), attrs, self.options.stat_cache_ttl_s)
         self.inodes.remember(inode)

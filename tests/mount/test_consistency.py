@@ -139,3 +139,19 @@ async def test_listing_is_a_stable_snapshot_while_open(
             seen.extend(entry.name for entry in iterator)
         assert sorted(seen) == original
         assert len(os.listdir(mounted.path / "big")) == 1500 + 50 - 1  # a new handle: new state
+
+
+def test_negative_lookups_are_cached_unless_turned_off(
+    oss2_bucket: oss2.Bucket, oss_server: Any, mount_ossmount: MountFactory
+) -> None:
+    oss2_bucket.put_object("present", b"x")
+    cached = mount_ossmount(["negative_timeout=30"])
+    strict = mount_ossmount(["negative_timeout=0"])
+    for mounted, expected in ((cached, 3), (strict, 6)):
+        oss_server.stats.reset()
+        for _ in range(2):
+            assert not (mounted.path / "absent").exists()
+        assert oss_server.stats.total == expected  # 3 requests per probe
+    oss2_bucket.put_object("absent", b"now here")
+    assert (strict.path / "absent").exists()
+    assert not (cached.path / "absent").exists()  # for negative_timeout, as documented
