@@ -19,9 +19,9 @@ from ossmount.oss.client import FileSlice, OssClient
 from ossmount.oss.crc64 import crc64
 from ossmount.oss.model import ObjectSummary
 from ossmount.oss.signer import Credentials
-from ossmount.server import RunningServer
+from ossmount.server import RunningServer, open_server
 from tests.client.conftest import FAST_RETRY, random_file
-from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
+from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK, server_config
 
 B = TEST_BUCKET
 ODD_KEYS = ["plain", "with space", "ünïcødé/文件", "a+b%c?d#e", "a//b", "dir/", "~tilde.x"]
@@ -358,3 +358,20 @@ def test_any_unicode_key_round_trips(oss_server: RunningServer, key: str) -> Non
             await client.delete_object(B, key)
 
     trio.run(round_trip)
+
+
+@pytest.mark.parametrize("version", [1, 4])
+async def test_sts_security_token(tmp_path: Path, version: int) -> None:
+    sts = Credentials("sts-ak", "sts-secret", "sts-token/+=")
+    config = server_config(tmp_path / "root", credentials=[sts])
+    async with open_server(config) as server:
+        async with OssClient(server.endpoint, sts, signature_version=version) as client:
+            await client.put_object(B, "k", b"with token")
+            assert await client.get_object(B, "k") == b"with token"
+            url = client.presign("GET", B, "k", 60)
+        async with httpx.AsyncClient() as plain:
+            assert (await plain.get(url)).content == b"with token"
+        no_token = Credentials("sts-ak", "sts-secret")
+        async with OssClient(server.endpoint, no_token, signature_version=version) as client:
+            with pytest.raises(errors.Forbidden):
+                await client.get_object(B, "k")
