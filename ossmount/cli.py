@@ -47,7 +47,7 @@ def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "--reset-rate", type=float, default=0.0, help="share of bodies cut by a reset"
     )
     faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault choices")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
 
     def run(args: argparse.Namespace) -> int:
         from ossmount.server.command import run_server_command  # noqa: PLC0415

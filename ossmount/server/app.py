@@ -269,6 +269,8 @@ class App:
         response.headers.append(("Server", "AliyunOSS"))
         if head:
             response.head_only = True
+        # The path only: a presigned URL's query holds a signature.
+        log.debug("%s %s %s -> %d", request.peer, request.method, request.raw_path, response.status)
         return response
 
     async def _handle_routed(self, call: Call) -> Response:
