@@ -44,8 +44,8 @@ class ServerConfig:
     error_rate: float = 0.0
     reset_rate: float = 0.0
     fault_seed: int = 0
-    # Write large bodies with O_DIRECT: about half the CPU per byte, but the data is not left
-    # in the page cache, so reads right after a write come from the disk.
+    # Write large bodies with O_DIRECT: no copy into the page cache and little left for the
+    # fsync, but the data is not cached, so reads right after a write come from the disk.
     direct_io: bool = False
 
 

@@ -187,8 +187,8 @@ class BlobWriter:
     """Receives one body into tmp/: write() and finish() block, so run them in a worker thread.
 
     A writer created with `direct=True` writes whole buffers with O_DIRECT: the data goes from
-    the buffer to the disk without the page cache, which costs a fraction of the CPU of a
-    buffered write and leaves little for the final fsync. Such buffers must be page-aligned
+    the buffer to the disk without a copy into the page cache, and leaves little for the final
+    fsync. Such buffers must be page-aligned
     (mmap) and all but the last one full; the last one is padded to the block size and the
     file truncated back. Where the file system refuses O_DIRECT (tmpfs), writes are buffered.
     """
