@@ -188,9 +188,9 @@ class BlobWriter:
 
     A writer created with `direct=True` writes whole buffers with O_DIRECT: the data goes from
     the buffer to the disk without a copy into the page cache, and leaves little for the final
-    fsync. Such buffers must be page-aligned
-    (mmap) and all but the last one full; the last one is padded to the block size and the
-    file truncated back. Where the file system refuses O_DIRECT (tmpfs), writes are buffered.
+    fsync. Such buffers must be page-aligned (mmap) and all but the last one full; the last one
+    is padded to the block size and the file truncated back. Where the file system refuses
+    O_DIRECT, writes are buffered.
     """
 
     def __init__(
