@@ -148,12 +148,10 @@ def mount_ossmount(oss_server: Any, tmp_path: Path) -> Iterator[MountFactory]:
             assert result.returncode == 0, result.stderr.decode() + mounted.log()
             assert is_mounted(mountpoint)
             return mounted
-        process = subprocess.Popen(
-            [*command, "-f"],
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=open(log_path.with_suffix(".stderr"), "wb"),  # noqa: SIM115
-        )
+        with log_path.with_suffix(".stderr").open("wb") as stderr:
+            process = subprocess.Popen(
+                [*command, "-f"], env=environment, stdout=subprocess.DEVNULL, stderr=stderr
+            )
         mounted = Mounted(mountpoint, log_path, process, command)
         mounts.append(mounted)
         wait_until_mounted(mountpoint, process, log_path)
