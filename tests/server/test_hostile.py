@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import socket
 from pathlib import Path
 
 import oss2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from oss2.exceptions import ServerError
 
 from ossmount.server import RunningServer
@@ -177,3 +180,33 @@ def test_truncated_upload_stores_nothing(oss_server: RunningServer) -> None:
     assert oss_server.stats.count("PutObject") == 1
     assert oss_server.store.get_object(TEST_BUCKET, "cut") is None
     assert not any((oss_server.root / "tmp").iterdir())
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda method, target, extra: method + b" " + target + b" HTTP/1.1\r\n" + extra,
+            st.sampled_from([b"GET", b"PUT", b"POST", b"HEAD", b"DELETE", b"\x00", b""]),
+            st.binary(max_size=40),
+            st.binary(max_size=200),
+        ),
+    )
+)
+def test_random_bytes_never_hurt_the_server(
+    oss_server: RunningServer,
+    oss2_bucket: oss2.Bucket,
+    caplog: pytest.LogCaptureFixture,
+    garbage: bytes,
+) -> None:
+    with socket.create_connection(("127.0.0.1", oss_server.port), timeout=10) as sock:
+        sock.sendall(garbage)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass
+    assert oss2_bucket.get_bucket_info().name == TEST_BUCKET
+    # Answered or closed, but never an internal error (those are logged as errors).
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
