@@ -77,7 +77,7 @@ class MountConfig:
     stat_cache_ttl_s: float = 60.0
     stat_cache_entries: int = 100_000
     list_cache_entries: int = 100_000
-    # Keep exact file metadata on disk across mounts (validated by ETag and Last-Modified).
+    # Keep exact file metadata on disk across mounts (validated by ETag, Last-Modified, size).
     metadata_cache: bool = False
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
 

@@ -22,7 +22,7 @@ A listing carries size, ETag and Last-Modified, but no user metadata, so mode/ui
 (x-oss-meta-*) need a HEAD per object. Unless ``exact_metadata`` is off (ossfs's
 readdir_optimize), a listing HEADs every entry concurrently (bounded by ``head_concurrency``).
 HEAD results are kept in the stat cache and reused, without a new HEAD, for as long as a later
-listing shows the same ETag and Last-Modified for the key; the TTL only governs lookups and
+listing shows the same ETag, Last-Modified and size for the key; the TTL only governs lookups and
 getattr, which have no listing to compare with.
 
 Memory
@@ -266,13 +266,18 @@ class StatCache:
             return None
         return record.attrs
 
-    def get_for_version(self, key: str, etag: str, last_modified: float) -> Attributes | None:
-        """Attributes of exactly this object version, however old (ETag and Last-Modified)."""
+    def get_for_version(self, key: str, listed: Attributes) -> Attributes | None:
+        """Attributes of exactly the object version ``listed`` shows, however old.
+
+        The version is its ETag, Last-Modified and (for regular files) size.
+        """
         record = self._cache.get(key)
         if record is None:
             return None
         attrs = record.attrs
-        if attrs.etag != etag or attrs.last_modified != last_modified:
+        if attrs.etag != listed.etag or attrs.last_modified != listed.last_modified:
+            return None
+        if attrs.kind is Kind.FILE and attrs.size != listed.size:
             return None
         return attrs
 
@@ -309,7 +314,7 @@ class NegativeCache:
 class DiskMetadataCache:
     """Exact file attributes kept in SQLite across mounts, valid per object version.
 
-    A row is used only while a listing shows the same ETag and Last-Modified for its key, so a
+    A row is used only while a listing shows the same ETag, Last-Modified and size for its key, so a
     stale row can never show wrong metadata; it only costs the HEAD it failed to save. Calls
     block briefly (one range query and one batched write per directory listing) and are made
     from a worker thread.
@@ -465,7 +470,7 @@ class Namespace:
         listed = entry.attrs
         if listed.etag is None or listed.kind is Kind.DIR:
             return entry
-        known = self._stats.get_for_version(prefix + entry.name, listed.etag, listed.last_modified)
+        known = self._stats.get_for_version(prefix + entry.name, listed)
         return entry if known is None else replace(entry, attrs=known)
 
     async def _with_exact_metadata(self, prefix: str, entries: list[DirEntry]) -> list[DirEntry]:
@@ -513,7 +518,7 @@ class Namespace:
         key = prefix + entry.name
         listed = entry.attrs
         assert listed.etag is not None
-        cached = self._stats.get_for_version(key, listed.etag, listed.last_modified)
+        cached = self._stats.get_for_version(key, listed)
         if cached is not None:
             return replace(entry, attrs=cached)
         try:

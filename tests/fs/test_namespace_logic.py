@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import stat
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -174,8 +175,11 @@ def test_stat_cache_version_match_outlives_ttl() -> None:
     cache.put("f", attrs)
     now[0] = 100.0
     assert cache.get_fresh("f") is None
-    assert cache.get_for_version("f", '"e"', 1_700_000_000.0) is attrs
-    assert cache.get_for_version("f", '"other"', 1_700_000_000.0) is None
+    listed = attributes_from_summary(ObjectSummary("f", 5, '"e"', 1.7e9, "Normal", ""), DEFAULTS)
+    assert cache.get_for_version("f", listed) is attrs
+    assert cache.get_for_version("f", replace(listed, etag='"other"')) is None
+    assert cache.get_for_version("f", replace(listed, last_modified=1.8e9)) is None
+    assert cache.get_for_version("f", replace(listed, size=6)) is None
 
 
 def test_inode_table_lookup_counts_and_kind_change() -> None:
