@@ -48,6 +48,8 @@ class MountConfig:
     signature_version: int = 4
     passwd_file: Path | None = None
     foreground: bool = False
+    # How long the first request may take before the mount gives up (endpoint unreachable).
+    mount_timeout_s: float = 30.0
     debug: bool = False
     log_file: Path | None = None
 
@@ -158,6 +160,7 @@ _TIMEOUT_OPTIONS = {
     "stat_cache_ttl": "stat_cache_ttl_s",
     # ossfs's name for the stat cache lifetime.
     "stat_cache_expire": "stat_cache_ttl_s",
+    "mount_timeout": "mount_timeout_s",
 }
 
 _INT_OPTIONS = {

@@ -70,8 +70,8 @@ from ossmount.oss.signer import Credentials
 
 log = logging.getLogger(__name__)
 
-STARTUP_TIMEOUT_S = 60.0
-PREFLIGHT_TIMEOUT_S = 30.0
+# The daemon parent waits this long beyond the preflight timeout for the mount to answer.
+STARTUP_MARGIN_S = 30.0
 FUSE_DEVICE = Path("/dev/fuse")
 SYSLOG_SOCKET = "/dev/log"
 
@@ -205,18 +205,18 @@ async def preflight(config: MountConfig, endpoint: str, credentials: Credentials
         region=config.region,
         signature_version=config.signature_version,
         max_connections=1,
-        retry=RetryPolicy(max_attempts=3, base_delay_s=0.2, deadline_s=PREFLIGHT_TIMEOUT_S),
-        timeout_s=PREFLIGHT_TIMEOUT_S,
+        retry=RetryPolicy(max_attempts=3, base_delay_s=0.2, deadline_s=config.mount_timeout_s),
+        timeout_s=config.mount_timeout_s,
     )
     try:
-        with trio.fail_after(PREFLIGHT_TIMEOUT_S):
+        with trio.fail_after(config.mount_timeout_s):
             async with client:
                 await client.list_objects_page(
                     config.bucket, prefix=config.prefix, delimiter="/", max_keys=1
                 )
     except trio.TooSlowError:
         raise MountError(
-            f"endpoint {endpoint} unreachable: no answer within {PREFLIGHT_TIMEOUT_S:.0f} s"
+            f"endpoint {endpoint} unreachable: no answer within {config.mount_timeout_s:g} s"
         ) from None
     except OssError as exc:
         raise MountError(_reason_for(exc, config, endpoint)) from None
@@ -483,8 +483,9 @@ def config_from_json(text: str) -> MountConfig:
     return MountConfig(**raw)
 
 
-def run_daemon(config: MountConfig, *, timeout_s: float = STARTUP_TIMEOUT_S) -> int:
+def run_daemon(config: MountConfig) -> int:
     """Start the mount in the background; exit 0 only once it answers (see module doc)."""
+    timeout_s = config.mount_timeout_s + STARTUP_MARGIN_S
     read_fd, write_fd = os.pipe()
     log_target = open(config.log_file, "ab") if config.log_file else subprocess.DEVNULL  # noqa: SIM115
     try:

@@ -319,3 +319,15 @@ def test_passwd_file_readable_by_others_is_refused(
     passwd.chmod(0o600)
     result = mount_daemon(oss_server.endpoint, mountpoint, "-o", f"passwd_file={passwd}", env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_endpoint_that_never_answers_fails_within_mount_timeout(mountpoint: Path) -> None:
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        result = mount_daemon(f"http://127.0.0.1:{port}", mountpoint, "-o", "mount_timeout=2")
+    line = one_line_error(result)
+    assert line.startswith(f"ossmount: endpoint http://127.0.0.1:{port} unreachable"), line
+    assert result.elapsed_s < 15  # type: ignore[attr-defined]
+    assert not is_mounted(mountpoint)
