@@ -89,8 +89,8 @@ MAX_KEY_BYTES = 1023
 MAX_XML_BODY = 2 << 20
 # Bodies below this are received on the event loop; larger ones through a worker thread.
 SMALL_BODY = 256 * 1024
-PUMP_CHUNK = 2 << 20
-PUMP_BUFFERS = 6
+PUMP_CHUNK = 8 << 20
+PUMP_BUFFERS = 4
 # Sub-resources this server does not implement: answered with NotImplemented, never mistaken
 # for a plain GET/PUT of the bucket or object.
 UNSUPPORTED_SUBRESOURCES = frozenset(
