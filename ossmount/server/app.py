@@ -13,7 +13,6 @@ import base64
 import binascii
 import dataclasses
 import logging
-import mmap
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +40,7 @@ from ossmount.server.http import (
     Request,
     Response,
 )
+from ossmount.server.ingest import receive_blob
 from ossmount.server.protocol import (
     BUCKET_ACLS,
     OBJECT_ACLS,
@@ -87,10 +87,6 @@ MIN_PART_SIZE = 100 * 1024
 MAX_PART_NUMBER = 10000
 MAX_KEY_BYTES = 1023
 MAX_XML_BODY = 2 << 20
-# Bodies below this are received on the event loop; larger ones through a worker thread.
-SMALL_BODY = 256 * 1024
-PUMP_CHUNK = 8 << 20
-PUMP_BUFFERS = 4
 # Sub-resources this server does not implement: answered with NotImplemented, never mistaken
 # for a plain GET/PUT of the bucket or object.
 UNSUPPORTED_SUBRESOURCES = frozenset(
@@ -180,15 +176,6 @@ class Stats:
     def reset(self) -> None:
         self.total = 0
         self.by_operation = {}
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, trio.Cancelled):
-            return exc
-    return group.exceptions[0]
 
 
 class App:
@@ -754,94 +741,8 @@ class App:
     # --- objects: write ------------------------------------------------------------------------
 
     async def receive_blob(self, body: Body, limit: int, writer: BlobWriter | None = None) -> Blob:
-        """Receive a request body into a fsynced temp file, hashing it on the way."""
-        if body.declared_length is None and not body.chunked:
-            raise OssServerError(
-                411, "MissingContentLength", "You must provide the Content-Length HTTP header."
-            )
-        if body.declared_length is not None and body.declared_length > limit:
-            raise OssServerError(
-                400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size."
-            )
-        small = body.declared_length is not None and body.declared_length <= SMALL_BODY
-        writer = writer or self.store.new_writer(direct=self.direct_io and not small)
-        try:
-            if small:
-                writer.write(await body.read_all(limit))
-            else:
-                await self._pump(body, writer, limit)
-            return await trio.to_thread.run_sync(writer.finish)
-        except BaseException:
-            writer.discard()
-            raise
-
-    async def _pump(self, body: Body, writer: BlobWriter, limit: int) -> None:
-        """Socket -> two worker threads, one hashing MD5, one computing CRC-64 and writing.
-
-        The body is read straight into a few reused buffers (no allocation per read); each
-        full buffer goes to both workers, which have a queue each, so neither waits for the
-        other buffer by buffer and the socket keeps being read while they work. A buffer
-        returns to the pool when both are done with it.
-        """
-        size = PUMP_CHUNK
-        if body.declared_length is not None:
-            size = max(1, min(PUMP_CHUNK, body.declared_length))
-        size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE  # page-aligned for O_DIRECT
-        # Buffers are made as needed, up to PUMP_BUFFERS, and reused.
-        free_send, free_receive = trio.open_memory_channel[mmap.mmap](PUMP_BUFFERS)
-        made = 0
-        md5_send, md5_receive = trio.open_memory_channel[tuple[mmap.mmap, int]](PUMP_BUFFERS)
-        write_send, write_receive = trio.open_memory_channel[tuple[mmap.mmap, int]](PUMP_BUFFERS)
-        users: dict[int, int] = {}  # id(buffer) -> workers not yet done with it
-
-        def hash_md5(buffer: mmap.mmap, length: int) -> None:
-            writer.hash_md5(memoryview(buffer)[:length])
-
-        async def consume(
-            channel: trio.MemoryReceiveChannel[tuple[mmap.mmap, int]],
-            work: Callable[[mmap.mmap, int], None],
-        ) -> None:
-            async with channel:
-                async for buffer, length in channel:
-                    await trio.to_thread.run_sync(work, buffer, length)
-                    users[id(buffer)] -= 1
-                    if users[id(buffer)] == 0:
-                        del users[id(buffer)]
-                        free_send.send_nowait(buffer)
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume, md5_receive, hash_md5)
-                nursery.start_soon(consume, write_receive, writer.write_buffer)
-                async with md5_send, write_send:
-                    total = 0
-                    while True:
-                        try:
-                            buffer = free_receive.receive_nowait()
-                        except trio.WouldBlock:
-                            if made < PUMP_BUFFERS:
-                                buffer = mmap.mmap(-1, size)
-                                made += 1
-                            else:
-                                buffer = await free_receive.receive()
-                        view = memoryview(buffer)
-                        filled = 0
-                        while filled < len(buffer):
-                            received = await body.receive_into(view[filled:])
-                            if received == 0:
-                                break
-                            filled += received
-                        total += filled
-                        if total > limit:
-                            raise _entity_too_large()
-                        if filled:
-                            users[id(buffer)] = 2
-                            await md5_send.send((buffer, filled))
-                            await write_send.send((buffer, filled))
-                        if filled < len(buffer):
-                            break
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+        """Receive a request body into a fsynced temp file (see ingest.py)."""
+        return await receive_blob(self.store, body, limit, direct_io=self.direct_io, writer=writer)
 
     def _check_md5(self, call: Call, blob: Blob) -> None:
         content_md5 = call.headers.get("content-md5")
@@ -1494,12 +1395,6 @@ class App:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def _entity_too_large() -> OssServerError:
-    return OssServerError(
-        400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size."
-    )
 
 
 def _injected_error(status: int, code: str) -> OssServerError:
