@@ -39,4 +39,10 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".${extras}"
+# mount(8) and fstab run `ossmount` as a mount helper with no PATH: link it where they look,
+# unless a real file (another installation) already stands there.
+link=/usr/local/bin/ossmount
+if [ -L "$link" ] || [ ! -e "$link" ]; then
+    ln -sfn "$PWD/.venv/bin/ossmount" "$link"
+fi
 echo "setup: ready ($(.venv/bin/python --version), $(.venv/bin/ossmount --help >/dev/null && echo ossmount OK))"
