@@ -22,9 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpcore._async.http11 as httpcore_http11
 import trio
@@ -142,7 +143,72 @@ def dd_through_mount(
         return elapsed, cpu_time_s(pid) - cpu_before, peak_rss_kib(pid)
 
 
-async def read_with_file_reader(endpoint: str, block_size: int) -> None:
+class RawSocketSource:
+    """An experiment, not the product: ranged GETs of a presigned URL over a bare socket,
+    received with recv_into, no HTTP library. It measures what the body path costs without
+    httpx/h11, to tell the client how much a leaner body path could win. No retries, no
+    If-Match (a presigned V1 URL signs no x-oss-* header here), so only for this benchmark."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._url = urlsplit(
+            presign_v1(
+                Credentials(AK, SK),
+                "GET",
+                f"{endpoint}/{BUCKET}/{KEY}",
+                BUCKET,
+                KEY,
+                int(time.time()) + 3600,
+            )
+        )
+
+    @property
+    def object_crc64(self) -> int | None:
+        return None
+
+    @asynccontextmanager
+    async def open_range(
+        self, start: int, end_inclusive: int
+    ) -> AsyncIterator[AsyncIterable[bytes]]:
+        url = self._url
+        assert url.hostname is not None and url.port is not None
+        sock = trio.socket.socket()
+        try:
+            await sock.connect((url.hostname, url.port))
+            request = (
+                f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                f"Range: bytes={start}-{end_inclusive}\r\n\r\n"
+            )
+            await sock.send(request.encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                received = await sock.recv(65536)
+                if not received:
+                    raise ConnectionError("closed before the headers")
+                head += received
+            status_and_headers, first_bytes = head.split(b"\r\n\r\n", 1)
+            if b" 206 " not in status_and_headers.split(b"\r\n", 1)[0]:
+                raise ConnectionError(status_and_headers.decode(errors="replace"))
+            yield self._body(sock, first_bytes, end_inclusive - start + 1)
+        finally:
+            sock.close()
+
+    @staticmethod
+    async def _body(
+        sock: trio.socket.SocketType, first_bytes: bytes, length: int
+    ) -> AsyncIterator[bytes]:
+        received = len(first_bytes)
+        if first_bytes:
+            yield first_bytes
+        buffer = bytearray(MIB)
+        while received < length:
+            count = await sock.recv_into(buffer, min(MIB, length - received))
+            if not count:
+                raise ConnectionError("body cut short")
+            received += count
+            yield bytes(memoryview(buffer)[:count])
+
+
+async def read_with_file_reader(endpoint: str, block_size: int, raw_socket: bool) -> None:
     """The mount's read path without FUSE: FileReader.read() of 1 MiB pieces, front to back."""
     async with (
         OssClient(endpoint, Credentials(AK, SK)) as client,
@@ -157,7 +223,8 @@ async def read_with_file_reader(endpoint: str, block_size: int) -> None:
             max_inflight=8,
             nursery=nursery,
         )
-        reader = cache.open(KEY, info.size, info.etag, info.crc64)
+        source = RawSocketSource(endpoint) if raw_socket else None
+        reader = cache.open(KEY, info.size, info.etag, info.crc64, source=source)
         cpu_before = time.process_time()
         start = time.perf_counter()
         for offset in range(0, info.size, MIB):
@@ -167,11 +234,14 @@ async def read_with_file_reader(endpoint: str, block_size: int) -> None:
         await reader.close()
 
 
-def reader_only(endpoint: str, httpcore_read: int | None) -> tuple[float, float]:
-    """(seconds, CPU seconds) of read_with_file_reader in a process of its own."""
+def reader_only(endpoint: str, httpcore_read: int) -> tuple[float, float]:
+    """(seconds, CPU seconds) of read_with_file_reader in a process of its own; httpcore_read
+    0 = httpcore's default, -1 = the raw-socket experiment."""
     command = [sys.executable, __file__, "--reader-child", endpoint]
-    if httpcore_read:
+    if httpcore_read > 0:
         command += ["--httpcore-read", str(httpcore_read)]
+    if httpcore_read < 0:
+        command += ["--raw-socket"]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     elapsed, cpu = result.stdout.split()
     return float(elapsed), float(cpu)
@@ -181,6 +251,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reader-child", metavar="ENDPOINT", help=argparse.SUPPRESS)
     parser.add_argument("--httpcore-read", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-socket", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
@@ -194,14 +265,14 @@ def main() -> int:
     parser.add_argument(
         "--reader-only",
         action="store_true",
-        help="also time FileReader without FUSE (1 MiB blocks), with httpcore's default socket "
-        "reads and with 1 MiB ones",
+        help="also time FileReader without FUSE (1 MiB blocks): through the client with "
+        "httpcore's default socket reads and with 1 MiB ones, and over a bare socket",
     )
     args = parser.parse_args()
     if args.reader_child:
         if args.httpcore_read:
             httpcore_http11.AsyncHTTP11Connection.READ_NUM_BYTES = args.httpcore_read
-        trio.run(read_with_file_reader, args.reader_child, MIB)
+        trio.run(read_with_file_reader, args.reader_child, MIB, args.raw_socket)
         return 0
     variants: list[list[str]] = [[]] + [v.split() for v in args.variant]
     size = args.size_mib * MIB
@@ -223,7 +294,7 @@ def main() -> int:
             dd_s: dict[int, list[float]] = {i: [] for i in range(len(variants))}
             rss_kib: dict[int, list[int]] = {i: [] for i in range(len(variants))}
             cpu_s: dict[int, list[float]] = {i: [] for i in range(len(variants))}
-            alone: dict[int | None, list[tuple[float, float]]] = {None: [], MIB: []}
+            alone: dict[int, list[tuple[float, float]]] = {0: [], MIB: [], -1: []}
             for run in range(args.runs):
                 curl_s.append(curl_get(server.endpoint))
                 if args.reader_only:
@@ -255,9 +326,13 @@ def main() -> int:
             if not timings:
                 continue
             mbps = size / statistics.median(t for t, _ in timings) / 1e6
-            socket_reads = "1 MiB" if httpcore_read else "64 KiB (httpcore default)"
+            body_path = {
+                0: "httpx, 64 KiB socket reads (httpcore default)",
+                MIB: "httpx, 1 MiB socket reads",
+                -1: "bare socket + recv_into (experiment, no HTTP library)",
+            }[httpcore_read]
             print(
-                f"| FileReader alone, no FUSE, 1 MiB blocks, socket reads {socket_reads} | "
+                f"| FileReader alone, no FUSE, 1 MiB blocks, {body_path} | "
                 f"{mbps:.0f} | {mbps / curl_mbps:.0%} | "
                 f"{statistics.median(c for _, c in timings) / gib:.2f} | |"
             )
