@@ -83,6 +83,14 @@ class MountConfig:
     metadata_cache: bool = False
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
 
+    # Writes (part 2): where staged files and the journal live (None: a directory per bucket
+    # and prefix under $XDG_CACHE_HOME/ossmount), the staging disk budget, multipart settings.
+    state_dir: Path | None = None
+    staging_budget: int = 10 * 1024 * MiB
+    part_size: int = 8 * MiB
+    multipart_threshold: int = 16 * MiB
+    upload_concurrency: int = 4
+
     read_ahead_kb: int = 1024
     block_size: int = 4 * MiB
     read_cache_bytes: int = 128 * MiB
@@ -177,6 +185,10 @@ _INT_OPTIONS = {
     "block_size": "block_size",
     "read_cache_bytes": "read_cache_bytes",
     "max_inflight_reads": "max_inflight_reads",
+    "staging_budget": "staging_budget",
+    "part_size": "part_size",
+    "multipart_threshold": "multipart_threshold",
+    "upload_concurrency": "upload_concurrency",
 }
 
 _OCTAL_OPTIONS = {
@@ -201,6 +213,7 @@ _PATH_OPTIONS = {
     "log_file": "log_file",
     "logfile": "log_file",
     "cache_dir": "cache_dir",
+    "state_dir": "state_dir",
 }
 
 
@@ -346,3 +359,7 @@ def _validate(config: MountConfig) -> None:
         raise ConfigError("head_concurrency and max_connections must be at least 1")
     if config.read_cache_bytes < config.block_size:
         raise ConfigError("read_cache_bytes must hold at least one block")
+    if not 100 * 1024 <= config.part_size <= 5 * 1024 * MiB:
+        raise ConfigError("part_size must be between 100 KiB and 5 GiB (OSS part limits)")
+    if config.upload_concurrency < 1:
+        raise ConfigError("upload_concurrency must be at least 1")

@@ -56,6 +56,7 @@ from ossmount.fs.dircache import DiskMetadataCache, Namespace, NamespaceOptions
 from ossmount.fs.inodes import InodeTable
 from ossmount.fs.operations import FsOptions, OssFs
 from ossmount.fs.reader import ReadCache
+from ossmount.fs.writer import StateDirBusyError, WriteStaging, default_state_dir
 from ossmount.oss.client import OssClient
 from ossmount.oss.errors import (
     AccessDenied,
@@ -230,8 +231,9 @@ def fuse_options(config: MountConfig) -> set[str]:
     options = set(pyfuse3.default_options)
     options.add(f"fsname=ossmount:{config.bucket}")
     options.add("subtype=ossmount")
-    # Part 1 has no write path: the kernel refuses writes with EROFS.
-    options.add("ro")
+    if config.read_only:
+        # The kernel itself refuses every change with EROFS.
+        options.add("ro")
     if config.allow_other:
         options.add("allow_other")
     if config.debug:
@@ -258,8 +260,10 @@ def build_filesystem(
     nursery: trio.Nursery,
     head_clients: Sequence[OssClient] = (),
     disk_cache: DiskMetadataCache | None = None,
+    staging: WriteStaging | None = None,
 ) -> tuple[OssFs, ReadCache]:
-    """Wire the namespace, inode table and block cache of one mount."""
+    """Wire the namespace, inode table and block cache of one mount (and its write path,
+    ``staging``, unless the mount is read-only)."""
     defaults = AttrDefaults(
         uid=config.uid,
         gid=config.gid,
@@ -307,6 +311,7 @@ def build_filesystem(
             stat_cache_ttl_s=config.stat_cache_ttl_s,
             block_size=LIBFUSE_MAX_READ,
         ),
+        staging=staging,
     )
     return fs, read_cache
 
@@ -373,35 +378,65 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,
         contextlib.closing(disk_cache) if disk_cache is not None else contextlib.nullcontext(),
     ):
-        async with (
-            open_clients(config, endpoint, credentials) as (client, head_clients),
-            trio.open_nursery() as nursery,
-        ):
-            fs, _ = build_filesystem(config, client, nursery, head_clients, disk_cache)
+        async with open_clients(config, endpoint, credentials) as (client, head_clients):
+            # Loads the journal: keys with uploads pending read as their staged data at once.
+            staging = None if config.read_only else open_write_staging(config, client)
             try:
-                pyfuse3.init(fs, str(config.mountpoint), fuse_options(config))
-            except RuntimeError as exc:
-                # Raised after the nursery closes: raising here would wrap it in an ExceptionGroup.
-                mount_failure = f"cannot mount {config.mountpoint}: {exc}"
-                nursery.cancel_scope.cancel()
-            else:
-                log.info(
-                    "mounted %s%s at %s (endpoint %s)",
-                    config.bucket,
-                    ":/" + config.prefix if config.prefix else "",
-                    config.mountpoint,
-                    endpoint,
-                )
-                try:
-                    nursery.start_soon(_stop_on_signals, signals)
-                    nursery.start_soon(_announce_when_answering, config, on_ready)
-                    await pyfuse3.main(min_tasks=4, max_tasks=256)
-                finally:
-                    nursery.cancel_scope.cancel()
-                    pyfuse3.close(unmount=True)
-                    log.info("unmounted %s", config.mountpoint)
+                async with trio.open_nursery() as nursery:
+                    if staging is not None:
+                        await nursery.start(staging.run)
+                        nursery.start_soon(staging.recover)
+                    fs, _ = build_filesystem(
+                        config, client, nursery, head_clients, disk_cache, staging=staging
+                    )
+                    try:
+                        pyfuse3.init(fs, str(config.mountpoint), fuse_options(config))
+                    except RuntimeError as exc:
+                        # Raised after the nursery closes (raising here would wrap it in an
+                        # ExceptionGroup).
+                        mount_failure = f"cannot mount {config.mountpoint}: {exc}"
+                        nursery.cancel_scope.cancel()
+                    else:
+                        log.info(
+                            "mounted %s%s at %s (endpoint %s)",
+                            config.bucket,
+                            ":/" + config.prefix if config.prefix else "",
+                            config.mountpoint,
+                            endpoint,
+                        )
+                        try:
+                            nursery.start_soon(_stop_on_signals, signals)
+                            nursery.start_soon(_announce_when_answering, config, on_ready)
+                            await pyfuse3.main(min_tasks=4, max_tasks=256)
+                        finally:
+                            nursery.cancel_scope.cancel()
+                            pyfuse3.close(unmount=True)
+                            log.info("unmounted %s", config.mountpoint)
+            finally:
+                if staging is not None:
+                    staging.close()
     if mount_failure is not None:
         raise MountError(mount_failure)
+
+
+def open_write_staging(config: MountConfig, client: OssClient) -> WriteStaging:
+    """The write path of the mount: state directory (journal, staging files) and its budget."""
+    state_dir = config.state_dir or default_state_dir(config.bucket, config.prefix)
+    try:
+        return WriteStaging(
+            client,
+            config.bucket,
+            state_dir=state_dir,
+            prefix=config.prefix,
+            disk_budget_bytes=config.staging_budget,
+            part_size=config.part_size,
+            multipart_threshold=config.multipart_threshold,
+            upload_concurrency=config.upload_concurrency,
+        )
+    except StateDirBusyError as exc:
+        raise MountError(str(exc)) from None
+    except OSError as exc:
+        raise MountError(f"state directory {state_dir}: {exc.strerror or exc}") from None
 
 
 def open_disk_cache(config: MountConfig, endpoint: str) -> DiskMetadataCache | None:
@@ -477,7 +512,7 @@ def config_to_json(config: MountConfig) -> str:
 
 def config_from_json(text: str) -> MountConfig:
     raw: dict[str, Any] = json.loads(text)
-    for name in ("mountpoint", "passwd_file", "log_file", "cache_dir"):
+    for name in ("mountpoint", "passwd_file", "log_file", "cache_dir", "state_dir"):
         if raw.get(name) is not None:
             raw[name] = Path(raw[name])
     return MountConfig(**raw)

@@ -8,20 +8,16 @@ EIO, because an exception escaping a handler would stop pyfuse3's main loop.
 The namespace (what is at a key, what is in a directory) comes from :mod:`dircache`; inode
 numbers and lookup counts from :mod:`inodes`; file data from :mod:`reader`.
 
-Part 1 is read-only: the mount is made with the kernel's ``ro`` option, and open() refuses
-write access with EROFS.
-
-Where part 2 (writes) plugs in:
-
-* a :class:`FileHandle` gains a writer (fs/writer.py) beside its reader; read() of a handle
-  (or of an inode) with staged data reads the staged file, so one mount reads its own writes;
-* create/mkdir/symlink upsert the new inode and call ``Namespace.invalidate`` on the new key
-  (which drops the parent's cached listing and the negative entry); unlink/rmdir call
-  ``InodeTable.detach`` (an open file keeps its inode through ``open_count``) and invalidate;
-* rename calls ``InodeTable.rename`` (which moves every known inode below a directory) and
-  invalidates both parents' listings;
-* setattr writes mode/uid/gid/mtime with ``attrs.posix_metadata`` (ossfs's names) and replaces
-  the inode's attributes, which then stay valid by ETag in the stat cache.
+Writes (the "writes" section of :class:`OssFs`) go through :mod:`writer`: one
+:class:`StagedFile` per key being written, shared by every handle. A key with staged data is
+answered from it (size in lookup/getattr/readdir, bytes in read) until the upload is done, so
+one mount reads its own writes at once, even of files not in OSS yet. flush/fsync of a handle
+opened for writing uploads and returns only once OSS has the data (CRC-64 checked).
+create/mkdir/symlink upsert the new inode and invalidate the new key's cached listing and
+negative entry; unlink/rmdir detach the key (an open file keeps its inode, and its data through
+a private staged copy, until closed); rename moves the objects (writer.py) and then the inodes.
+chmod/chown/utimens are stored as ossfs's x-oss-meta-mode/uid/gid/mtime. A mount with ``-o ro``
+has no write path: the kernel refuses changes with EROFS.
 """
 
 from __future__ import annotations
@@ -29,6 +25,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import posixpath
+import stat
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
@@ -36,11 +34,25 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 
-from ossmount.fs.attrs import Kind
-from ossmount.fs.dircache import DirSnapshot, Namespace
+from ossmount.fs.attrs import (
+    META_GID,
+    META_MODE,
+    META_MTIME,
+    META_SYMLINK_TARGET,
+    META_UID,
+    Attributes,
+    Kind,
+    attributes_from_info,
+    native_symlink_path,
+    parse_mtime_ns,
+    posix_metadata,
+)
+from ossmount.fs.dircache import FOLDER_SUFFIX, DirEntry, DirSnapshot, Namespace
 from ossmount.fs.inodes import Inode, InodeTable
 from ossmount.fs.reader import FileReader, ReadCache
-from ossmount.oss.errors import OssError, PreconditionFailed
+from ossmount.fs.writer import StagedFile, WriteStaging
+from ossmount.oss.errors import NotFound, OssError, PreconditionFailed
+from ossmount.oss.model import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +78,11 @@ def _errno_boundary(
             if exc.errno == errno.EIO:
                 log.warning("%s failed: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from exc
+        except OSError as exc:
+            # The write path's own failures carry their errno: ENOSPC (staging budget), EIO
+            # (upload failed after retries, data kept staged), EBUSY.
+            log.warning("%s failed: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from exc
         except Exception:
             log.exception("internal error in %s%r", handler.__name__, args)
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -95,11 +112,14 @@ class DirHandle:
 
 @dataclass(slots=True)
 class FileHandle:
-    """An open file. Part 2 adds a writer beside the reader."""
+    """An open file: a reader of one object version (opened on first need for handles of
+    staged files), and for handles opened for writing the shared staged file."""
 
     inode: Inode
-    reader: FileReader
-    etag: str
+    reader: FileReader | None
+    etag: str | None
+    staged: StagedFile | None = None
+    append: bool = False
 
 
 def _fuse_error(code: int) -> pyfuse3.FUSEError:
@@ -119,6 +139,7 @@ class OssFs(pyfuse3.Operations):
         read_cache: ReadCache,
         options: FsOptions,
         *,
+        staging: WriteStaging | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
@@ -126,6 +147,11 @@ class OssFs(pyfuse3.Operations):
         self.inodes = inodes
         self.read_cache = read_cache
         self.options = options
+        # The write path; None for a read-only mount.
+        self.staging = staging
+        # Inodes unlinked while open: the staged private copy their handles read, held by one
+        # extra open that is released with the inode's last handle.
+        self._detached: dict[int, StagedFile] = {}
         self._clock = clock
         self._dir_handles: dict[int, DirHandle] = {}
         self._file_handles: dict[int, FileHandle] = {}
@@ -189,7 +215,12 @@ class OssFs(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         if not parent.is_dir:
             raise _fuse_error(errno.ENOTDIR)
-        attrs = await self.namespace.lookup(parent.key, os.fsdecode(name))
+        staged = self._staged_key(parent.key + os.fsdecode(name))
+        if staged is not None:
+            known = self.inodes.by_key(staged.key)
+            attrs: Attributes | None = self._staged_attrs(staged, known.attrs if known else None)
+        else:
+            attrs = await self.namespace.lookup(parent.key, os.fsdecode(name))
         if attrs is None:
             if self.options.negative_timeout_s > 0:
                 # Inode 0 is a negative entry: the kernel itself remembers that the name is
@@ -212,7 +243,12 @@ class OssFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(await self._refresh(self._inode(inode)))
+        node = self._inode(inode)
+        staged = self._staged_of(node)
+        if staged is not None:
+            node.attrs = self._staged_attrs(staged, node.attrs)
+            return self._entry(node)
+        return self._entry(await self._refresh(node))
 
     @_errno_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -229,7 +265,7 @@ class OssFs(pyfuse3.Operations):
         node = self._inode(inode)
         if not node.is_dir:
             raise _fuse_error(errno.ENOTDIR)
-        snapshot = await self.namespace.list_directory(node.key)
+        snapshot = self._with_staged_entries(await self.namespace.list_directory(node.key))
         fh = self._new_fh()
         self._dir_handles[fh] = DirHandle(node, snapshot)
         self.inodes.open(node)
@@ -289,7 +325,8 @@ class OssFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        if flags & WRITE_FLAGS:
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        if writable and self.staging is None:
             raise _fuse_error(errno.EROFS)
         node = self._inode(inode)
         if node.is_dir:
@@ -297,6 +334,8 @@ class OssFs(pyfuse3.Operations):
         if node.kind is Kind.SYMLINK:
             # The kernel follows symlinks before open; only O_PATH|O_NOFOLLOW lands here.
             raise _fuse_error(errno.ELOOP)
+        if writable or self._staged_of(node) is not None:
+            return await self._open_staged(node, flags, writable=writable)
         node = await self._refresh(node)
         etag = node.attrs.etag
         if etag is None:
@@ -317,8 +356,21 @@ class OssFs(pyfuse3.Operations):
         handle = self._file_handles.get(fh)
         if handle is None:
             raise _fuse_error(errno.EBADF)
+        staged = handle.staged or self._staged_of(handle.inode)
+        if staged is not None:
+            data = await staged.read(off, size)
+            if data is not None:
+                return data
+            # Nothing staged yet: the object itself, at the version the staged file is based on.
+            reader = await self._reader_at(handle, staged.remote_etag, staged.size)
+        elif handle.reader is None:
+            # A handle opened while the file was staged, now uploaded: the current version.
+            node = await self._refresh(handle.inode)
+            reader = await self._reader_at(handle, node.attrs.etag, node.attrs.size)
+        else:
+            reader = handle.reader
         try:
-            return await handle.reader.read(off, size)
+            return await reader.read(off, size)
         except PreconditionFailed:
             # The object was replaced while open: this handle fails, the next open sees the
             # new version (never a mix of two versions in one read stream).
@@ -338,6 +390,488 @@ class OssFs(pyfuse3.Operations):
         if handle is None:
             return
         try:
-            await handle.reader.close()
+            if handle.reader is not None:
+                await handle.reader.close()
+            if handle.staged is not None:
+                await handle.staged.release()
         finally:
             self.inodes.close(handle.inode)
+            if handle.inode.open_count == 0:
+                detached = self._detached.pop(handle.inode.ino, None)
+                if detached is not None:
+                    await detached.release()
+
+    # -- writes --------------------------------------------------------------------------
+    # Everything that changes the bucket. Decisions about data (staging, uploads, journal,
+    # renames of objects) are in writer.py; these handlers translate and keep the inode table
+    # and the caches in step.
+
+    def _writable(self) -> WriteStaging:
+        if self.staging is None:
+            raise _fuse_error(errno.EROFS)
+        return self.staging
+
+    def _dir_inode(self, ino: int) -> Inode:
+        inode = self._inode(ino)
+        if not inode.is_dir:
+            raise _fuse_error(errno.ENOTDIR)
+        return inode
+
+    def _staged_key(self, key: str) -> StagedFile | None:
+        return None if self.staging is None else self.staging.staged(key)
+
+    def _staged_of(self, inode: Inode) -> StagedFile | None:
+        """The staged data an inode reads as: its private copy if it was unlinked while open,
+        else the staged file of its key while the inode still owns that key."""
+        detached = self._detached.get(inode.ino)
+        if detached is not None:
+            return detached
+        if self.staging is None or inode.kind is not Kind.FILE:
+            return None
+        if self.inodes.by_key(inode.key) is not inode:
+            return None
+        return self.staging.staged(inode.key)
+
+    def _staged_attrs(self, staged: StagedFile, base: Attributes | None) -> Attributes:
+        """Attributes of a staged file: those known (or its staged metadata) with its size."""
+        if base is None or base.kind is not Kind.FILE:
+            info = ObjectInfo(
+                staged.key, staged.size, "", time.time(), "Normal", metadata=staged.metadata
+            )
+            base = replace(attributes_from_info(info, self.namespace.defaults), etag=None)
+            if base.kind is not Kind.FILE:
+                base = replace(base, kind=Kind.FILE)
+        return replace(base, size=staged.size)
+
+    def _with_staged_entries(self, snapshot: DirSnapshot) -> DirSnapshot:
+        """A listing with the staged files of the directory: new ones (not in OSS yet) added,
+        listed ones with their staged size."""
+        if self.staging is None:
+            return snapshot
+        staged_files = self.staging.staged_under(snapshot.prefix, direct=True)
+        if not staged_files:
+            return snapshot
+        entries = {entry.name: entry for entry in snapshot.entries}
+        for staged in staged_files:
+            name = staged.key[len(snapshot.prefix) :]
+            listed = entries.get(name)
+            if listed is not None and listed.attrs.kind is Kind.DIR:
+                continue
+            known = self.inodes.by_key(staged.key)
+            base = known.attrs if known is not None else listed.attrs if listed else None
+            entries[name] = DirEntry(name, self._staged_attrs(staged, base))
+        ordered = tuple(entries[name] for name in sorted(entries))
+        return DirSnapshot(snapshot.prefix, ordered, snapshot.taken_at)
+
+    def _forget_listing(self, prefix: str) -> None:
+        # A directory's own cached listing (Namespace.invalidate drops the parent's): after a
+        # directory is removed or renamed onto, its old listing must not be served.
+        self.namespace._listings.invalidate(prefix)
+
+    async def _head_or_none(self, key: str) -> ObjectInfo | None:
+        try:
+            return await self.namespace.client.head_object(self.namespace.bucket, key)
+        except NotFound:
+            return None
+
+    async def _reader_at(self, handle: FileHandle, etag: str | None, size: int) -> FileReader:
+        """The handle's reader of version ``etag`` (reopened when the version changed)."""
+        if etag is None:
+            raise _fuse_error(errno.EIO)
+        reader = handle.reader
+        if reader is not None and reader.etag == etag and reader.size == size:
+            return reader
+        if reader is not None:
+            await reader.close()
+        node = handle.inode
+        crc64 = node.attrs.crc64 if node.attrs.etag == etag else None
+        handle.reader = self.read_cache.open(node.key, size, etag, crc64)
+        handle.etag = etag
+        return handle.reader
+
+    def _published(self, node: Inode, staged: StagedFile) -> None:
+        """After a successful flush: the inode describes the uploaded object."""
+        if staged.dirty or staged.remote_etag is None or self.inodes.by_key(node.key) is not node:
+            return  # unlinked meanwhile, or nothing was uploaded
+        mtime_ns = parse_mtime_ns(staged.metadata.get(META_MTIME)) or node.attrs.mtime_ns
+        node.attrs = replace(
+            node.attrs,
+            size=staged.size,
+            etag=staged.remote_etag,
+            crc64=staged.remote_crc64,
+            mtime_ns=mtime_ns,
+            exact=True,
+        )
+        node.attrs_expire_at = self._clock() + self.options.stat_cache_ttl_s
+        node.stale = False
+        self.namespace.invalidate(node.key)
+        self.read_cache.invalidate(node.key)
+        self._kernel_cached_etag.pop(node.ino, None)
+
+    def _new_file_handle(self, node: Inode, handle: FileHandle) -> pyfuse3.FileInfo:
+        fh = self._new_fh()
+        self._file_handles[fh] = handle
+        self.inodes.open(node)
+        # The kernel's pages of this file may differ from any object version from now on.
+        self._kernel_cached_etag.pop(node.ino, None)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+
+    async def _open_staged(self, node: Inode, flags: int, *, writable: bool) -> pyfuse3.FileInfo:
+        """open() of a file that is (or will now be) staged."""
+        staged = self._staged_of(node)
+        if writable:
+            if node.ino in self._detached:
+                raise _fuse_error(errno.ENOENT)  # unlinked: cannot be opened for writing again
+            staging = self._writable()
+            existing = None if staged is not None else await self._head_or_none(node.key)
+            truncate = bool(flags & os.O_TRUNC)
+            staged = await staging.open(
+                node.key, existing, truncate=truncate, append=bool(flags & os.O_APPEND)
+            )
+            if truncate:
+                node.attrs = replace(node.attrs, size=0, mtime_ns=time.time_ns())
+        handle = FileHandle(
+            node,
+            None,
+            staged.remote_etag if staged is not None else None,
+            staged=staged if writable else None,
+            append=bool(flags & os.O_APPEND),
+        )
+        return self._new_file_handle(node, handle)
+
+    @_errno_boundary
+    async def create(
+        self,
+        parent_inode: int,
+        name: bytes,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._dir_inode(parent_inode)
+        staging = self._writable()
+        text = os.fsdecode(name)
+        key = parent.key + text
+        attrs = Attributes(
+            kind=Kind.FILE,
+            size=0,
+            mtime_ns=time.time_ns(),
+            permissions=stat.S_IMODE(mode) & ~ctx.umask,
+            uid=ctx.uid,
+            gid=ctx.gid,
+            exact=True,
+        )
+        staged = await staging.open(key, None, truncate=True, exclusive=bool(flags & os.O_EXCL))
+        metadata = posix_metadata(attrs)
+        staged.set_metadata({field: metadata[field] for field in (META_MODE, META_UID, META_GID)})
+        inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
+        self.inodes.remember(inode)
+        self.namespace.invalidate(key)
+        handle = FileHandle(inode, None, None, staged=staged, append=bool(flags & os.O_APPEND))
+        return self._new_file_handle(inode, handle), self._entry(inode)
+
+    @_errno_boundary
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._file_handles.get(fh)
+        if handle is None or handle.staged is None:
+            raise _fuse_error(errno.EBADF)
+        staged = handle.staged
+        # O_APPEND: at the end as the writer knows it (the kernel's idea of the size may lag).
+        written = await staged.write(staged.size if handle.append else off, buf)
+        node = handle.inode
+        node.attrs = replace(node.attrs, size=staged.size, mtime_ns=time.time_ns())
+        return written
+
+    @_errno_boundary
+    async def flush(self, fh: int) -> None:
+        # close(): a handle opened for writing uploads; a read-only one must not publish
+        # another handle's unfinished writes.
+        handle = self._file_handles.get(fh)
+        if handle is None or handle.staged is None:
+            return
+        await handle.staged.flush()
+        self._published(handle.inode, handle.staged)
+
+    @_errno_boundary
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._file_handles.get(fh)
+        if handle is None or handle.staged is None:
+            return
+        await handle.staged.flush()
+        self._published(handle.inode, handle.staged)
+
+    @_errno_boundary
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self._inode(inode)
+        staging = self._writable()
+        current = node.attrs
+        changed = replace(
+            current,
+            permissions=stat.S_IMODE(attr.st_mode) if fields.update_mode else current.permissions,
+            uid=attr.st_uid if fields.update_uid else current.uid,
+            gid=attr.st_gid if fields.update_gid else current.gid,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else current.mtime_ns,
+        )
+        names = [
+            name
+            for name, wanted in (
+                (META_MODE, fields.update_mode),
+                (META_UID, fields.update_uid),
+                (META_GID, fields.update_gid),
+                (META_MTIME, fields.update_mtime),
+            )
+            if wanted
+        ]
+        if node.is_dir:
+            await self._set_directory_attributes(node, changed, bool(names))
+        elif node.kind is Kind.SYMLINK:
+            # A symlink's own mode, owner and times are not stored (OSS symlinks carry no
+            # metadata of their own); they hold until the inode is forgotten.
+            node.attrs = changed
+        else:
+            metadata = {name: posix_metadata(changed)[name] for name in names}
+            size = attr.st_size if fields.update_size else None
+            await self._set_file_attributes(node, staging, fh, size, metadata)
+            node.attrs = replace(
+                node.attrs,
+                permissions=changed.permissions,
+                uid=changed.uid,
+                gid=changed.gid,
+                mtime_ns=changed.mtime_ns,
+            )
+        return self._entry(node)
+
+    async def _set_directory_attributes(
+        self, node: Inode, changed: Attributes, store: bool
+    ) -> None:
+        if store and node.key:
+            # The directory's marker object carries its metadata (created if it was implicit).
+            await self.namespace.client.put_object(
+                self.namespace.bucket, node.key, b"", metadata=posix_metadata(changed)
+            )
+            self.namespace.invalidate(node.key)
+        # (The bucket's root has no marker: its attributes hold until unmount.)
+        node.attrs = changed
+
+    async def _set_file_attributes(
+        self,
+        node: Inode,
+        staging: WriteStaging,
+        fh: int | None,
+        size: int | None,
+        metadata: dict[str, str],
+    ) -> None:
+        """truncate and chmod/chown/utimens of a file: on its staged file, published at once
+        unless a handle has it open for writing (then its close() publishes)."""
+        handle = self._file_handles.get(fh) if fh is not None else None
+        staged = handle.staged if handle is not None else None
+        held = False
+        if staged is None:
+            staged = self._detached.get(node.ino)
+        if staged is None:
+            existing_staged = self._staged_of(node)
+            existing = None if existing_staged is not None else await self._head_or_none(node.key)
+            if existing_staged is None and existing is None:
+                raise _fuse_error(errno.ENOENT)
+            staged = await staging.open(node.key, existing, truncate=False)
+            held = True
+        try:
+            if size is not None:
+                await staged.truncate(size)
+            if metadata:
+                staged.set_metadata(metadata)
+            if held and staged.open_handles == 1:
+                await staged.flush()
+                self._published(node, staged)
+        finally:
+            if held:
+                await staged.release()
+        node.attrs = replace(node.attrs, size=staged.size)
+
+    @_errno_boundary
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._dir_inode(parent_inode)
+        self._writable()
+        text = os.fsdecode(name)
+        key = parent.key + text + "/"
+        attrs = Attributes(
+            kind=Kind.DIR,
+            size=0,
+            mtime_ns=time.time_ns(),
+            permissions=stat.S_IMODE(mode) & ~ctx.umask,
+            uid=ctx.uid,
+            gid=ctx.gid,
+            exact=True,
+        )
+        await self.namespace.client.put_object(
+            self.namespace.bucket, key, b"", metadata=posix_metadata(attrs)
+        )
+        self.namespace.invalidate(key)
+        self._forget_listing(key)
+        inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
+        self.inodes.remember(inode)
+        return self._entry(inode)
+
+    async def _directory_is_empty(self, prefix: str) -> bool:
+        """True when nothing but the directory's own marker is under ``prefix``."""
+        if self._writable().staged_under(prefix):
+            return False
+        page = await self.namespace.client.list_objects_page(
+            self.namespace.bucket, prefix=prefix, max_keys=2
+        )
+        return not page.prefixes and all(item.key == prefix for item in page.objects)
+
+    @_errno_boundary
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._dir_inode(parent_inode)
+        self._writable()
+        key = parent.key + os.fsdecode(name) + "/"
+        if not await self._directory_is_empty(key):
+            raise _fuse_error(errno.ENOTEMPTY)
+        client, bucket = self.namespace.client, self.namespace.bucket
+        await client.delete_object(bucket, key)
+        await client.delete_object(bucket, key[:-1] + FOLDER_SUFFIX)
+        self.inodes.detach(key)
+        self.namespace.invalidate(key)
+        self._forget_listing(key)
+
+    @_errno_boundary
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._dir_inode(parent_inode)
+        staging = self._writable()
+        key = parent.key + os.fsdecode(name)
+        node = self.inodes.by_key(key)
+        if node is not None and node.open_count > 0 and node.ino not in self._detached:
+            # Open handles keep reading (and writing) a private copy until the last close.
+            staged = staging.staged(key)
+            existing = None if staged is not None else await self._head_or_none(key)
+            if staged is not None or existing is not None:
+                self._detached[node.ino] = await staging.open(key, existing, truncate=False)
+        await staging.unlink(key)
+        await self.namespace.client.delete_object(self.namespace.bucket, key)
+        self.inodes.detach(key)
+        self.namespace.invalidate(key)
+        self.read_cache.invalidate(key)
+
+    @staticmethod
+    def _native_symlink_key(link_key: str, target: str) -> str | None:
+        """The key an OSS symlink at ``link_key`` must point to for ``readlink`` to give back
+        exactly ``target``; None when no key can (absolute, outside the bucket, not normal)."""
+        if not target or target.startswith("/"):
+            return None
+        key = posixpath.normpath(posixpath.join(posixpath.dirname(link_key), target))
+        if key in (".", "..") or key.startswith("../"):
+            return None
+        return key if native_symlink_path(link_key, key) == target else None
+
+    @_errno_boundary
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._dir_inode(parent_inode)
+        self._writable()
+        text = os.fsdecode(name)
+        key = parent.key + text
+        target_text = os.fsdecode(target)
+        attrs = Attributes(
+            kind=Kind.SYMLINK,
+            size=len(target),
+            mtime_ns=time.time_ns(),
+            permissions=0o777,
+            uid=ctx.uid,
+            gid=ctx.gid,
+            symlink_target=target_text,
+            exact=True,
+        )
+        metadata = posix_metadata(attrs)
+        del metadata[META_SYMLINK_TARGET]  # in the object itself (the target key or the body)
+        client, bucket = self.namespace.client, self.namespace.bucket
+        target_key = self._native_symlink_key(key, target_text)
+        if target_key is not None:
+            result = await client.put_symlink(bucket, key, target_key, metadata=metadata)
+            attrs = replace(attrs, object_type="Symlink", etag=result.etag)
+        else:
+            # Absolute or outside the bucket: an ossfs symlink (S_IFLNK, the target as body).
+            put = await client.put_object(bucket, key, target, metadata=metadata)
+            attrs = replace(attrs, etag=put.etag)
+        self.namespace.invalidate(key)
+        inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
+        self.inodes.remember(inode)
+        return self._entry(inode)
+
+    async def _attributes_at(self, parent: Inode, name: str) -> Attributes | None:
+        staged = self._staged_key(parent.key + name)
+        if staged is not None:
+            known = self.inodes.by_key(staged.key)
+            return self._staged_attrs(staged, known.attrs if known else None)
+        return await self.namespace.lookup(parent.key, name)
+
+    @_errno_boundary
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _fuse_error(errno.EINVAL)
+        staging = self._writable()
+        old_parent = self._dir_inode(parent_inode_old)
+        new_parent = self._dir_inode(parent_inode_new)
+        old_name, new_name = os.fsdecode(name_old), os.fsdecode(name_new)
+        source = await self._attributes_at(old_parent, old_name)
+        if source is None:
+            raise _fuse_error(errno.ENOENT)
+        target = await self._attributes_at(new_parent, new_name)
+        if target is not None and flags & pyfuse3.RENAME_NOREPLACE:
+            raise _fuse_error(errno.EEXIST)
+        if source.kind is Kind.DIR:
+            old_key = old_parent.key + old_name + "/"
+            new_key = new_parent.key + new_name + "/"
+            if new_key.startswith(old_key):
+                raise _fuse_error(errno.EINVAL)
+            if target is not None and target.kind is not Kind.DIR:
+                raise _fuse_error(errno.ENOTDIR)
+            if target is not None and not await self._directory_is_empty(new_key):
+                raise _fuse_error(errno.ENOTEMPTY)
+            await staging.rename_directory(old_key, new_key)
+            self._forget_listing(old_key)
+            self._forget_listing(new_key)
+        else:
+            old_key = old_parent.key + old_name
+            new_key = new_parent.key + new_name
+            if target is not None and target.kind is Kind.DIR:
+                raise _fuse_error(errno.EISDIR)
+            new_info = await staging.rename_file(
+                old_key,
+                new_key,
+                no_replace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+                symlink=source.object_type == "Symlink",
+            )
+            moved = self.inodes.by_key(old_key)
+            if moved is not None and new_info is not None:
+                moved.attrs = replace(
+                    moved.attrs,
+                    etag=new_info.etag,
+                    crc64=new_info.crc64,
+                    last_modified=new_info.last_modified,
+                )
+        inode = self.inodes.by_key(old_key)
+        if inode is not None:
+            self.inodes.rename(inode, new_parent, new_name)
+            self._kernel_cached_etag.pop(inode.ino, None)
+        for key in (old_key, new_key):
+            self.namespace.invalidate(key)
+            self.read_cache.invalidate(key)

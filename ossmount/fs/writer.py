@@ -73,6 +73,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import posixpath
 import shutil
 import time
 from collections.abc import Mapping
@@ -82,6 +83,7 @@ from typing import IO, TYPE_CHECKING
 
 import trio
 
+from ossmount.fs.attrs import native_symlink_path
 from ossmount.fs.journal import (
     MODE_LOCAL,
     MODE_REMOTE,
@@ -183,6 +185,17 @@ class RecoveryReport:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+
+def moved_symlink_target(old_key: str, new_key: str, target_key: str) -> str:
+    """The target key of an OSS symlink moved from ``old_key`` to ``new_key`` such that it
+    reads back (relative to its directory) as the same POSIX path text, as a moved symlink
+    does in a file system; the old target key where that path would leave the bucket."""
+    text = native_symlink_path(old_key, target_key)
+    moved = posixpath.normpath(posixpath.join(posixpath.dirname(new_key), text))
+    if moved in (".", "..") or moved.startswith("../"):
+        return target_key
+    return moved
 
 
 def _pread_exact(path: Path, offset: int, size: int) -> bytes:
@@ -299,6 +312,16 @@ class StagedFile:
     @property
     def mode(self) -> str:
         return self._mode
+
+    @property
+    def open_handles(self) -> int:
+        """How many opens of this file are not released yet."""
+        return self._handles
+
+    @property
+    def remote_crc64(self) -> int | None:
+        """CRC-64 of the object at ``remote_etag`` when known (after an upload), else None."""
+        return None if self._dirty else self._base_crc64
 
     @property
     def metadata(self) -> Mapping[str, str]:
@@ -1219,6 +1242,17 @@ class WriteStaging:
         """The staged file of ``key`` (open, or closed with an upload pending), if any."""
         return self._files.get(key)
 
+    def staged_under(self, prefix: str, *, direct: bool = False) -> list[StagedFile]:
+        """Staged files whose keys are under ``prefix`` (only its direct children if
+        ``direct``): a directory's entries that may not be in OSS yet."""
+        return [
+            staged
+            for key, staged in self._files.items()
+            if key.startswith(prefix)
+            and key != prefix
+            and not (direct and "/" in key[len(prefix) :])
+        ]
+
     def pending_keys(self) -> list[str]:
         """Keys whose data is staged but not yet in OSS."""
         return [key for key, staged in self._files.items() if staged.dirty]
@@ -1288,6 +1322,9 @@ class WriteStaging:
             return
         if staged._handles > 0:
             await staged.detach()
+            # Its handles keep it; a new file of the same name starts afresh.
+            if self._files.get(key) is staged:
+                del self._files[key]
             return
         staged._unlinked = True
         staged._retry_due_s = None
@@ -1400,6 +1437,7 @@ class WriteStaging:
             if object_type == "Symlink":
                 # (A HEAD would describe the target; the link's own user metadata is not kept.)
                 target = await client.get_symlink(self.bucket, old_key)
+                target = moved_symlink_target(old_key, new_key, target)
                 await client.put_symlink(self.bucket, new_key, target, forbid_overwrite=no_replace)
             elif size <= COPY_OBJECT_LIMIT:
                 await client.copy_object(

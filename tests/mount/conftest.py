@@ -138,6 +138,10 @@ def mount_ossmount(oss_server: Any, tmp_path: Path) -> Iterator[MountFactory]:
         )
         for option in options or []:
             command += ["-o", option]
+        if not any("state_dir=" in option for option in options or []):
+            # A write-path state directory of its own (the default one is per user, bucket and
+            # prefix, and would be shared by every test's mount).
+            command += ["-o", f"state_dir={tmp_path / f'state{len(mounts)}'}"]
         environment = env or ossmount_env()
         if daemon:
             result = subprocess.run(

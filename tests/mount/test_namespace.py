@@ -167,7 +167,8 @@ def test_prefix_mount(oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory) ->
     assert os.listdir(sub.path / "b" / "c") == ["deep.txt"]
 
 
-def test_read_only_part_one(oss2_bucket: oss2.Bucket, mounted: Mounted) -> None:
+def test_read_only_option(oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory) -> None:
+    mounted = mount_ossmount(["ro"])
     oss2_bucket.put_object("f.txt", b"x")
     result = subprocess.run(
         ["sh", "-c", "echo hi > new.txt"],
