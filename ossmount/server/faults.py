@@ -36,17 +36,28 @@ class Faults:
     seed: int = 0
     only_operations: frozenset[str] = frozenset()
     _random: random.Random = field(init=False, repr=False, compare=False)
+    _seeded_with: int = field(init=False, repr=False, compare=False)
     _lock: threading.Lock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)
+        self._seeded_with = self.seed
         self._lock = threading.Lock()
 
     def reseed(self, seed: int | None = None) -> None:
+        """Restart the sequence of decisions (from `seed`, or the current one)."""
         with self._lock:
             if seed is not None:
                 self.seed = seed
             self._random = random.Random(self.seed)
+            self._seeded_with = self.seed
+
+    def _draw(self) -> float:
+        # Assigning `seed` restarts the sequence as reseed() does. Call with the lock held.
+        if self.seed != self._seeded_with:
+            self._random = random.Random(self.seed)
+            self._seeded_with = self.seed
+        return self._random.random()
 
     def clear(self) -> None:
         """No faults from now on."""
@@ -65,9 +76,9 @@ class Faults:
         if rate <= 0 or not self._applies(operation):
             return None
         with self._lock:
-            if self._random.random() >= rate:
+            if self._draw() >= rate:
                 return None
-            slow_down = self._random.random() < 0.5
+            slow_down = self._draw() < 0.5
         return (503, "SlowDown") if slow_down else (500, "InternalError")
 
     def pick_reset(self, operation: str, body_length: int) -> int | None:
@@ -76,6 +87,6 @@ class Faults:
         if rate <= 0 or body_length <= 1 or not self._applies(operation):
             return None
         with self._lock:
-            if self._random.random() >= rate:
+            if self._draw() >= rate:
                 return None
         return body_length // 2

@@ -91,9 +91,20 @@ def test_bandwidth_cap(oss2_bucket: oss2.Bucket, oss_server: RunningServer) -> N
     assert time.monotonic() - started < 0.2
 
 
-def test_faults_object_defaults() -> None:
+def test_faults_object_defaults_and_seeding() -> None:
     faults = Faults(seed=3)
     assert faults.pick_error("GetObject") is None
     assert faults.pick_reset("GetObject", 100) is None
     faults.reset_rate = 1.0
     assert faults.pick_reset("GetObject", 100) == 50
+    faults.clear()
+    faults.error_rate = 0.5
+    faults.reseed(3)
+    first = [faults.pick_error("GetObject") for _ in range(30)]
+    faults.seed = 11
+    second = [faults.pick_error("GetObject") for _ in range(30)]
+    faults.seed = 3
+    assert [faults.pick_error("GetObject") for _ in range(30)] == first
+    faults.seed = 11
+    assert [faults.pick_error("GetObject") for _ in range(30)] == second
+    assert first != second
