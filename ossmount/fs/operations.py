@@ -434,13 +434,12 @@ class OssFs(pyfuse3.Operations):
 
     def _staged_attrs(self, staged: StagedFile, base: Attributes | None) -> Attributes:
         """Attributes of a staged file: those known (or its staged metadata) with its size."""
-        if base is None or base.kind is not Kind.FILE:
+        if base is None or base.kind is Kind.DIR:
+            # (An ossfs symlink is a staged object too while its metadata changes.)
             info = ObjectInfo(
                 staged.key, staged.size, "", time.time(), "Normal", metadata=staged.metadata
             )
             base = replace(attributes_from_info(info, self.namespace.defaults), etag=None)
-            if base.kind is not Kind.FILE:
-                base = replace(base, kind=Kind.FILE)
         return replace(base, size=staged.size)
 
     def _with_staged_entries(self, snapshot: DirSnapshot) -> DirSnapshot:
@@ -631,9 +630,9 @@ class OssFs(pyfuse3.Operations):
         ]
         if node.is_dir:
             await self._set_directory_attributes(node, changed, bool(names))
-        elif node.kind is Kind.SYMLINK:
-            # A symlink's own mode, owner and times are not stored (OSS symlinks carry no
-            # metadata of their own); they hold until the inode is forgotten.
+        elif node.kind is Kind.SYMLINK and current.object_type == "Symlink":
+            # An OSS symlink's own mode, owner and times are not stored (listings show its
+            # Last-Modified, HEAD describes its target); they hold until the inode is forgotten.
             node.attrs = changed
         else:
             metadata = {name: posix_metadata(changed)[name] for name in names}
