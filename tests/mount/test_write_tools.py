@@ -14,7 +14,7 @@ from pathlib import Path
 
 import oss2
 
-from tests.mount.conftest import MountFactory, Mounted
+from tests.mount.conftest import Mounted, MountFactory
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test",
