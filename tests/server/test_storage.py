@@ -150,3 +150,18 @@ def test_command_refuses_bad_arguments(root: Path) -> None:
     assert result.returncode == 2
     assert "secret" in result.stderr
     assert result.stdout == ""
+
+
+def test_command_reports_a_taken_port(root: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "ossmount.cli", "server", "--root", str(root),
+             "--port", str(port)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "Address already in use" in result.stderr
