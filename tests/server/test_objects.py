@@ -3,6 +3,7 @@ conditions, forbid-overwrite, copy, append, symlinks, batch delete, ACLs."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 from email.utils import formatdate
@@ -21,6 +22,7 @@ from oss2.exceptions import (
 
 from ossmount.server import RunningServer
 from tests.conftest import TEST_BUCKET
+from tests.server.conftest import RawClient
 
 reference_crc = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
 
@@ -276,3 +278,26 @@ def test_request_ids_and_stats(bucket: oss2.Bucket, oss_server: RunningServer) -
     assert oss_server.stats.count("PutObject") == 2
     assert oss_server.stats.count("GetObject") == 1
     assert oss_server.stats.count() == 3
+
+
+def test_batch_delete_quiet_and_content_md5(oss2_bucket: oss2.Bucket, raw: RawClient) -> None:
+    oss2_bucket.put_object("q1", b"x")
+    oss2_bucket.put_object("q2", b"x")
+    document = (
+        b"<Delete><Quiet>true</Quiet><Object><Key>q1</Key></Object>"
+        b"<Object><Key>q2</Key></Object></Delete>"
+    )
+    wrong_md5 = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+    response = raw.request(
+        "POST", None, params={"delete": ""}, content=document, headers={"Content-MD5": wrong_md5}
+    )
+    assert response.status_code == 400
+    assert oss2_bucket.object_exists("q1")
+    right_md5 = base64.b64encode(hashlib.md5(document).digest()).decode()
+    response = raw.request(
+        "POST", None, params={"delete": ""}, content=document, headers={"Content-MD5": right_md5}
+    )
+    assert response.status_code == 200
+    assert "<Deleted>" not in response.text
+    assert not oss2_bucket.object_exists("q1")
+    assert not oss2_bucket.object_exists("q2")
