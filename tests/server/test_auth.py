@@ -173,3 +173,17 @@ def test_virtual_host_style(oss_server: RunningServer, oss2_bucket: oss2.Bucket)
         assert response.status_code == 200
         assert "<Key>dir/vhost key</Key>" in response.text
     assert oss2_bucket.get_object("new").read() == b"put vhost"
+
+
+@pytest.mark.parametrize("auth_class", [oss2.Auth, oss2.AuthV4])
+def test_presigned_url_signs_the_headers_it_was_made_for(
+    oss_server: RunningServer, auth_class: type
+) -> None:
+    bucket = _bucket(oss_server, auth_class(TEST_AK, TEST_SK))
+    headers = {"Content-Type": "text/x-signed", "x-oss-meta-origin": "presigned"}
+    url = bucket.sign_url("PUT", "signed-headers", 60, headers=headers)
+    assert requests.put(url, data=b"a", timeout=10).status_code == 403
+    assert requests.put(url, data=b"b", headers=headers, timeout=10).status_code == 200
+    head = bucket.head_object("signed-headers")
+    assert head.headers["Content-Type"] == "text/x-signed"
+    assert head.headers["x-oss-meta-origin"] == "presigned"
