@@ -12,6 +12,14 @@ One run of the script starts the bundled server (in a thread of this process), w
 and reports MB/s (median of --runs), the ratio to curl, the time flush() took after the last
 write (close() after a streamed write), the peak staging disk, and the child's peak RSS (VmHWM).
 The FUSE layer is not in this figure: it measures the writer the mount calls.
+
+With --mount, the same comparison goes through a real mount (`ossmount mount -f` in a process
+of its own, the server in a thread of this one):
+  dd if=FILE of=MNT/... bs=1M conv=fsync   vs   curl -T FILE (alternated, --runs times)
+  close() time after a streamed write of the file (a Python writer, 1 MiB writes)
+  peak RSS of the mount process (VmHWM) and peak staging disk (state_dir/staging, polled)
+  cp -r of --small-files-count files of 4 KiB into the mount with --latency-ms injected: time
+  and requests per file counted at the server.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -192,6 +201,10 @@ def main() -> int:
         help="instead: N new 4 KiB files one after the other with --latency-ms injected",
     )
     parser.add_argument("--latency-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--mount", action="store_true", help="measure through a real mount (dd, close(), cp -r)"
+    )
+    parser.add_argument("--small-files-count", type=int, default=1000)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
@@ -204,6 +217,8 @@ def main() -> int:
 
     if args.small_files:
         return small_files_main(args)
+    if args.mount:
+        return mount_main(args)
     size = args.size_mib * MIB
     with tempfile.TemporaryDirectory(prefix="ossmount-bench-write-") as temp:
         work = Path(temp)
@@ -297,6 +312,193 @@ def small_files_main(args: argparse.Namespace) -> int:
         f"{count} files of 4 KiB, {args.latency_ms:g} ms latency: {elapsed:.2f} s "
         f"({elapsed / count * 1000:.1f} ms per file); {requests / counted_files:.2f} requests "
         f"per file {by_operation} (over {counted_files} files)"
+    )
+    return 0
+
+
+# -- through a real mount ---------------------------------------------------------------------
+
+STREAMED_CLOSE = r"""
+import os, sys, time
+source, target = sys.argv[1], sys.argv[2]
+fd = os.open(target, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+start = time.perf_counter()
+with open(source, "rb", buffering=0) as data:
+    while piece := data.read(1 << 20):
+        os.write(fd, piece)
+written = time.perf_counter()
+os.close(fd)
+closed = time.perf_counter()
+print(written - start, closed - written)
+"""
+
+
+class Mount:
+    """`ossmount mount -f` of BUCKET in a child process, until stop()."""
+
+    def __init__(self, endpoint: str, work: Path, name: str, args: argparse.Namespace) -> None:
+        self.path = work / f"mnt-{name}"
+        self.path.mkdir()
+        self.state_dir = work / f"state-{name}"
+        env = {**os.environ, "OSS_ACCESS_KEY_ID": AK, "OSS_ACCESS_KEY_SECRET": SK}
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ossmount.cli",
+                "mount",
+                BUCKET,
+                str(self.path),
+                "--endpoint",
+                endpoint,
+                "-f",
+                "-o",
+                f"state_dir={self.state_dir},part_size={args.part_size_mib}m,"
+                f"upload_concurrency={args.concurrency}",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(self.path):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("the mount did not come up")
+            time.sleep(0.05)
+
+    def peak_rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmHWM")
+
+    def stop(self) -> None:
+        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class StagingPeak:
+    """Polls the bytes in a staging directory every 50 ms in a thread; ``peak`` is the most."""
+
+    def __init__(self, staging_dir: Path) -> None:
+        self.staging_dir = staging_dir
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.05):
+            used = 0
+            for path in list(self.staging_dir.glob("*")):
+                try:
+                    used += path.stat().st_blocks * 512
+                except FileNotFoundError:
+                    continue
+            self.peak = max(self.peak, used)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def dd_fsync(source: Path, target: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        ["dd", f"if={source}", f"of={target}", "bs=1M", "conv=fsync", "status=none"], check=True
+    )
+    return time.perf_counter() - start
+
+
+def mount_main(args: argparse.Namespace) -> int:
+    size = args.size_mib * MIB
+    with tempfile.TemporaryDirectory(prefix="ossmount-bench-write-") as temp:
+        work = Path(temp)
+        source = work / "source.bin"
+        make_file(source, size)
+        config = ServerConfig(
+            root=work / "server", credentials=[Credentials(AK, SK)], buckets=[BUCKET]
+        )
+        with run_server_in_thread(config) as server:
+            mount = Mount(server.endpoint, work, "big", args)
+            try:
+                curl_s: list[float] = []
+                dd_s: list[float] = []
+                staging = StagingPeak(mount.state_dir / "staging")
+                for run in range(args.runs):
+                    curl_s.append(curl_put(server.endpoint, source, f"curl-{run}.bin"))
+                    dd_s.append(dd_fsync(source, mount.path / f"dd-{run}.bin"))
+                    print(
+                        f"run {run}: curl {size / curl_s[-1] / 1e6:.0f} MB/s, "
+                        f"dd conv=fsync {size / dd_s[-1] / 1e6:.0f} MB/s",
+                        file=sys.stderr,
+                    )
+                closes: list[float] = []
+                for run in range(args.runs):
+                    output = subprocess.run(
+                        [
+                            sys.executable,
+                            "-c",
+                            STREAMED_CLOSE,
+                            str(source),
+                            str(mount.path / f"py-{run}.bin"),
+                        ],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    ).stdout.split()
+                    closes.append(float(output[1]))
+                    print(
+                        f"run {run}: streamed write {size / float(output[0]) / 1e6:.0f} MB/s, "
+                        f"close() {closes[-1]:.2f} s",
+                        file=sys.stderr,
+                    )
+                staging_peak = staging.stop()
+                rss_kib = mount.peak_rss_kib()
+            finally:
+                mount.stop()
+            small = work / "small"
+            small.mkdir()
+            for number in range(args.small_files_count):
+                (small / f"f{number:04d}").write_bytes(os.urandom(4096))
+            mount = Mount(server.endpoint, work, "small", args)
+            try:
+                server.faults.latency_ms = args.latency_ms
+                server.stats.reset()
+                start = time.perf_counter()
+                subprocess.run(["cp", "-r", str(small), str(mount.path / "small")], check=True)
+                cp_s = time.perf_counter() - start
+                requests = server.stats.count()
+                by_operation = dict(sorted(server.stats.by_operation.items()))
+                server.faults.clear()
+            finally:
+                mount.stop()
+    curl_mbps = size / statistics.median(curl_s) / 1e6
+    dd_mbps = size / statistics.median(dd_s) / 1e6
+    count = args.small_files_count
+    print(
+        f"size {args.size_mib} MiB, part size {args.part_size_mib} MiB, {args.concurrency} "
+        f"uploads in flight, median of {args.runs} runs"
+    )
+    print("| through the mount | figure |")
+    print("|---|---|")
+    print(f"| curl -T (single-stream PUT) | {curl_mbps:.0f} MB/s |")
+    print(f"| dd bs=1M conv=fsync | {dd_mbps:.0f} MB/s ({dd_mbps / curl_mbps:.0%} of curl) |")
+    print(
+        f"| close() after a streamed write | {statistics.median(closes):.2f} s median, "
+        f"{max(closes):.2f} s max |"
+    )
+    print(f"| peak RSS of the mount (VmHWM) | {rss_kib / 1024:.0f} MiB |")
+    print(f"| staging disk peak | {staging_peak / MIB:.0f} MiB |")
+    print(
+        f"| cp -r of {count} files of 4 KiB, {args.latency_ms:g} ms latency | {cp_s:.2f} s "
+        f"({cp_s / count * 1000:.1f} ms per file), {requests / count:.2f} requests per file "
+        f"{by_operation} |"
     )
     return 0
 

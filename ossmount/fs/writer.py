@@ -362,7 +362,11 @@ class StagedFile:
         if not data:
             return 0
         async with self._lock:
-            if self._mode == MODE_REMOTE:
+            if self._mode == MODE_REMOTE and self.size == 0:
+                # An empty object (such as one a close() right after create published, as dd
+                # does with its dup2): nothing to fetch, stream again from the start.
+                await self._reset_to_empty()
+            elif self._mode == MODE_REMOTE:
                 await self._make_local()
             if self._mode == MODE_STREAM:
                 in_place = offset >= self._stream_base or self._in_part_one(offset, len(data))
@@ -689,6 +693,7 @@ class StagedFile:
         self.size = 0
         self._stream_base = 0
         self._append_crc = Crc64()
+        self._part_crcs.clear()
         self._mode = MODE_STREAM
         self._changed = RangeSet()
         self._journal(mode=MODE_STREAM, size=0, base_key=None, base_etag=None, base_size=0)
