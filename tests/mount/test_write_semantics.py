@@ -3,11 +3,13 @@ file, a file unlinked while open, O_EXCL, O_APPEND, a failed upload reported by 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import oss2
@@ -200,3 +202,38 @@ def test_failed_upload_is_eio_at_close_then_retried(
         subprocess.run(["sleep", "0.1"], check=True)
     assert object_bytes(oss2_bucket, "unlucky.txt") == b"precious"
     assert "unlucky.txt" in mounted.log()
+
+
+def test_streamed_dd_keeps_a_few_parts_on_disk(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(48 * MiB))
+    state_dir = tmp_path / "streamed-state"
+    mounted = mount_ossmount([f"state_dir={state_dir},part_size=1m,upload_concurrency=2"])
+    peak = 0
+    stop = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        while not stop.wait(0.01):
+            used = 0
+            for path in list((state_dir / "staging").glob("*")):
+                with contextlib.suppress(FileNotFoundError):
+                    used += path.stat().st_blocks * 512
+            peak = max(peak, used)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        subprocess.run(
+            ["dd", f"if={source}", f"of={mounted.path / 'dd.bin'}", "bs=1M", "conv=fsync"],
+            check=True,
+            capture_output=True,
+        )
+    finally:
+        stop.set()
+        poller.join()
+    # Part 1, the parts in flight and the part being filled: never the whole file.
+    assert 0 < peak <= 8 * MiB, peak
+    assert object_bytes(oss2_bucket, "dd.bin") == source.read_bytes()
