@@ -488,7 +488,7 @@ class OssFs(pyfuse3.Operations):
         handle.etag = etag
         return handle.reader
 
-    def _published(self, node: Inode, staged: StagedFile) -> None:
+    async def _published(self, node: Inode, staged: StagedFile) -> None:
         """After a successful flush: the inode describes the uploaded object."""
         if staged.dirty or staged.remote_etag is None or self.inodes.by_key(node.key) is not node:
             return  # unlinked meanwhile, or nothing was uploaded
@@ -506,6 +506,12 @@ class OssFs(pyfuse3.Operations):
         self.namespace.invalidate(node.key)
         self.read_cache.invalidate(node.key)
         self._kernel_cached_etag.pop(node.ino, None)
+        # Read-only handles of this file read the new version from now on (written by this
+        # mount, so no mix: until now they read the staged data).
+        for handle in self._file_handles.values():
+            if handle.inode is node and handle.staged is None and handle.reader is not None:
+                reader, handle.reader = handle.reader, None
+                await reader.close()
 
     def _new_file_handle(self, node: Inode, handle: FileHandle) -> pyfuse3.FileInfo:
         fh = self._new_fh()
@@ -589,7 +595,7 @@ class OssFs(pyfuse3.Operations):
         if handle is None or handle.staged is None:
             return
         await handle.staged.flush()
-        self._published(handle.inode, handle.staged)
+        await self._published(handle.inode, handle.staged)
 
     @_errno_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -597,7 +603,7 @@ class OssFs(pyfuse3.Operations):
         if handle is None or handle.staged is None:
             return
         await handle.staged.flush()
-        self._published(handle.inode, handle.staged)
+        await self._published(handle.inode, handle.staged)
 
     @_errno_boundary
     async def setattr(
@@ -688,7 +694,7 @@ class OssFs(pyfuse3.Operations):
                 staged.set_metadata(metadata)
             if held and staged.open_handles == 1:
                 await staged.flush()
-                self._published(node, staged)
+                await self._published(node, staged)
         finally:
             if held:
                 await staged.release()

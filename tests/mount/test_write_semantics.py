@@ -237,3 +237,21 @@ def test_streamed_dd_keeps_a_few_parts_on_disk(
     # Part 1, the parts in flight and the part being filled: never the whole file.
     assert 0 < peak <= 8 * MiB, peak
     assert object_bytes(oss2_bucket, "dd.bin") == source.read_bytes()
+
+
+def test_reader_opened_before_a_write_sees_it(mounted: Mounted, oss2_bucket: oss2.Bucket) -> None:
+    oss2_bucket.put_object("doc.txt", b"old content, long enough")
+    path = mounted.path / "doc.txt"
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(reader, 100, 0) == b"old content, long enough"
+        with path.open("r+b") as writer:
+            writer.write(b"NEW")
+            writer.flush()
+            assert os.pread(reader, 100, 0) == b"NEW content, long enough"  # staged
+        assert os.pread(reader, 100, 0) == b"NEW content, long enough"  # uploaded
+        path.write_bytes(b"short")
+        assert os.pread(reader, 100, 0) == b"short"
+    finally:
+        os.close(reader)
+    assert object_bytes(oss2_bucket, "doc.txt") == b"short"
