@@ -415,6 +415,8 @@ class OssClient:
         self._netloc = url.netloc.decode("ascii")
         self.path_style = is_ip_or_localhost(url.host)
         self.retry = retry if retry is not None else RetryPolicy()
+        #: False when ``transport`` replaces the network (then only httpx can reach the server).
+        self.uses_network = transport is None
         self._credentials = credentials
         self.signature_version = signature_version
         auth: httpx.Auth | None
@@ -564,6 +566,16 @@ class OssClient:
             await response.aclose()
             raise
         return response
+
+    def signed_request(
+        self, method: str, bucket: str, key: str, headers: Mapping[str, str]
+    ) -> httpx.Request:
+        """A request without a body, built and signed as this client sends it (URL style,
+        default headers, V1/V4 signature), for a caller that sends it over a connection of its
+        own (:mod:`ossmount.oss.bulk`). Sign it again for each attempt: signatures carry a time."""
+        request = self._build(method, bucket, key, None, headers, None)
+        auth = self._http.auth
+        return next(auth.sync_auth_flow(request)) if auth is not None else request
 
     @staticmethod
     def _describe(bucket: str | None, key: str | None) -> str:
