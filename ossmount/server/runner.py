@@ -103,15 +103,6 @@ async def open_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         except ValueError:
             if config.host and config.host not in bases:
                 bases.append(config.host)
-        app = App(
-            store,
-            Verifier(config.credentials),
-            faults,
-            stats,
-            tuple(bases),
-            config.region,
-            config.direct_io,
-        )
         throttle = Throttle(lambda: faults.bandwidth_bytes_per_s)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         listener = trio.socket.socket(family, socket.SOCK_STREAM)
@@ -120,7 +111,16 @@ async def open_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         listener.listen(512)
         port = listener.getsockname()[1]
         display = f"{_display_host(config.host)}:{port}"
-        app.endpoint_host = display
+        app = App(
+            store,
+            Verifier(config.credentials),
+            faults,
+            stats,
+            tuple(bases),
+            display,
+            config.region,
+            config.direct_io,
+        )
         running = RunningServer(
             endpoint=f"http://{display}",
             host=config.host,
