@@ -14,7 +14,8 @@ write (close() after a streamed write), the peak staging disk, and the child's p
 The FUSE layer is not in this figure: it measures the writer the mount calls.
 
 With --mount, the same comparison goes through a real mount (`ossmount mount -f` in a process
-of its own, the server in a thread of this one):
+of its own; the server in another process, and in a thread of this one for cp -r, to count
+its requests):
   dd if=FILE of=MNT/... bs=1M conv=fsync   vs   curl -T FILE (alternated, --runs times)
   close() time after a streamed write of the file (a Python writer, 1 MiB writes)
   peak RSS of the mount process (VmHWM) and peak staging disk (state_dir/staging, polled)
@@ -25,6 +26,7 @@ of its own, the server in a thread of this one):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -407,6 +410,39 @@ class StagingPeak:
         return self.peak
 
 
+@contextlib.contextmanager
+def server_process(root: Path) -> Iterator[str]:
+    """The bundled server in a child process; -> its endpoint."""
+    port = 20000 + os.getpid() % 1000
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ossmount.cli",
+            "server",
+            "--root",
+            str(root),
+            "--port",
+            str(port),
+            "--access-key-id",
+            AK,
+            "--access-key-secret",
+            SK,
+            "--bucket",
+            BUCKET,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        yield server.stdout.readline().strip()
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def dd_fsync(source: Path, target: Path) -> float:
     start = time.perf_counter()
     subprocess.run(
@@ -421,17 +457,15 @@ def mount_main(args: argparse.Namespace) -> int:
         work = Path(temp)
         source = work / "source.bin"
         make_file(source, size)
-        config = ServerConfig(
-            root=work / "server", credentials=[Credentials(AK, SK)], buckets=[BUCKET]
-        )
-        with run_server_in_thread(config) as server:
-            mount = Mount(server.endpoint, work, "big", args)
+        # The server in a process of its own for the throughput figures (as curl sees it).
+        with server_process(work / "server-timed") as endpoint:
+            mount = Mount(endpoint, work, "big", args)
             try:
                 curl_s: list[float] = []
                 dd_s: list[float] = []
                 staging = StagingPeak(mount.state_dir / "staging")
                 for run in range(args.runs):
-                    curl_s.append(curl_put(server.endpoint, source, f"curl-{run}.bin"))
+                    curl_s.append(curl_put(endpoint, source, f"curl-{run}.bin"))
                     dd_s.append(dd_fsync(source, mount.path / f"dd-{run}.bin"))
                     print(
                         f"run {run}: curl {size / curl_s[-1] / 1e6:.0f} MB/s, "
@@ -462,6 +496,11 @@ def mount_main(args: argparse.Namespace) -> int:
                 rss_kib = mount.peak_rss_kib()
             finally:
                 mount.stop()
+        # In a thread for cp -r: its request counters are readable (the mount is a process).
+        config = ServerConfig(
+            root=work / "server", credentials=[Credentials(AK, SK)], buckets=[BUCKET]
+        )
+        with run_server_in_thread(config) as server:
             small = work / "small"
             small.mkdir()
             for number in range(args.small_files_count):
