@@ -34,20 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from benchlib import AK, BUCKET, CREDENTIALS, REGION, SK, process_cpu_s
 
 from ossmount.oss.client import OssClient
-from ossmount.oss.signer import Credentials
 from ossmount.server import RunningServer, ServerConfig, run_server_in_thread
 
-AK = "bench-ak"
-SK = "bench-secret"
-BUCKET = "bench"
-REGION = "cn-hangzhou"
 OSSFS_0600 = {"mode": str(stat.S_IFREG | 0o600), "uid": "1000", "gid": "1000"}
 
 
 async def upload_all(endpoint: str, items: list[tuple[str, bytes, dict[str, str]]]) -> None:
-    async with OssClient(endpoint, Credentials(AK, SK), region=REGION, max_connections=32) as c:
+    async with OssClient(endpoint, CREDENTIALS, region=REGION, max_connections=32) as c:
         limiter = trio.CapacityLimiter(32)
 
         async def put(key: str, data: bytes, metadata: dict[str, str]) -> None:
@@ -69,8 +65,7 @@ class Mount:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the mount process so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s(self.process.pid)
 
     def peak_rss_mib(self) -> float:
         """VmHWM of the mount process."""
@@ -219,7 +214,7 @@ def main() -> int:
     EXTRA_OPTIONS.extend(args.options)
     with tempfile.TemporaryDirectory(prefix="bench-srv-") as root:
         config = ServerConfig(
-            root=Path(root), credentials=[Credentials(AK, SK)], buckets=[BUCKET], region=REGION
+            root=Path(root), credentials=[CREDENTIALS], buckets=[BUCKET], region=REGION
         )
         with run_server_in_thread(config) as server:
             items: list[tuple[str, bytes, dict[str, str]]] = []

@@ -13,20 +13,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from xml.etree import ElementTree
 
 import httpx
+from benchlib import (
+    BUCKET,
+    CREDENTIALS,
+    REGION,
+    curl_timed,
+    make_file,
+    presigned_url,
+    process_cpu_s,
+    server_process,
+)
 
-from ossmount.oss.signer import Credentials, OssV4Auth, presign_v1
+from ossmount.oss.signer import OssV4Auth
 from ossmount.server.store import ObjectRecord, Store
-
-AK, SK, BUCKET, REGION = "bench-ak", "bench-secret", "bench", "cn-hangzhou"
-CREDENTIALS = Credentials(AK, SK)
 
 
 def populate_index(root: Path, keys: int) -> None:
@@ -47,36 +52,11 @@ def populate_index(root: Path, keys: int) -> None:
     store.close()
 
 
-def start_server(root: Path, direct_io: bool) -> tuple[subprocess.Popen[str], str]:
-    command = [sys.executable, "-m", "ossmount.cli", "server", "--root", str(root)]
-    command += ["--port", "0", "--access-key-id", AK, "--access-key-secret", SK]
-    command += ["--bucket", BUCKET, *(["--direct-io"] if direct_io else [])]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    endpoint = process.stdout.readline().strip()
-    if not endpoint.startswith("http://"):
-        process.kill()
-        raise SystemExit("server did not start")
-    return process, endpoint
-
-
-def url(endpoint: str, method: str, key: str) -> str:
-    return presign_v1(
-        CREDENTIALS, method, f"{endpoint}/{BUCKET}/{key}", BUCKET, key, int(time.time()) + 3600
-    )
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def curl_run(server_pid: int, args: list[str]) -> tuple[float, float]:
+def curl_run(server_pid: int, *args: str) -> tuple[float, float]:
     """(wall seconds, server CPU seconds) of one curl transfer."""
-    cpu_before = cpu_seconds(server_pid)
-    started = time.perf_counter()
-    subprocess.run(["curl", "-sS", "-f", "-o", "/dev/null", *args], check=True)
-    return time.perf_counter() - started, cpu_seconds(server_pid) - cpu_before
+    cpu_before = process_cpu_s(server_pid)
+    seconds = curl_timed(*args)
+    return seconds, process_cpu_s(server_pid) - cpu_before
 
 
 def time_multipart_complete(client: httpx.Client, parts: int) -> float:
@@ -120,32 +100,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch:
         root = Path(scratch) / "root"
         source = Path(scratch) / "source.bin"
-        with source.open("wb") as handle:
-            block = os.urandom(16 << 20)
-            for _ in range(size // len(block)):
-                handle.write(block)
+        make_file(source, size)
         started = time.perf_counter()
         populate_index(root, options.keys)
         print(f"indexed {options.keys} keys in {time.perf_counter() - started:.1f} s")
-        process, endpoint = start_server(root, options.direct_io)
-        try:
+        with server_process(root, *(["--direct-io"] if options.direct_io else [])) as server:
+            endpoint, pid = server.endpoint, server.process.pid
+            put_url = presigned_url(endpoint, "PUT", "big.bin")
             put_s, put_cpu = min(
-                curl_run(
-                    process.pid,
-                    [
-                        "-T",
-                        str(source),
-                        "-H",
-                        "Content-Type:",
-                        "-H",
-                        "Expect:",
-                        url(endpoint, "PUT", "big.bin"),
-                    ],
-                )
+                curl_run(pid, "-T", str(source), "-H", "Content-Type:", "-H", "Expect:", put_url)
                 for _ in range(options.runs)
             )
             get_s, get_cpu = min(
-                curl_run(process.pid, [url(endpoint, "GET", "big.bin")])
+                curl_run(pid, presigned_url(endpoint, "GET", "big.bin"))
                 for _ in range(options.runs)
             )
             for label, seconds, cpu in (("PUT", put_s, put_cpu), ("GET", get_s, get_cpu)):
@@ -192,9 +159,6 @@ def main() -> None:
                     f"CompleteMultipartUpload of {options.parts} parts of 1 MiB: "
                     f"{complete_s * 1000:.1f} ms"
                 )
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
 
 
 if __name__ == "__main__":

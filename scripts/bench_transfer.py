@@ -18,10 +18,7 @@ seconds per GiB each client spent (this process: robust to other load on the mac
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,32 +27,11 @@ from pathlib import Path
 
 import oss2
 import trio
+from benchlib import AK, BUCKET, CREDENTIALS, MIB, REGION, SK, make_file, server_process
 
 from ossmount.oss import transfer
 from ossmount.oss.client import OssClient
 from ossmount.oss.crc64 import Crc64
-from ossmount.oss.signer import Credentials
-
-AK = "bench-ak"
-SK = "bench-secret"
-BUCKET = "bench"
-REGION = "cn-hangzhou"
-MIB = 1024 * 1024
-
-
-def make_file(path: Path, size: int) -> int:
-    """Write ``size`` random bytes; -> their CRC-64."""
-    block = os.urandom(16 * MIB)
-    crc = Crc64()
-    with path.open("wb") as out:
-        written = 0
-        while written < size:
-            piece = block[: min(len(block), size - written)]
-            block = block[1:] + block[:1]  # no two blocks alike
-            out.write(piece)
-            crc.update(piece)
-            written += len(piece)
-    return crc.value
 
 
 def file_crc(path: Path) -> int:
@@ -64,20 +40,6 @@ def file_crc(path: Path) -> int:
         while chunk := source.read(16 * MIB):
             crc.update(chunk)
     return crc.value
-
-
-def start_server(root: Path) -> tuple[subprocess.Popen[str], str]:
-    command = [
-        sys.executable, "-m", "ossmount.cli", "server", "--root", str(root), "--port", "0",
-        "--bucket", BUCKET, "--access-key-id", AK, "--access-key-secret", SK,
-    ]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert server.stdout is not None
-    endpoint = server.stdout.readline().strip()
-    if not endpoint.startswith("http"):
-        server.kill()
-        raise RuntimeError(f"the server did not start: {endpoint!r}")
-    return server, endpoint
 
 
 def timed(action: Callable[[], object]) -> tuple[float, float]:
@@ -98,9 +60,12 @@ def main() -> int:
     size = args.size_mib * MIB
     part_size = args.part_size_mib * MIB
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-transfer-", dir=args.workdir))
-    server, endpoint = start_server(workdir / "server")
-    try:
+    scratch = tempfile.TemporaryDirectory(
+        prefix="bench-transfer-", dir=args.workdir, ignore_cleanup_errors=True
+    )
+    with scratch as directory, server_process(Path(directory) / "server") as server:
+        workdir = Path(directory)
+        endpoint = server.endpoint
         source = workdir / "source.bin"
         source_crc = make_file(source, size)
         bucket = oss2.Bucket(oss2.AuthV4(AK, SK), endpoint, BUCKET, region=REGION)
@@ -108,9 +73,7 @@ def main() -> int:
 
         def ossmount_upload() -> None:
             async def run() -> None:
-                async with OssClient(
-                    endpoint, Credentials(AK, SK), max_connections=args.threads
-                ) as client:
+                async with OssClient(endpoint, CREDENTIALS, max_connections=args.threads) as client:
                     await transfer.upload_file(
                         client, BUCKET, "ossmount-up", source,
                         part_size=part_size, concurrency=args.threads,
@@ -128,9 +91,7 @@ def main() -> int:
 
         def ossmount_download() -> None:
             async def run() -> None:
-                async with OssClient(
-                    endpoint, Credentials(AK, SK), max_connections=args.threads
-                ) as client:
+                async with OssClient(endpoint, CREDENTIALS, max_connections=args.threads) as client:
                     await transfer.download_file(
                         client, BUCKET, "ossmount-up", workdir / "ossmount-down.bin",
                         part_size=part_size, concurrency=args.threads,
@@ -145,13 +106,9 @@ def main() -> int:
                 multiget_threshold=part_size, part_size=part_size, num_threads=args.threads,
             )  # fmt: skip
 
-        cpu_s: dict[str, list[float]] = {name: [] for name in ("upload ossmount", "upload oss2",
-                                                                "download ossmount",
-                                                                "download oss2")}  # fmt: skip
-        results: dict[str, list[float]] = {
-            name: [] for name in ("upload ossmount", "upload oss2", "download ossmount",
-                                  "download oss2")
-        }  # fmt: skip
+        names = ("upload ossmount", "upload oss2", "download ossmount", "download oss2")
+        cpu_s: dict[str, list[float]] = {name: [] for name in names}
+        results: dict[str, list[float]] = {name: [] for name in names}
         for run_number in range(args.runs):
             pairs = [("upload ossmount", ossmount_upload), ("upload oss2", oss2_upload)]
             pairs += [("download ossmount", ossmount_download), ("download oss2", oss2_download)]
@@ -192,10 +149,6 @@ def main() -> int:
                 f"| resumable {kind} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} "
                 f"| {our_cpu:.2f} | {their_cpu:.2f} |"
             )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

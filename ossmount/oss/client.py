@@ -258,6 +258,25 @@ def _meta_headers(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return {f"x-oss-meta-{name.lower()}": value for name, value in (metadata or {}).items()}
 
 
+def _new_object_headers(
+    metadata: Mapping[str, str] | None, headers: Mapping[str, str] | None, forbid_overwrite: bool
+) -> dict[str, str]:
+    """The headers of a request that creates an object: user metadata, the caller's headers,
+    and ``x-oss-forbid-overwrite`` when asked for."""
+    all_headers = _meta_headers(metadata)
+    all_headers.update(headers or {})
+    if forbid_overwrite:
+        all_headers["x-oss-forbid-overwrite"] = "true"
+    return all_headers
+
+
+def _list_params(fixed: Mapping[str, str], optional: Mapping[str, str | None]) -> dict[str, str]:
+    """The query of a listing: ``fixed``, then those of ``optional`` that are not empty."""
+    params = dict(fixed)
+    params.update({name: value for name, value in optional.items() if value})
+    return params
+
+
 def _copy_source(bucket: str, key: str) -> str:
     return f"/{bucket}/{quote_key(key)}"
 
@@ -605,6 +624,8 @@ class OssClient:
 
     async def _xml(
         self,
+        what: str,
+        parse: Callable[[bytes], T],
         method: str,
         bucket: str | None,
         key: str | None = None,
@@ -612,11 +633,15 @@ class OssClient:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         body: Body | None = None,
-    ) -> tuple[bytes, dict[str, str]]:
+    ) -> tuple[T, dict[str, str]]:
+        """A request answered by an XML document: the document as ``parse`` reads it (a
+        malformed one is OssProtocolError, named by ``what``) and the answer's headers."""
         response, _ = await self._request(
             method, bucket, key, params=params, headers=headers, body=body
         )
-        return response.content, _lower_headers(response)
+        response_headers = _lower_headers(response)
+        request_id = response_headers.get("x-oss-request-id")
+        return self._parsed(what, parse, response.content, request_id), response_headers
 
     @staticmethod
     def _parsed(what: str, parse: Callable[[bytes], T], body: bytes, request_id: str | None) -> T:
@@ -630,15 +655,11 @@ class OssClient:
     async def list_buckets_page(
         self, *, prefix: str = "", marker: str = "", max_keys: int = 100
     ) -> oss_xml.BucketListPage:
-        params = {"max-keys": str(max_keys)}
-        if prefix:
-            params["prefix"] = prefix
-        if marker:
-            params["marker"] = marker
-        body, headers = await self._xml("GET", None, None, params=params)
-        return self._parsed(
-            "ListBuckets", oss_xml.parse_list_buckets, body, headers.get("x-oss-request-id")
+        params = _list_params({"max-keys": str(max_keys)}, {"prefix": prefix, "marker": marker})
+        page, _ = await self._xml(
+            "ListBuckets", oss_xml.parse_list_buckets, "GET", None, None, params=params
         )
+        return page
 
     async def iter_buckets(
         self, *, prefix: str = "", max_keys: int = 100
@@ -654,10 +675,15 @@ class OssClient:
             marker = page.next_marker
 
     async def get_bucket_info(self, bucket: str) -> BucketInfo:
-        body, headers = await self._xml("GET", bucket, None, params={"bucketInfo": ""})
-        return self._parsed(
-            "GetBucketInfo", oss_xml.parse_bucket_info, body, headers.get("x-oss-request-id")
+        info, _ = await self._xml(
+            "GetBucketInfo",
+            oss_xml.parse_bucket_info,
+            "GET",
+            bucket,
+            None,
+            params={"bucketInfo": ""},
         )
+        return info
 
     # --- reading objects ------------------------------------------------------------------
 
@@ -748,10 +774,7 @@ class OssClient:
         A stream cannot be replayed, so it is sent once; it is sent with ``Content-Length: size``
         if ``size`` is given, else chunked.
         """
-        all_headers = _meta_headers(metadata)
-        all_headers.update(headers or {})
-        if forbid_overwrite:
-            all_headers["x-oss-forbid-overwrite"] = "true"
+        all_headers = _new_object_headers(metadata, headers, forbid_overwrite)
         response, payload = await self._request("PUT", bucket, key, headers=all_headers, body=data)
         assert payload is not None
         return self._checked_put(f"PUT {key}", response, payload)
@@ -847,9 +870,10 @@ class OssClient:
         if forbid_overwrite:
             all_headers["x-oss-forbid-overwrite"] = "true"
         all_headers.update(headers or {})
-        body, response_headers = await self._xml("PUT", bucket, key, headers=all_headers)
+        etag, response_headers = await self._xml(
+            "CopyObject", oss_xml.parse_copy_result, "PUT", bucket, key, headers=all_headers
+        )
         request_id = response_headers.get("x-oss-request-id")
-        etag = self._parsed("CopyObject", oss_xml.parse_copy_result, body, request_id)
         return PutResult(etag, _crc_header(response_headers), request_id)
 
     async def delete_object(self, bucket: str, key: str) -> None:
@@ -871,19 +895,15 @@ class OssClient:
                 ).decode(),
                 "Content-Type": "application/xml",
             }
-            body, response_headers = await self._xml(
+            result, _ = await self._xml(
+                "DeleteMultipleObjects",
+                oss_xml.parse_delete_result,
                 "POST",
                 bucket,
                 None,
                 params={"delete": "", "encoding-type": "url"},
                 headers=headers,
                 body=document,
-            )
-            result = self._parsed(
-                "DeleteMultipleObjects",
-                oss_xml.parse_delete_result,
-                body,
-                response_headers.get("x-oss-request-id"),
             )
             deleted.extend(result.deleted)
             errors.update(result.errors)
@@ -898,10 +918,9 @@ class OssClient:
         metadata: Mapping[str, str] | None = None,
         forbid_overwrite: bool = False,
     ) -> PutResult:
-        headers = _meta_headers(metadata)
-        headers["x-oss-symlink-target"] = quote_key(target)
-        if forbid_overwrite:
-            headers["x-oss-forbid-overwrite"] = "true"
+        headers = _new_object_headers(
+            metadata, {"x-oss-symlink-target": quote_key(target)}, forbid_overwrite
+        )
         response, _ = await self._request(
             "PUT", bucket, key, params={"symlink": ""}, headers=headers
         )
@@ -934,19 +953,19 @@ class OssClient:
         max_keys: int = 1000,
     ) -> ListPage:
         """One page of ListObjectsV2 (keys sent and received URL-encoded)."""
-        params = {"list-type": "2", "encoding-type": "url", "max-keys": str(max_keys)}
-        if prefix:
-            params["prefix"] = prefix
-        if delimiter:
-            params["delimiter"] = delimiter
-        if start_after:
-            params["start-after"] = start_after
-        if continuation_token:
-            params["continuation-token"] = continuation_token
-        body, headers = await self._xml("GET", bucket, None, params=params)
-        return self._parsed(
-            "ListObjectsV2", oss_xml.parse_list_objects_v2, body, headers.get("x-oss-request-id")
+        params = _list_params(
+            {"list-type": "2", "encoding-type": "url", "max-keys": str(max_keys)},
+            {
+                "prefix": prefix,
+                "delimiter": delimiter,
+                "start-after": start_after,
+                "continuation-token": continuation_token,
+            },
         )
+        page, _ = await self._xml(
+            "ListObjectsV2", oss_xml.parse_list_objects_v2, "GET", bucket, None, params=params
+        )
+        return page
 
     async def iter_pages(
         self,
@@ -1004,19 +1023,16 @@ class OssClient:
         forbid_overwrite: bool = False,
     ) -> str:
         """InitiateMultipartUpload -> the upload id."""
-        all_headers = _meta_headers(metadata)
-        all_headers.update(headers or {})
-        if forbid_overwrite:
-            all_headers["x-oss-forbid-overwrite"] = "true"
-        body, response_headers = await self._xml(
-            "POST", bucket, key, params={"uploads": ""}, headers=all_headers
-        )
-        return self._parsed(
+        upload_id, _ = await self._xml(
             "InitiateMultipartUpload",
             oss_xml.parse_initiate_multipart_upload,
-            body,
-            response_headers.get("x-oss-request-id"),
+            "POST",
+            bucket,
+            key,
+            params={"uploads": ""},
+            headers=_new_object_headers(metadata, headers, forbid_overwrite),
         )
+        return upload_id
 
     async def upload_part(
         self,
@@ -1056,18 +1072,14 @@ class OssClient:
             headers["x-oss-copy-source-range"] = _range_header(*byte_range)
         if if_match is not None:
             headers["x-oss-copy-source-if-match"] = if_match
-        body, response_headers = await self._xml(
+        etag, response_headers = await self._xml(
+            "UploadPartCopy",
+            oss_xml.parse_copy_result,
             "PUT",
             bucket,
             key,
             params={"partNumber": str(part_number), "uploadId": upload_id},
             headers=headers,
-        )
-        etag = self._parsed(
-            "UploadPartCopy",
-            oss_xml.parse_copy_result,
-            body,
-            response_headers.get("x-oss-request-id"),
         )
         size = byte_range[1] - byte_range[0] + 1 if byte_range is not None else 0
         return PartInfo(part_number, etag, size, crc64=_crc_header(response_headers))
@@ -1143,10 +1155,10 @@ class OssClient:
         params = {"uploadId": upload_id, "max-parts": str(max_parts)}
         if marker:
             params["part-number-marker"] = str(marker)
-        body, headers = await self._xml("GET", bucket, key, params=params)
-        return self._parsed(
-            "ListParts", oss_xml.parse_list_parts, body, headers.get("x-oss-request-id")
+        page, _ = await self._xml(
+            "ListParts", oss_xml.parse_list_parts, "GET", bucket, key, params=params
         )
+        return page
 
     async def iter_parts(
         self, bucket: str, key: str, upload_id: str, *, max_parts: int = 1000
@@ -1173,22 +1185,24 @@ class OssClient:
         upload_id_marker: str = "",
         max_uploads: int = 1000,
     ) -> oss_xml.UploadListPage:
-        params = {"uploads": "", "encoding-type": "url", "max-uploads": str(max_uploads)}
-        if prefix:
-            params["prefix"] = prefix
-        if delimiter:
-            params["delimiter"] = delimiter
-        if key_marker:
-            params["key-marker"] = key_marker
-        if upload_id_marker:
-            params["upload-id-marker"] = upload_id_marker
-        body, headers = await self._xml("GET", bucket, None, params=params)
-        return self._parsed(
+        params = _list_params(
+            {"uploads": "", "encoding-type": "url", "max-uploads": str(max_uploads)},
+            {
+                "prefix": prefix,
+                "delimiter": delimiter,
+                "key-marker": key_marker,
+                "upload-id-marker": upload_id_marker,
+            },
+        )
+        page, _ = await self._xml(
             "ListMultipartUploads",
             oss_xml.parse_list_multipart_uploads,
-            body,
-            headers.get("x-oss-request-id"),
+            "GET",
+            bucket,
+            None,
+            params=params,
         )
+        return page
 
     async def iter_multipart_uploads(
         self, bucket: str, *, prefix: str = "", key_marker: str = "", max_uploads: int = 1000

@@ -10,7 +10,7 @@ from __future__ import annotations
 import calendar
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote
@@ -95,16 +95,23 @@ def parse_error(body: bytes) -> dict[str, str]:
     return {child.tag: child.text or "" for child in root}
 
 
-def _maybe_unquote(text: str, url_encoded: bool) -> str:
-    return unquote(text) if url_encoded else text
+def _key_decoder(root: ET.Element) -> Callable[[str], str]:
+    """How to read the keys of an answer: URL-decoded when it says ``EncodingType`` url."""
+    if _text(root, "EncodingType", "").lower() == "url":
+        return unquote
+    return lambda text: text
+
+
+def _common_prefixes(root: ET.Element, decode: Callable[[str], str]) -> tuple[str, ...]:
+    return tuple(decode(_text(node, "Prefix")) for node in root.findall("CommonPrefixes"))
 
 
 def parse_list_objects_v2(body: bytes) -> ListPage:
     root = _parse(body, "ListBucketResult")
-    url_encoded = _text(root, "EncodingType", "").lower() == "url"
+    decode = _key_decoder(root)
     objects = tuple(
         ObjectSummary(
-            key=_maybe_unquote(_text(node, "Key"), url_encoded),
+            key=decode(_text(node, "Key")),
             size=_int(node, "Size"),
             etag=_text(node, "ETag", ""),
             last_modified=parse_iso8601(_text(node, "LastModified")),
@@ -113,14 +120,11 @@ def parse_list_objects_v2(body: bytes) -> ListPage:
         )
         for node in root.findall("Contents")
     )
-    prefixes = tuple(
-        _maybe_unquote(_text(node, "Prefix"), url_encoded)
-        for node in root.findall("CommonPrefixes")
-    )
+    prefixes = _common_prefixes(root, decode)
     is_truncated = _bool(root, "IsTruncated")
     token = _text(root, "NextContinuationToken", "") if is_truncated else ""
     # OSS URL-encodes the continuation token too when encoding-type=url is asked for.
-    token = _maybe_unquote(token, url_encoded)
+    token = decode(token)
     return ListPage(objects, prefixes, is_truncated, token or None)
 
 
@@ -202,24 +206,21 @@ class UploadListPage:
 
 def parse_list_multipart_uploads(body: bytes) -> UploadListPage:
     root = _parse(body, "ListMultipartUploadsResult")
-    url_encoded = _text(root, "EncodingType", "").lower() == "url"
+    decode = _key_decoder(root)
     uploads = tuple(
         MultipartUploadInfo(
-            key=_maybe_unquote(_text(node, "Key"), url_encoded),
+            key=decode(_text(node, "Key")),
             upload_id=_text(node, "UploadId"),
             initiated=parse_iso8601(_text(node, "Initiated")),
         )
         for node in root.findall("Upload")
     )
-    prefixes = tuple(
-        _maybe_unquote(_text(node, "Prefix"), url_encoded)
-        for node in root.findall("CommonPrefixes")
-    )
+    prefixes = _common_prefixes(root, decode)
     return UploadListPage(
         uploads,
         prefixes,
         _bool(root, "IsTruncated"),
-        _maybe_unquote(_text(root, "NextKeyMarker", ""), url_encoded),
+        decode(_text(root, "NextKeyMarker", "")),
         _text(root, "NextUploadIdMarker", ""),
     )
 
@@ -241,12 +242,10 @@ def parse_delete_result(body: bytes) -> DeleteResult:
     if not body.strip():
         return DeleteResult(())
     root = _parse(body, "DeleteResult")
-    url_encoded = _text(root, "EncodingType", "").lower() == "url"
-    deleted = tuple(
-        _maybe_unquote(_text(node, "Key"), url_encoded) for node in root.findall("Deleted")
-    )
+    decode = _key_decoder(root)
+    deleted = tuple(decode(_text(node, "Key")) for node in root.findall("Deleted"))
     errors = {
-        _maybe_unquote(_text(node, "Key"), url_encoded): (
+        decode(_text(node, "Key")): (
             _text(node, "Code", ""),
             _text(node, "Message", ""),
         )

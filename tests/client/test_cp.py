@@ -63,6 +63,22 @@ def journal_parts(directory: Path) -> int:
     )
 
 
+def large_upload(tmp_path: Path) -> tuple[bytes, Path, tuple[str, ...]]:
+    """An 8 MiB file, tmp_path/src, to upload to oss://B/up in parts of PART: its bytes, the
+    directory of cp's upload journals (under cp_env's XDG_CACHE_HOME), and the cp arguments."""
+    data = random_file(tmp_path / "src", 8 * MIB)
+    journals = tmp_path / "cache" / "ossmount" / "transfers"
+    args = (
+        str(tmp_path / "src"),
+        f"oss://{B}/up",
+        "--part-size",
+        PART,
+        "--multipart-threshold",
+        "1M",
+    )
+    return data, journals, args
+
+
 def interrupt_when_parts_done(
     server: RunningServer, tmp_path: Path, journal_dir: Path, parts: int, how: int, *args: str
 ) -> subprocess.CompletedProcess[str]:
@@ -186,16 +202,7 @@ def test_download_killed_then_rerun(oss_server: RunningServer, tmp_path: Path) -
 def test_upload_killed_then_rerun(
     oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
 ) -> None:
-    data = random_file(tmp_path / "src", 8 * MIB)
-    journals = tmp_path / "cache" / "ossmount" / "transfers"
-    args = (
-        str(tmp_path / "src"),
-        f"oss://{B}/up",
-        "--part-size",
-        PART,
-        "--multipart-threshold",
-        "1M",
-    )
+    data, journals, args = large_upload(tmp_path)
     oss_server.faults.bandwidth_bytes_per_s = 4 * MIB
     killed = interrupt_when_parts_done(oss_server, tmp_path, journals, 6, signal.SIGKILL, *args)
     assert killed.returncode == -signal.SIGKILL
@@ -211,16 +218,7 @@ def test_upload_killed_then_rerun(
 
 @pytest.mark.slow
 def test_ctrl_c_then_same_command_resumes(oss_server: RunningServer, tmp_path: Path) -> None:
-    data = random_file(tmp_path / "src", 8 * MIB)
-    journals = tmp_path / "cache" / "ossmount" / "transfers"
-    args = (
-        str(tmp_path / "src"),
-        f"oss://{B}/up",
-        "--part-size",
-        PART,
-        "--multipart-threshold",
-        "1M",
-    )
+    data, journals, args = large_upload(tmp_path)
     oss_server.faults.bandwidth_bytes_per_s = 4 * MIB
     interrupted = interrupt_when_parts_done(oss_server, tmp_path, journals, 4, signal.SIGINT, *args)
     assert interrupted.returncode == 130

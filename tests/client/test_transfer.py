@@ -40,8 +40,12 @@ def cancelled_when(fraction: float) -> tuple[trio.CancelScope, transfer.Progress
 
 
 async def upload_in_parts(
-    client: OssClient, tmp_path: Path, progress: transfer.ProgressCallback | None = None
+    client: OssClient,
+    tmp_path: Path,
+    progress: transfer.ProgressCallback | None = None,
+    concurrency: int = transfer.DEFAULT_CONCURRENCY,
 ) -> None:
+    """Upload tmp_path/src to "up" in parts of PART, journal in tmp_path/ck."""
     await transfer.upload_file(
         client,
         B,
@@ -49,6 +53,7 @@ async def upload_in_parts(
         tmp_path / "src",
         part_size=PART,
         multipart_threshold=MIB,
+        concurrency=concurrency,
         checkpoint_dir=tmp_path / "ck",
         progress=progress,
     )
@@ -254,17 +259,7 @@ async def test_fatal_error_aborts_the_upload(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(abort_from_outside)
         with pytest.raises(errors.NoSuchUpload):
-            await transfer.upload_file(
-                client,
-                B,
-                "up",
-                tmp_path / "src",
-                part_size=PART,
-                multipart_threshold=MIB,
-                concurrency=1,
-                checkpoint_dir=tmp_path / "ck",
-                progress=progress,
-            )
+            await upload_in_parts(client, tmp_path, progress, concurrency=1)
     assert os.listdir(tmp_path / "ck") == []
     with pytest.raises(errors.NoSuchKey):
         await client.head_object(B, "up")
@@ -278,15 +273,7 @@ async def test_upload_survives_503s_and_resets(
     oss_server.faults.only_operations = frozenset({"UploadPart", "CompleteMultipartUpload"})
     oss_server.faults.error_rate = 0.3
     oss_server.faults.reset_rate = 0.3
-    await transfer.upload_file(
-        client,
-        B,
-        "up",
-        tmp_path / "src",
-        part_size=PART,
-        multipart_threshold=MIB,
-        checkpoint_dir=tmp_path / "ck",
-    )
+    await upload_in_parts(client, tmp_path)
     oss_server.faults.clear()
     assert await client.get_object(B, "up") == data
     assert oss_server.stats.count("UploadPart") > PARTS

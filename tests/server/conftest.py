@@ -14,24 +14,25 @@ from ossmount.server import RunningServer
 from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
 
 
+def oss2_auth(version: str) -> oss2.AuthBase:
+    """oss2's signer for the test key: "v1" or "v4"."""
+    if version == "v1":
+        return oss2.Auth(TEST_AK, TEST_SK)
+    return oss2.AuthV4(TEST_AK, TEST_SK)
+
+
 @pytest.fixture(params=["v1", "v4"])
 def bucket(request: pytest.FixtureRequest, oss_server: RunningServer) -> oss2.Bucket:
     """TEST_BUCKET through oss2, once with V1 and once with V4 signatures."""
-    if request.param == "v1":
-        auth: oss2.AuthBase = oss2.Auth(TEST_AK, TEST_SK)
-    else:
-        auth = oss2.AuthV4(TEST_AK, TEST_SK)
-    return oss2.Bucket(auth, oss_server.endpoint, TEST_BUCKET, region=TEST_REGION)
+    return oss2.Bucket(
+        oss2_auth(request.param), oss_server.endpoint, TEST_BUCKET, region=TEST_REGION
+    )
 
 
 @pytest.fixture(params=["v1", "v4"])
 def service(request: pytest.FixtureRequest, oss_server: RunningServer) -> oss2.Service:
     """The oss2 service (ListBuckets) with V1 and with V4 signatures."""
-    if request.param == "v1":
-        auth: oss2.AuthBase = oss2.Auth(TEST_AK, TEST_SK)
-    else:
-        auth = oss2.AuthV4(TEST_AK, TEST_SK)
-    return oss2.Service(auth, oss_server.endpoint, region=TEST_REGION)
+    return oss2.Service(oss2_auth(request.param), oss_server.endpoint, region=TEST_REGION)
 
 
 class RawClient:

@@ -1,0 +1,95 @@
+"""What the benchmark scripts share: the bench key and bucket, a file of random bytes, the
+bundled server as a child process, presigned URLs, a timed curl transfer, and a process's CPU
+time.
+
+The scripts in this folder import it as ``benchlib`` (Python puts a script's own folder first on
+``sys.path``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ossmount.oss.crc64 import Crc64
+from ossmount.oss.signer import Credentials, presign_v1
+
+AK = "bench-ak"
+SK = "bench-secret"
+BUCKET = "bench"
+REGION = "cn-hangzhou"
+CREDENTIALS = Credentials(AK, SK)
+MIB = 1024 * 1024
+
+
+def make_file(path: Path, size: int) -> int:
+    """Write ``size`` random bytes to ``path``; -> their CRC-64.
+
+    16 MiB of randomness, rotated by one byte per block so that no two blocks are alike.
+    """
+    block = os.urandom(16 * MIB)
+    crc = Crc64()
+    with path.open("wb") as out:
+        written = 0
+        while written < size:
+            piece = block[: min(len(block), size - written)]
+            block = block[1:] + block[:1]
+            out.write(piece)
+            crc.update(piece)
+            written += len(piece)
+    return crc.value
+
+
+@dataclass
+class ServerProcess:
+    """A running ``ossmount server`` child process and the endpoint it answers at."""
+
+    process: subprocess.Popen[str]
+    endpoint: str
+
+
+@contextmanager
+def server_process(root: Path, *options: str) -> Iterator[ServerProcess]:
+    """``ossmount server`` with its data in ``root`` as a child process (so that it does not
+    share the benchmark's GIL), serving BUCKET to the bench key until the block exits.
+    ``options``: more command-line options, e.g. ``--direct-io``."""
+    command = [
+        sys.executable, "-m", "ossmount.cli", "server", "--root", str(root), "--port", "0",
+        "--access-key-id", AK, "--access-key-secret", SK, "--bucket", BUCKET, *options,
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        endpoint = process.stdout.readline().strip()
+        if not endpoint.startswith("http://"):
+            raise RuntimeError(f"the server did not start: {endpoint!r}")
+        yield ServerProcess(process, endpoint)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def presigned_url(endpoint: str, method: str, key: str) -> str:
+    """A V1 presigned URL of BUCKET/key for ``method``, valid for an hour."""
+    return presign_v1(
+        CREDENTIALS, method, f"{endpoint}/{BUCKET}/{key}", BUCKET, key, int(time.time()) + 3600
+    )
+
+
+def curl_timed(*args: str) -> float:
+    """Wall seconds of one ``curl -sS -f -o /dev/null ARGS`` (raises if curl fails)."""
+    started = time.perf_counter()
+    subprocess.run(["curl", "-sS", "-f", "-o", "/dev/null", *args], check=True)
+    return time.perf_counter() - started
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has spent so far (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
