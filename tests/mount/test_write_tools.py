@@ -14,6 +14,7 @@ from pathlib import Path
 
 import oss2
 
+from ossmount.server import RunningServer
 from tests.mount.conftest import Mounted, MountFactory
 
 GIT_ENV = {
@@ -272,3 +273,19 @@ def test_sqlite_database(mounted: Mounted, tmp_path: Path, oss2_bucket: oss2.Buc
         assert connection.execute("SELECT count(*) FROM items").fetchone() == (len(rows),)
     finally:
         connection.close()
+
+
+def test_cp_r_of_small_files_costs_one_request_each(
+    mounted: Mounted, tmp_path: Path, oss_server: RunningServer
+) -> None:
+    source = tmp_path / "small"
+    source.mkdir()
+    for index in range(50):
+        (source / f"f{index:02d}").write_bytes(os.urandom(4096))
+    oss_server.stats.reset()
+    run("cp", "-r", str(source), str(mounted.path / "small"), cwd=tmp_path)
+    # The directory's marker and one PutObject per file: a directory made by this mount is
+    # known to be empty, and every file created in it is added to its cached listing.
+    assert oss_server.stats.count("PutObject") == 51
+    assert oss_server.stats.count() <= 51 + 5, oss_server.stats.by_operation
+    assert_same_tree(mounted.path / "small", source)
