@@ -27,10 +27,13 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from http.client import HTTPResponse
+from http.cookiejar import CookieJar
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Self, TypeVar
 from urllib.parse import quote, unquote
+from urllib.request import Request
 
 import httpx
 import trio
@@ -281,6 +284,15 @@ def _copy_source(bucket: str, key: str) -> str:
     return f"/{bucket}/{quote_key(key)}"
 
 
+class _NoCookieJar(CookieJar):
+    """A cookie jar that keeps no cookie from an answer. OSS sets none, and httpx's client
+    otherwise parses every answer's headers looking for Set-Cookie (the way httpx's maintainers
+    suggest to turn cookie persistence off, encode/httpx#2992)."""
+
+    def extract_cookies(self, response: HTTPResponse, request: Request) -> None:
+        return
+
+
 class ObjectReader:
     """The body of a GetObject, as raw chunks the moment they arrive.
 
@@ -468,6 +480,7 @@ class OssClient:
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             trust_env=False,
             follow_redirects=False,
+            cookies=_NoCookieJar(),
             transport=transport,
         )
 
