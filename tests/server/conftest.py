@@ -14,6 +14,15 @@ from ossmount.server import RunningServer
 from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
 
 
+def oss2_bucket_at(
+    endpoint: str, auth: oss2.AuthBase | None = None, name: str = TEST_BUCKET
+) -> oss2.Bucket:
+    """An oss2 bucket on the server at `endpoint`: V4 with the test key unless `auth` is given."""
+    if auth is None:
+        auth = oss2.AuthV4(TEST_AK, TEST_SK)
+    return oss2.Bucket(auth, endpoint, name, region=TEST_REGION)
+
+
 def oss2_auth(version: str) -> oss2.AuthBase:
     """oss2's signer for the test key: "v1" or "v4"."""
     if version == "v1":
@@ -24,9 +33,7 @@ def oss2_auth(version: str) -> oss2.AuthBase:
 @pytest.fixture(params=["v1", "v4"])
 def bucket(request: pytest.FixtureRequest, oss_server: RunningServer) -> oss2.Bucket:
     """TEST_BUCKET through oss2, once with V1 and once with V4 signatures."""
-    return oss2.Bucket(
-        oss2_auth(request.param), oss_server.endpoint, TEST_BUCKET, region=TEST_REGION
-    )
+    return oss2_bucket_at(oss_server.endpoint, oss2_auth(request.param))
 
 
 @pytest.fixture(params=["v1", "v4"])

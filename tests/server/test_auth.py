@@ -25,27 +25,25 @@ from ossmount.oss.signer import (
 )
 from ossmount.server import RunningServer, run_server_in_thread
 from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK, server_config
+from tests.server.conftest import oss2_bucket_at
 
 STS = Credentials("sts-ak", "sts-secret", "sts-token-value")
 
 
-def _bucket(server: RunningServer, auth: object, name: str = TEST_BUCKET) -> oss2.Bucket:
-    return oss2.Bucket(auth, server.endpoint, name, region=TEST_REGION)
-
-
 @pytest.mark.parametrize("auth_class", [oss2.Auth, oss2.AuthV4])
 def test_wrong_secret_and_unknown_key(oss_server: RunningServer, auth_class: type) -> None:
+    wrong_secret = oss2_bucket_at(oss_server.endpoint, auth_class(TEST_AK, "wrong-secret"))
     with pytest.raises(SignatureDoesNotMatch):
-        _bucket(oss_server, auth_class(TEST_AK, "wrong-secret")).put_object("k", b"v")
+        wrong_secret.put_object("k", b"v")
     with pytest.raises(ServerError) as caught:
-        _bucket(oss_server, auth_class("nobody", TEST_SK)).get_object("k")
+        oss2_bucket_at(oss_server.endpoint, auth_class("nobody", TEST_SK)).get_object("k")
     assert (caught.value.status, caught.value.code) == (403, "InvalidAccessKeyId")
     assert oss_server.store.get_object(TEST_BUCKET, "k") is None
 
 
 def test_presigned_urls_v1_and_v4(oss_server: RunningServer) -> None:
     for auth in (oss2.Auth(TEST_AK, TEST_SK), oss2.AuthV4(TEST_AK, TEST_SK)):
-        bucket = _bucket(oss_server, auth)
+        bucket = oss2_bucket_at(oss_server.endpoint, auth)
         put_url = bucket.sign_url("PUT", "signed/key name+ü", 60)
         assert requests.put(put_url, data=b"via url", timeout=10).status_code == 200
         get_url = bucket.sign_url("GET", "signed/key name+ü", 60)
@@ -116,25 +114,25 @@ def sts_server(tmp_path: Path) -> Iterator[RunningServer]:
 @pytest.mark.parametrize("version", ["v1", "v4"])
 def test_sts_token(sts_server: RunningServer, version: str) -> None:
     auth = oss2.StsAuth(STS.access_key_id, STS.access_key_secret, STS.security_token, version)
-    bucket = _bucket(sts_server, auth)
+    bucket = oss2_bucket_at(sts_server.endpoint, auth)
     bucket.put_object("sts", b"temporary")
     assert bucket.get_object("sts").read() == b"temporary"
     url = bucket.sign_url("GET", "sts", 60)
     assert requests.get(url, timeout=10).content == b"temporary"
     wrong = oss2.StsAuth(STS.access_key_id, STS.access_key_secret, "wrong-token", version)
     with pytest.raises(ServerError) as caught:
-        _bucket(sts_server, wrong).get_object("sts")
+        oss2_bucket_at(sts_server.endpoint, wrong).get_object("sts")
     assert caught.value.status == 403
     without = oss2.Auth(STS.access_key_id, STS.access_key_secret)
     with pytest.raises(ServerError):
-        _bucket(sts_server, without).get_object("sts")
+        oss2_bucket_at(sts_server.endpoint, without).get_object("sts")
 
 
 def test_anonymous_access_follows_the_bucket_acl(
     oss_server: RunningServer, oss2_bucket: oss2.Bucket
 ) -> None:
     oss2_bucket.put_object("public?", b"data")
-    anonymous = _bucket(oss_server, oss2.AnonymousAuth())
+    anonymous = oss2_bucket_at(oss_server.endpoint, oss2.AnonymousAuth())
     with pytest.raises(AccessDenied):
         anonymous.get_object("public?")
     oss2_bucket.put_bucket_acl(oss2.BUCKET_ACL_PUBLIC_READ)
@@ -179,7 +177,7 @@ def test_virtual_host_style(oss_server: RunningServer, oss2_bucket: oss2.Bucket)
 def test_presigned_url_signs_the_headers_it_was_made_for(
     oss_server: RunningServer, auth_class: type
 ) -> None:
-    bucket = _bucket(oss_server, auth_class(TEST_AK, TEST_SK))
+    bucket = oss2_bucket_at(oss_server.endpoint, auth_class(TEST_AK, TEST_SK))
     headers = {"Content-Type": "text/x-signed", "x-oss-meta-origin": "presigned"}
     url = bucket.sign_url("PUT", "signed-headers", 60, headers=headers)
     assert requests.put(url, data=b"a", timeout=10).status_code == 403

@@ -8,15 +8,11 @@ from oss2.exceptions import BucketNotEmpty, NoSuchBucket
 
 from ossmount.server import RunningServer
 from tests.conftest import TEST_REGION
-from tests.server.conftest import RawClient
-
-
-def _other(bucket: oss2.Bucket, name: str) -> oss2.Bucket:
-    return oss2.Bucket(bucket.auth, bucket.endpoint, name, region=TEST_REGION)
+from tests.server.conftest import RawClient, oss2_bucket_at
 
 
 def test_create_info_location_delete(bucket: oss2.Bucket, oss_server: RunningServer) -> None:
-    fresh = _other(bucket, "fresh-bucket")
+    fresh = oss2_bucket_at(bucket.endpoint, bucket.auth, "fresh-bucket")
     fresh.create_bucket(oss2.BUCKET_ACL_PUBLIC_READ)
     info = fresh.get_bucket_info()
     assert info.name == "fresh-bucket"
@@ -43,7 +39,7 @@ def test_create_info_location_delete(bucket: oss2.Bucket, oss_server: RunningSer
 
 
 def test_create_with_storage_class(bucket: oss2.Bucket) -> None:
-    ia = _other(bucket, "ia-bucket")
+    ia = oss2_bucket_at(bucket.endpoint, bucket.auth, "ia-bucket")
     ia.create_bucket(input=oss2.models.BucketCreateConfig(oss2.BUCKET_STORAGE_CLASS_IA))
     assert ia.get_bucket_info().storage_class == "IA"
     # Creating again is not an error for the owner.

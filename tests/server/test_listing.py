@@ -7,6 +7,7 @@ import pytest
 from oss2.exceptions import ServerError
 
 from ossmount.server import RunningServer
+from tests.server.conftest import oss2_bucket_at
 
 KEYS = sorted(
     [f"a/{number:02d}.txt" for number in range(12)]
@@ -79,7 +80,7 @@ def test_max_keys_above_1000_is_rejected(filled: oss2.Bucket) -> None:
 def test_bucket_iterator_pages(service: oss2.Service, bucket: oss2.Bucket) -> None:
     names = [f"bucket-{number:02d}" for number in range(7)]
     for name in names:
-        oss2.Bucket(bucket.auth, bucket.endpoint, name, region=bucket.region).create_bucket()
+        oss2_bucket_at(bucket.endpoint, bucket.auth, name).create_bucket()
     listed = [item.name for item in oss2.BucketIterator(service, max_keys=3)]
     assert listed == sorted([*names, "test-bucket"])
     only = [item.name for item in oss2.BucketIterator(service, prefix="bucket-0", max_keys=2)]

@@ -16,7 +16,8 @@ import oss2
 import pytest
 from oss2.models import PartInfo
 
-from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
+from tests.conftest import TEST_AK, TEST_BUCKET, TEST_SK
+from tests.server.conftest import oss2_bucket_at
 
 
 class ServerProcess:
@@ -36,9 +37,7 @@ class ServerProcess:
         self.port = int(self.endpoint.rsplit(":", 1)[1])
 
     def bucket(self) -> oss2.Bucket:
-        return oss2.Bucket(
-            oss2.AuthV4(TEST_AK, TEST_SK), self.endpoint, TEST_BUCKET, region=TEST_REGION
-        )
+        return oss2_bucket_at(self.endpoint)
 
     def kill(self) -> None:
         self.process.kill()

@@ -15,7 +15,8 @@ from oss2.exceptions import ServerError
 from oss2.models import PartInfo
 
 from ossmount.server import RunningServer, run_server_in_thread
-from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK, server_config
+from tests.conftest import server_config
+from tests.server.conftest import oss2_bucket_at
 
 reference_crc = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
 
@@ -122,9 +123,7 @@ def test_resumable_download_interrupted_and_resumed(
 def test_direct_io_uploads(tmp_path: Path, size: int) -> None:
     config = server_config(tmp_path / "direct", direct_io=True)
     with run_server_in_thread(config) as server:
-        bucket = oss2.Bucket(
-            oss2.AuthV4(TEST_AK, TEST_SK), server.endpoint, TEST_BUCKET, region=TEST_REGION
-        )
+        bucket = oss2_bucket_at(server.endpoint)
         data = os.urandom(size)
         put = bucket.put_object("direct.bin", data)
         assert put.etag == hashlib.md5(data).hexdigest().upper()
