@@ -91,9 +91,12 @@ class MountConfig:
     multipart_threshold: int = 16 * MiB
     upload_concurrency: int = 4
 
-    read_ahead_kb: int = 1024
-    block_size: int = 4 * MiB
-    read_cache_bytes: int = 128 * MiB
+    # Measured with scripts/bench_read.py (docs/benchmarks.md, Reads): 1 MiB blocks are the FUSE
+    # request size, so aligned replies are the cached block itself; 4 MiB of kernel readahead
+    # keeps several requests coming; 64 MiB of cache keeps peak RSS near 140 MiB.
+    read_ahead_kb: int = 4096
+    block_size: int = 1 * MiB
+    read_cache_bytes: int = 64 * MiB
     max_inflight_reads: int = 8
 
     @property

@@ -56,6 +56,7 @@ takes any other source, for example one that overlays staged writes; blocks are 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterable, AsyncIterator
@@ -66,6 +67,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 from cachetools import LRUCache
 
+from ossmount.oss.bulk import BulkBody, BulkGetter
 from ossmount.oss.crc64 import crc64
 from ossmount.oss.errors import (
     IntegrityError,
@@ -76,7 +78,7 @@ from ossmount.oss.errors import (
 )
 
 if TYPE_CHECKING:
-    from ossmount.oss.client import OssClient
+    from ossmount.oss.client import ObjectReader, OssClient
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +113,26 @@ class RangeSource(Protocol):
 
 
 class ObjectRangeSource:
-    """Ranged GETs of one object version through the client (``If-Match: etag``)."""
+    """Ranged GETs of one object version (``If-Match: etag``): through ``bulk`` (bodies received
+    by worker threads, in pieces of ``piece_size`` aligned in the object) when given, else through
+    the client."""
 
-    def __init__(self, client: OssClient, bucket: str, key: str, etag: str) -> None:
+    def __init__(
+        self,
+        client: OssClient,
+        bucket: str,
+        key: str,
+        etag: str,
+        *,
+        bulk: BulkGetter | None = None,
+        piece_size: int = 1024 * 1024,
+    ) -> None:
         self._client = client
         self._bucket = bucket
         self._key = key
         self._etag = etag
+        self._bulk = bulk
+        self._piece_size = piece_size
         self._object_crc64: int | None = None
 
     @property
@@ -128,12 +143,31 @@ class ObjectRangeSource:
     async def open_range(
         self, start: int, end_inclusive: int
     ) -> AsyncIterator[AsyncIterable[bytes]]:
-        async with self._client.open_object(
-            self._bucket, self._key, byte_range=(start, end_inclusive), if_match=self._etag
-        ) as reader:
-            if reader.info.crc64 is not None:
-                self._object_crc64 = reader.info.crc64
-            yield reader
+        body: BulkBody | ObjectReader
+        async with contextlib.AsyncExitStack() as stack:
+            if self._bulk is not None:
+                body = await stack.enter_async_context(
+                    self._bulk.open_range(
+                        self._bucket,
+                        self._key,
+                        start,
+                        end_inclusive,
+                        if_match=self._etag,
+                        piece_size=self._piece_size,
+                    )
+                )
+            else:
+                body = await stack.enter_async_context(
+                    self._client.open_object(
+                        self._bucket,
+                        self._key,
+                        byte_range=(start, end_inclusive),
+                        if_match=self._etag,
+                    )
+                )
+            if body.info.crc64 is not None:
+                self._object_crc64 = body.info.crc64
+            yield body
 
 
 @dataclass(eq=False)
@@ -176,6 +210,7 @@ class ReadCache:
         part_size: int = DEFAULT_PART_SIZE,
         max_prefetch_bytes: int = DEFAULT_MAX_PREFETCH_BYTES,
         resume_attempts: int = DEFAULT_RESUME_ATTEMPTS,
+        threaded_gets: bool = True,
     ) -> None:
         if block_size <= 0:
             raise ValueError("block_size must be positive")
@@ -183,6 +218,12 @@ class ReadCache:
             raise ValueError("max_inflight must be positive")
         self._client = client
         self._bucket = bucket
+        # Bodies received by worker threads, where the client's endpoint allows it (oss/bulk.py).
+        self._bulk = (
+            BulkGetter(client)
+            if threaded_gets and client is not None and BulkGetter.supports(client)
+            else None
+        )
         self.block_size = block_size
         self.cache_bytes = cache_bytes
         self.part_blocks = max(1, part_size // block_size)
@@ -210,7 +251,14 @@ class ReadCache:
         if source is None:
             if self._client is None:
                 raise ValueError("ReadCache without a client needs an explicit source")
-            source = ObjectRangeSource(self._client, self._bucket, key, etag)
+            source = ObjectRangeSource(
+                self._client,
+                self._bucket,
+                key,
+                etag,
+                bulk=self._bulk,
+                piece_size=self.block_size,
+            )
         return FileReader(self, source, key=key, size=size, etag=etag, crc64=crc64)
 
     def invalidate(self, key: str, etag: str | None = None) -> None:
