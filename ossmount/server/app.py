@@ -86,7 +86,9 @@ class Stats:
 
 
 class App:
-    """The request handler of one server."""
+    """The request handler of one server: routes a request to its operation (operations/),
+    applies the injected faults, checks who may call it, and answers failures with the OSS
+    error XML."""
 
     def __init__(
         self,
