@@ -22,10 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpcore._async.http11 as httpcore_http11
 import trio
@@ -87,20 +86,10 @@ def peak_rss_kib(pid: int) -> int:
 @contextmanager
 def mounted(endpoint: str, mountpoint: Path, options: list[str], log: Path) -> Iterator[int]:
     env = dict(os.environ, OSS_ACCESS_KEY_ID=AK, OSS_ACCESS_KEY_SECRET=SK)
-    launcher = ["-m", "ossmount.cli"]
-    if options and options[0].startswith("httpcore_read="):
-        # Measures a client tuning: httpcore's socket read size (64 KiB by default) for bodies.
-        read_bytes = int(options[0].split("=", 1)[1])
-        options = options[1:]
-        launcher = [
-            "-c",
-            "import sys, httpcore._async.http11 as h; "
-            f"h.AsyncHTTP11Connection.READ_NUM_BYTES = {read_bytes}; "
-            "from ossmount.cli import main; sys.argv[0] = 'ossmount'; sys.exit(main())",
-        ]
     command = [
         sys.executable,
-        *launcher,
+        "-m",
+        "ossmount.cli",
         "mount",
         BUCKET,
         str(mountpoint),
@@ -143,73 +132,9 @@ def dd_through_mount(
         return elapsed, cpu_time_s(pid) - cpu_before, peak_rss_kib(pid)
 
 
-class RawSocketSource:
-    """An experiment, not the product: ranged GETs of a presigned URL over a bare socket,
-    received with recv_into, no HTTP library. It measures what the body path costs without
-    httpx/h11, to tell the client how much a leaner body path could win. No retries, no
-    If-Match (a presigned V1 URL signs no x-oss-* header here), so only for this benchmark."""
-
-    def __init__(self, endpoint: str) -> None:
-        self._url = urlsplit(
-            presign_v1(
-                Credentials(AK, SK),
-                "GET",
-                f"{endpoint}/{BUCKET}/{KEY}",
-                BUCKET,
-                KEY,
-                int(time.time()) + 3600,
-            )
-        )
-
-    @property
-    def object_crc64(self) -> int | None:
-        return None
-
-    @asynccontextmanager
-    async def open_range(
-        self, start: int, end_inclusive: int
-    ) -> AsyncIterator[AsyncIterable[bytes]]:
-        url = self._url
-        assert url.hostname is not None and url.port is not None
-        sock = trio.socket.socket()
-        try:
-            await sock.connect((url.hostname, url.port))
-            request = (
-                f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                f"Range: bytes={start}-{end_inclusive}\r\n\r\n"
-            )
-            await sock.send(request.encode())
-            head = b""
-            while b"\r\n\r\n" not in head:
-                received = await sock.recv(65536)
-                if not received:
-                    raise ConnectionError("closed before the headers")
-                head += received
-            status_and_headers, first_bytes = head.split(b"\r\n\r\n", 1)
-            if b" 206 " not in status_and_headers.split(b"\r\n", 1)[0]:
-                raise ConnectionError(status_and_headers.decode(errors="replace"))
-            yield self._body(sock, first_bytes, end_inclusive - start + 1)
-        finally:
-            sock.close()
-
-    @staticmethod
-    async def _body(
-        sock: trio.socket.SocketType, first_bytes: bytes, length: int
-    ) -> AsyncIterator[bytes]:
-        received = len(first_bytes)
-        if first_bytes:
-            yield first_bytes
-        buffer = bytearray(MIB)
-        while received < length:
-            count = await sock.recv_into(buffer, min(MIB, length - received))
-            if not count:
-                raise ConnectionError("body cut short")
-            received += count
-            yield bytes(memoryview(buffer)[:count])
-
-
-async def read_with_file_reader(endpoint: str, block_size: int, raw_socket: bool) -> None:
-    """The mount's read path without FUSE: FileReader.read() of 1 MiB pieces, front to back."""
+async def read_with_file_reader(endpoint: str, block_size: int, threaded_gets: bool) -> None:
+    """The mount's read path without FUSE: FileReader.read() of 1 MiB pieces, front to back,
+    with the bodies received by worker threads (oss/bulk.py) or through the client (httpx)."""
     async with (
         OssClient(endpoint, Credentials(AK, SK)) as client,
         trio.open_nursery() as nursery,
@@ -222,9 +147,9 @@ async def read_with_file_reader(endpoint: str, block_size: int, raw_socket: bool
             cache_bytes=64 * MIB,
             max_inflight=8,
             nursery=nursery,
+            threaded_gets=threaded_gets,
         )
-        source = RawSocketSource(endpoint) if raw_socket else None
-        reader = cache.open(KEY, info.size, info.etag, info.crc64, source=source)
+        reader = cache.open(KEY, info.size, info.etag, info.crc64)
         cpu_before = time.process_time()
         start = time.perf_counter()
         for offset in range(0, info.size, MIB):
@@ -234,14 +159,18 @@ async def read_with_file_reader(endpoint: str, block_size: int, raw_socket: bool
         await reader.close()
 
 
-def reader_only(endpoint: str, httpcore_read: int) -> tuple[float, float]:
-    """(seconds, CPU seconds) of read_with_file_reader in a process of its own; httpcore_read
-    0 = httpcore's default, -1 = the raw-socket experiment."""
-    command = [sys.executable, __file__, "--reader-child", endpoint]
-    if httpcore_read > 0:
-        command += ["--httpcore-read", str(httpcore_read)]
-    if httpcore_read < 0:
-        command += ["--raw-socket"]
+# The body paths of --reader-only: worker threads (the mount's), and the client (httpx) with
+# httpcore's socket reads of 64 KiB (its default) or of 1 MiB.
+READER_PATHS = {
+    "threads": "bodies received by worker threads (oss/bulk.py, the mount's path)",
+    "client": "bodies through the client: httpx, 64 KiB socket reads (httpcore default)",
+    "client-1m": "bodies through the client: httpx, 1 MiB socket reads",
+}
+
+
+def reader_only(endpoint: str, path: str) -> tuple[float, float]:
+    """(seconds, CPU seconds) of read_with_file_reader in a process of its own."""
+    command = [sys.executable, __file__, "--reader-child", endpoint, "--reader-path", path]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     elapsed, cpu = result.stdout.split()
     return float(elapsed), float(cpu)
@@ -250,29 +179,28 @@ def reader_only(endpoint: str, httpcore_read: int) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reader-child", metavar="ENDPOINT", help=argparse.SUPPRESS)
-    parser.add_argument("--httpcore-read", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--raw-socket", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--reader-path", choices=READER_PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--variant",
         action="append",
         default=[],
-        help='mount options of one variant, e.g. "-o block_size=1M" (repeatable; '
-        "default: the default options only); a first word httpcore_read=N runs that mount "
-        "with httpcore reading N bytes per socket read (a client tuning under test)",
+        help='mount options of one variant, e.g. "-o block_size=4M" (repeatable; '
+        "the default options are always measured first)",
     )
     parser.add_argument(
         "--reader-only",
         action="store_true",
-        help="also time FileReader without FUSE (1 MiB blocks): through the client with "
-        "httpcore's default socket reads and with 1 MiB ones, and over a bare socket",
+        help="also time FileReader without FUSE (1 MiB blocks, 64 MiB cache): bodies received "
+        "by worker threads, and through the client with 64 KiB or 1 MiB socket reads",
     )
     args = parser.parse_args()
     if args.reader_child:
-        if args.httpcore_read:
-            httpcore_http11.AsyncHTTP11Connection.READ_NUM_BYTES = args.httpcore_read
-        trio.run(read_with_file_reader, args.reader_child, MIB, args.raw_socket)
+        httpcore_http11.AsyncHTTP11Connection.READ_NUM_BYTES = (
+            MIB if args.reader_path == "client-1m" else 64 * 1024
+        )
+        trio.run(read_with_file_reader, args.reader_child, MIB, args.reader_path == "threads")
         return 0
     variants: list[list[str]] = [[]] + [v.split() for v in args.variant]
     size = args.size_mib * MIB
@@ -294,12 +222,12 @@ def main() -> int:
             dd_s: dict[int, list[float]] = {i: [] for i in range(len(variants))}
             rss_kib: dict[int, list[int]] = {i: [] for i in range(len(variants))}
             cpu_s: dict[int, list[float]] = {i: [] for i in range(len(variants))}
-            alone: dict[int, list[tuple[float, float]]] = {0: [], MIB: [], -1: []}
+            alone: dict[str, list[tuple[float, float]]] = {path: [] for path in READER_PATHS}
             for run in range(args.runs):
                 curl_s.append(curl_get(server.endpoint))
                 if args.reader_only:
-                    for httpcore_read, timings in alone.items():
-                        timings.append(reader_only(server.endpoint, httpcore_read))
+                    for path, timings in alone.items():
+                        timings.append(reader_only(server.endpoint, path))
                 for index, options in enumerate(variants):
                     elapsed, cpu, peak = dd_through_mount(
                         server.endpoint, mountpoint, options, root / "mount.log"
@@ -322,17 +250,12 @@ def main() -> int:
         print("|---|---|---|---|---|")
         print(f"| curl (single stream GET) | {curl_mbps:.0f} | 100% | | |")
         gib = size / (1024 * MIB)
-        for httpcore_read, timings in alone.items():
+        for path, timings in alone.items():
             if not timings:
                 continue
             mbps = size / statistics.median(t for t, _ in timings) / 1e6
-            body_path = {
-                0: "httpx, 64 KiB socket reads (httpcore default)",
-                MIB: "httpx, 1 MiB socket reads",
-                -1: "bare socket + recv_into (experiment, no HTTP library)",
-            }[httpcore_read]
             print(
-                f"| FileReader alone, no FUSE, 1 MiB blocks, {body_path} | "
+                f"| FileReader alone, no FUSE, 1 MiB blocks, {READER_PATHS[path]} | "
                 f"{mbps:.0f} | {mbps / curl_mbps:.0%} | "
                 f"{statistics.median(c for _, c in timings) / gib:.2f} | |"
             )
