@@ -255,3 +255,22 @@ def test_reader_opened_before_a_write_sees_it(mounted: Mounted, oss2_bucket: oss
     finally:
         os.close(reader)
     assert object_bytes(oss2_bucket, "doc.txt") == b"short"
+
+
+def test_staging_budget_used_up_is_enospc_and_nothing_changes(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    original = os.urandom(3 * MiB)
+    oss2_bucket.put_object("large.bin", original)
+    mounted = mount_ossmount(["staging_budget=1m"])
+    fd = os.open(mounted.path / "large.bin", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as raised:
+            os.pwrite(fd, b"x", 10)  # needs a full local copy: 3 MiB of a 1 MiB budget
+        assert raised.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    assert object_bytes(oss2_bucket, "large.bin") == original
+    assert (mounted.path / "large.bin").read_bytes() == original
+    (mounted.path / "small.txt").write_bytes(b"fits")  # small writes still work
+    assert object_bytes(oss2_bucket, "small.txt") == b"fits"
