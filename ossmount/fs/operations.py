@@ -60,7 +60,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 SelfT = TypeVar("SelfT", bound="OssFs")
 
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 STATFS_BLOCKS = 1 << 40
 STATFS_FILES = 1 << 32
 
@@ -660,7 +659,7 @@ class OssFs(pyfuse3.Operations):
             # An OSS symlink's own mode, owner and times are not stored (listings show its
             # Last-Modified, HEAD describes its target); they hold until the inode is forgotten.
             node.attrs = changed
-        else:
+        elif names or fields.update_size:  # (atime and ctime alone are not stored)
             metadata = {name: posix_metadata(changed)[name] for name in names}
             size = attr.st_size if fields.update_size else None
             await self._set_file_attributes(node, staging, fh, size, metadata)
