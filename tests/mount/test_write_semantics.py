@@ -274,3 +274,27 @@ def test_staging_budget_used_up_is_enospc_and_nothing_changes(
     assert (mounted.path / "large.bin").read_bytes() == original
     (mounted.path / "small.txt").write_bytes(b"fits")  # small writes still work
     assert object_bytes(oss2_bucket, "small.txt") == b"fits"
+
+
+def test_writes_in_a_prefix_mount_land_under_the_prefix(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    oss2_bucket.put_object("outside.txt", b"not mine")
+    mounted = mount_ossmount(prefix="team/data")
+    root = mounted.path
+    (root / "dir").mkdir()
+    (root / "dir" / "a.txt").write_bytes(b"alpha")
+    (root / "dir" / "link").symlink_to("a.txt")
+    os.rename(root / "dir", root / "moved")
+    (root / "moved" / "a.txt").chmod(0o600)
+    keys = sorted(item.key for item in oss2.ObjectIteratorV2(oss2_bucket))
+    assert keys == [
+        "outside.txt",
+        "team/data/moved/",
+        "team/data/moved/a.txt",
+        "team/data/moved/link",
+    ]
+    assert os.readlink(root / "moved" / "link") == "a.txt"
+    assert (root / "moved" / "link").read_bytes() == b"alpha"
+    headers = oss2_bucket.head_object("team/data/moved/a.txt").headers
+    assert headers["x-oss-meta-mode"] == str(stat.S_IFREG | 0o600)
