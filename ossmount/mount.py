@@ -434,7 +434,7 @@ def open_write_staging(config: MountConfig, client: OssClient) -> WriteStaging:
             upload_concurrency=config.upload_concurrency,
         )
     except StateDirBusyError as exc:
-        raise MountError(str(exc)) from None
+        raise MountError(f"{exc} (a second mount of it needs -o state_dir=PATH)") from None
     except OSError as exc:
         raise MountError(f"state directory {state_dir}: {exc.strerror or exc}") from None
 

@@ -298,3 +298,14 @@ def test_writes_in_a_prefix_mount_land_under_the_prefix(
     assert (root / "moved" / "link").read_bytes() == b"alpha"
     headers = oss2_bucket.head_object("team/data/moved/a.txt").headers
     assert headers["x-oss-meta-mode"] == str(stat.S_IFREG | 0o600)
+
+
+def test_second_mount_of_one_state_dir_is_refused_with_a_reason(
+    mount_ossmount: MountFactory, tmp_path: Path
+) -> None:
+    state = f"state_dir={tmp_path / 'shared-state'}"
+    mount_ossmount([state])
+    with pytest.raises(AssertionError) as refused:
+        mount_ossmount([state], daemon=True)
+    assert "is in use by another ossmount process" in str(refused.value)
+    assert "state_dir" in str(refused.value)
