@@ -212,8 +212,9 @@ class _ConnectionPool:
             if sock is None:
                 return self._connect(), False
             # Readable while idle means the server closed it (or sent garbage): not reusable.
-            readable, _, _ = select.select([sock], [], [], 0)
-            if not readable:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            if not poller.poll(0):
                 return sock, True
             sock.close()
 
@@ -301,14 +302,15 @@ class _Exchange:
         try:
             sock, head = self._send_request()
             if head.status >= 300:
-                body, reusable = self._error_body(sock, head)
+                body, keep_alive = self._error_body(sock, head)
+                reusable = self._detach(keep_alive)
                 error = error_from_response(head.status, head.headers, body, method="GET")
                 self._post(_Failure(error))
                 return
             info, expected_crc64 = _check_head(self._key, head, *self._range)
             self._post(_Opened(info))
             self._receive_body(sock, expected_crc64)
-            reusable = head.keep_alive and not self._stopped
+            reusable = self._detach(head.keep_alive)
             self._post(_End())
         except OSError as exc:
             if not self._stopped:
@@ -323,6 +325,14 @@ class _Exchange:
                     self._pool.give_back(sock)
                 else:
                     sock.close()
+
+    def _detach(self, keep_alive: bool) -> bool:
+        """The exchange is over: from now on stop() leaves the socket alone (the consumer stops
+        the exchange when it sees the last event, while the socket may go back to the pool).
+        Whether the socket may be kept."""
+        with self._lock:
+            self._sock = None
+            return keep_alive and not self._stopped
 
     def _send_request(self) -> tuple[socket.socket, _Head]:
         """Connect (or reuse), send the request, read the head. A reused connection that fails
