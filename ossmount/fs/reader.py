@@ -14,8 +14,11 @@ size)`` needs the blocks that cover ``[offset, offset + size)``; each one comes 
 A GET covers a *run* of consecutive missing blocks (up to ``part_size`` bytes). Its body is
 iterated chunk by chunk as the socket delivers it; each block is published (put in the cache,
 its waiters woken) as soon as its last byte arrives, so a reader waits for its block, not for the
-whole GET. Every GET carries ``If-Match: <etag>`` of the handle and the client always sends
-``x-oss-range-behavior: standard``: a replaced object answers 412, the handle raises
+whole GET. Where the client's endpoint allows it (plain http), the bodies are received by worker
+threads (:mod:`ossmount.oss.bulk`) in pieces of exactly one block, so the trio thread, which also
+answers FUSE, only files finished blocks; otherwise they come through the client (httpx).
+Every GET carries ``If-Match: <etag>`` of the handle and ``x-oss-range-behavior: standard``:
+a replaced object answers 412, the handle raises
 :class:`PreconditionFailed` on that read and every later one (the mount answers EIO), and never
 mixes versions.
 

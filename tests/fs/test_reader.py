@@ -40,6 +40,7 @@ def make_cache(
     block_size: int = MIB,
     cache_bytes: int = 32 * MIB,
     max_inflight: int = 4,
+    threaded_gets: bool = True,
     **options: int,
 ) -> ReadCache:
     return ReadCache(
@@ -49,6 +50,7 @@ def make_cache(
         cache_bytes=cache_bytes,
         max_inflight=max_inflight,
         nursery=nursery,
+        threaded_gets=threaded_gets,
         **options,
     )
 
@@ -71,12 +73,22 @@ def gets(oss_server: Any) -> int:
     return int(oss_server.stats.count("GetObject"))
 
 
+# Bodies received by worker threads (oss/bulk.py, the default for an http endpoint), or through
+# the client (httpx), as for https endpoints.
+BODY_PATHS = pytest.mark.parametrize("threaded_gets", [True, False], ids=["threads", "client"])
+
+
+@BODY_PATHS
 async def test_sequential_whole_read(
-    client: OssClient, oss2_bucket: oss2.Bucket, oss_server: Any, nursery: trio.Nursery
+    client: OssClient,
+    oss2_bucket: oss2.Bucket,
+    oss_server: Any,
+    nursery: trio.Nursery,
+    threaded_gets: bool,
 ) -> None:
     data = os.urandom(24 * MIB + 333)
     oss2_bucket.put_object("seq.bin", data)
-    cache = make_cache(client, nursery, part_size=4 * MIB)
+    cache = make_cache(client, nursery, part_size=4 * MIB, threaded_gets=threaded_gets)
     reader = await open_object(cache, client, "seq.bin")
     oss_server.stats.reset()
     assert await read_all(reader) == data
@@ -127,13 +139,16 @@ async def test_concurrent_readers_share_one_fetch(
         await reader.close()
 
 
+@BODY_PATHS
 async def test_replaced_object_fails_the_handle(
-    client: OssClient, oss2_bucket: oss2.Bucket, nursery: trio.Nursery
+    client: OssClient, oss2_bucket: oss2.Bucket, nursery: trio.Nursery, threaded_gets: bool
 ) -> None:
     old = os.urandom(16 * MIB)
     new = os.urandom(16 * MIB)
     oss2_bucket.put_object("replaced.bin", old)
-    cache = make_cache(client, nursery, block_size=256 * KIB, cache_bytes=4 * MIB)
+    cache = make_cache(
+        client, nursery, block_size=256 * KIB, cache_bytes=4 * MIB, threaded_gets=threaded_gets
+    )
     reader = await open_object(cache, client, "replaced.bin")
     assert await reader.read(0, 256 * KIB) == old[: 256 * KIB]
     oss2_bucket.put_object("replaced.bin", new)
@@ -288,8 +303,9 @@ async def test_cache_bound_and_prefetch_cancelled_on_close(
     oss_server.faults.bandwidth_bytes_per_s = 0
 
 
+@BODY_PATHS
 async def test_reads_survive_errors_and_resets(
-    oss2_bucket: oss2.Bucket, oss_server: Any, nursery: trio.Nursery
+    oss2_bucket: oss2.Bucket, oss_server: Any, nursery: trio.Nursery, threaded_gets: bool
 ) -> None:
     data = os.urandom(32 * MIB + 99)
     oss2_bucket.put_object("flaky.bin", data)
@@ -297,7 +313,13 @@ async def test_reads_survive_errors_and_resets(
     async with OssClient(
         oss_server.endpoint, Credentials(TEST_AK, TEST_SK), retry=fast_retry
     ) as flaky_client:
-        cache = make_cache(flaky_client, nursery, cache_bytes=16 * MIB, part_size=2 * MIB)
+        cache = make_cache(
+            flaky_client,
+            nursery,
+            cache_bytes=16 * MIB,
+            part_size=2 * MIB,
+            threaded_gets=threaded_gets,
+        )
         oss_server.faults.only_operations = frozenset({"GetObject"})
         oss_server.faults.error_rate = 0.1
         oss_server.faults.reset_rate = 0.2
