@@ -29,7 +29,7 @@ import posixpath
 import stat
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
@@ -119,6 +119,8 @@ class FileHandle:
     etag: str | None
     staged: StagedFile | None = None
     append: bool = False
+    # Readers of older versions, closed at release (a concurrent read may still use one).
+    retired: list[FileReader] = field(default_factory=list)
 
 
 def _fuse_error(code: int) -> pyfuse3.FUSEError:
@@ -389,8 +391,9 @@ class OssFs(pyfuse3.Operations):
         if handle is None:
             return
         try:
-            if handle.reader is not None:
-                await handle.reader.close()
+            for reader in [*handle.retired, handle.reader]:
+                if reader is not None:
+                    await reader.close()
             if handle.staged is not None:
                 await handle.staged.release()
         finally:
@@ -500,14 +503,14 @@ class OssFs(pyfuse3.Operations):
         if reader is not None and reader.etag == etag and reader.size == size:
             return reader
         if reader is not None:
-            await reader.close()
+            handle.retired.append(reader)
         node = handle.inode
         crc64 = node.attrs.crc64 if node.attrs.etag == etag else None
         handle.reader = self.read_cache.open(node.key, size, etag, crc64)
         handle.etag = etag
         return handle.reader
 
-    async def _published(self, node: Inode, staged: StagedFile) -> None:
+    def _published(self, node: Inode, staged: StagedFile) -> None:
         """After a successful flush: the inode describes the uploaded object."""
         if staged.dirty or staged.remote_etag is None or self.inodes.by_key(node.key) is not node:
             return  # unlinked meanwhile, or nothing was uploaded
@@ -529,8 +532,8 @@ class OssFs(pyfuse3.Operations):
         # mount, so no mix: until now they read the staged data).
         for handle in self._file_handles.values():
             if handle.inode is node and handle.staged is None and handle.reader is not None:
-                reader, handle.reader = handle.reader, None
-                await reader.close()
+                handle.retired.append(handle.reader)
+                handle.reader = None
 
     def _new_file_handle(self, node: Inode, handle: FileHandle) -> pyfuse3.FileInfo:
         fh = self._new_fh()
@@ -614,7 +617,7 @@ class OssFs(pyfuse3.Operations):
         if handle is None or handle.staged is None:
             return
         await handle.staged.flush()
-        await self._published(handle.inode, handle.staged)
+        self._published(handle.inode, handle.staged)
 
     @_errno_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -622,7 +625,7 @@ class OssFs(pyfuse3.Operations):
         if handle is None or handle.staged is None:
             return
         await handle.staged.flush()
-        await self._published(handle.inode, handle.staged)
+        self._published(handle.inode, handle.staged)
 
     @_errno_boundary
     async def setattr(
@@ -713,7 +716,7 @@ class OssFs(pyfuse3.Operations):
                 staged.set_metadata(metadata)
             if held and staged.open_handles == 1:
                 await staged.flush()
-                await self._published(node, staged)
+                self._published(node, staged)
         finally:
             if held:
                 await staged.release()
