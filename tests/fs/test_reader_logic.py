@@ -123,6 +123,7 @@ def make_cache(
         cache_bytes=cache_bytes,
         max_inflight=max_inflight,
         nursery=nursery,
+        threaded_gets=False,  # no client: every source is given to open()
         **options,
     )
 
