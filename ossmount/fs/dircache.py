@@ -681,3 +681,36 @@ class Namespace:
         self._negative.discard(key.rstrip("/"))
         parent = key.rstrip("/").rpartition("/")[0]
         self._listings.invalidate(parent + "/" if parent else "")
+
+    # -- changes this mount made -----------------------------------------------------------
+
+    def note_entry(self, key: str, attrs: Attributes | None) -> None:
+        """A name this mount created, changed (``attrs``) or removed (None).
+
+        Its cached stat and negative entries go; the parent's cached listing, if any, is
+        updated rather than dropped, so that the next lookup in that directory (cp -r asks for
+        every name before creating it) is answered without a request.
+        """
+        self._stats.invalidate(key)
+        self._negative.discard(key.rstrip("/"))
+        parent, _, name = key.rstrip("/").rpartition("/")
+        prefix = parent + "/" if parent else ""
+        snapshot = self._listings.get(prefix)
+        if snapshot is None:
+            return
+        entries = [entry for entry in snapshot.entries if entry.name != name]
+        if attrs is not None:
+            entries.append(DirEntry(name, attrs))
+            entries.sort(key=lambda entry: entry.name)
+        self._listings.put(DirSnapshot(prefix, tuple(entries), snapshot.taken_at))
+
+    def forget_listing(self, prefix: str) -> None:
+        """Drop the cached listing of the directory ``prefix`` itself (``invalidate`` drops
+        its parent's): after a directory is removed or renamed onto, its old listing must not
+        be served."""
+        self._listings.invalidate(prefix)
+
+    def note_empty_directory(self, prefix: str) -> None:
+        """A directory this mount just made: nothing is under it, so lookups in it need no
+        request until the listing expires."""
+        self._listings.put(DirSnapshot(prefix, (), self._clock()))

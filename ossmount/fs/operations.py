@@ -464,31 +464,6 @@ class OssFs(pyfuse3.Operations):
         ordered = tuple(entries[name] for name in sorted(entries))
         return DirSnapshot(snapshot.prefix, ordered, snapshot.taken_at)
 
-    def _note_entry(self, key: str, attrs: Attributes | None) -> None:
-        """A name this mount created, changed (``attrs``) or removed (None): its cached stat
-        and negative entries go, and the parent's cached listing, if any, is updated rather
-        than dropped, so that the next lookup in the directory (cp -r asks for every name
-        before creating it) is answered without a request."""
-        # (Namespace has no public hook for this yet: it works on its caches directly.)
-        namespace = self.namespace
-        namespace._stats.invalidate(key)
-        namespace._negative.discard(key.rstrip("/"))
-        parent, _, name = key.rstrip("/").rpartition("/")
-        prefix = parent + "/" if parent else ""
-        snapshot = namespace._listings.get(prefix)
-        if snapshot is None:
-            return
-        entries = [entry for entry in snapshot.entries if entry.name != name]
-        if attrs is not None:
-            entries.append(DirEntry(name, attrs))
-            entries.sort(key=lambda entry: entry.name)
-        namespace._listings.put(DirSnapshot(prefix, tuple(entries), snapshot.taken_at))
-
-    def _forget_listing(self, prefix: str) -> None:
-        # A directory's own cached listing (Namespace.invalidate drops the parent's): after a
-        # directory is removed or renamed onto, its old listing must not be served.
-        self.namespace._listings.invalidate(prefix)
-
     async def _head_or_none(self, key: str) -> ObjectInfo | None:
         try:
             return await self.namespace.client.head_object(self.namespace.bucket, key)
@@ -525,7 +500,7 @@ class OssFs(pyfuse3.Operations):
         )
         node.attrs_expire_at = self._clock() + self.options.stat_cache_ttl_s
         node.stale = False
-        self._note_entry(node.key, node.attrs)
+        self.namespace.note_entry(node.key, node.attrs)
         self.read_cache.invalidate(node.key)
         self._kernel_cached_etag.pop(node.ino, None)
         # Read-only handles of this file read the new version from now on (written by this
@@ -593,7 +568,7 @@ class OssFs(pyfuse3.Operations):
         staged.set_metadata({field: metadata[field] for field in (META_MODE, META_UID, META_GID)})
         inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
         self.inodes.remember(inode)
-        self._note_entry(key, inode.attrs)
+        self.namespace.note_entry(key, inode.attrs)
         handle = FileHandle(inode, None, None, staged=staged, append=bool(flags & os.O_APPEND))
         return self._new_file_handle(inode, handle), self._entry(inode)
 
@@ -742,10 +717,8 @@ class OssFs(pyfuse3.Operations):
         await self.namespace.client.put_object(
             self.namespace.bucket, key, b"", metadata=posix_metadata(attrs)
         )
-        self._note_entry(key, attrs)
-        # Nothing is under a directory just made: lookups in it need no request.
-        self._forget_listing(key)
-        self.namespace._listings.put(DirSnapshot(key, (), self._clock()))
+        self.namespace.note_entry(key, attrs)
+        self.namespace.note_empty_directory(key)
         inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
         self.inodes.remember(inode)
         return self._entry(inode)
@@ -770,8 +743,8 @@ class OssFs(pyfuse3.Operations):
         await client.delete_object(bucket, key)
         await client.delete_object(bucket, key[:-1] + FOLDER_SUFFIX)
         self.inodes.detach(key)
-        self._note_entry(key, None)
-        self._forget_listing(key)
+        self.namespace.note_entry(key, None)
+        self.namespace.forget_listing(key)
 
     @_errno_boundary
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -788,7 +761,7 @@ class OssFs(pyfuse3.Operations):
         await staging.unlink(key)
         await self.namespace.client.delete_object(self.namespace.bucket, key)
         self.inodes.detach(key)
-        self._note_entry(key, None)
+        self.namespace.note_entry(key, None)
         self.read_cache.invalidate(key)
 
     @staticmethod
@@ -832,7 +805,7 @@ class OssFs(pyfuse3.Operations):
             # Absolute or outside the bucket: an ossfs symlink (S_IFLNK, the target as body).
             put = await client.put_object(bucket, key, target, metadata=metadata)
             attrs = replace(attrs, etag=put.etag)
-        self._note_entry(key, attrs)
+        self.namespace.note_entry(key, attrs)
         inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
         self.inodes.remember(inode)
         return self._entry(inode)
@@ -876,8 +849,8 @@ class OssFs(pyfuse3.Operations):
             if target is not None and not await self._directory_is_empty(new_key):
                 raise _fuse_error(errno.ENOTEMPTY)
             await staging.rename_directory(old_key, new_key)
-            self._forget_listing(old_key)
-            self._forget_listing(new_key)
+            self.namespace.forget_listing(old_key)
+            self.namespace.forget_listing(new_key)
         else:
             old_key = old_parent.key + old_name
             new_key = new_parent.key + new_name
