@@ -7,8 +7,32 @@ done by the module that owns it (imported lazily, so `ossmount cp` does not load
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+Runner = Callable[[argparse.Namespace], int]
+
+
+def _runs(module: str, function: str) -> Runner:
+    """The subcommand's work: ``module.function(args)``, imported only when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        command: Runner = getattr(importlib.import_module(module), function)
+        return command(args)
+
+    return run
+
+
+def _add_mount_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPT[,OPT...]",
+        help="mount options (ossfs names accepted; see docs/configuration.md)",
+    )
 
 
 def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,12 +73,7 @@ def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     faults.add_argument("--fault-seed", type=int, default=0, help="seed of the fault choices")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
 
-    def run(args: argparse.Namespace) -> int:
-        from ossmount.server.command import run_server_command  # noqa: PLC0415
-
-        return run_server_command(args)
-
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=_runs("ossmount.server.command", "run_server_command"))
 
 
 def _add_mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,24 +87,12 @@ def _add_mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     parser.add_argument("--endpoint", help="OSS endpoint URL (or -o url=...)")
     parser.add_argument("--region", help="region for V4 signing, e.g. cn-hangzhou")
-    parser.add_argument(
-        "-o",
-        dest="options",
-        action="append",
-        default=[],
-        metavar="OPT[,OPT...]",
-        help="mount options (ossfs names accepted)",
-    )
+    _add_mount_options(parser)
     parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     parser.add_argument("-d", "--debug", action="store_true", help="debug logging (implies -f)")
     parser.add_argument("--log-file", help="write the log here (daemon mode logs nowhere else)")
 
-    def run(args: argparse.Namespace) -> int:
-        from ossmount.mount import mount_command  # noqa: PLC0415 (lazy: keeps cp light)
-
-        return mount_command(args)
-
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=_runs("ossmount.mount", "mount_command"))
 
 
 def _add_unmount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,12 +100,7 @@ def _add_unmount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
     parser.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
 
-    def run(args: argparse.Namespace) -> int:
-        from ossmount.mount import unmount_command  # noqa: PLC0415
-
-        return unmount_command(args)
-
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=_runs("ossmount.mount", "unmount_command"))
 
 
 def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -107,21 +109,9 @@ def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT")
     parser.add_argument("--data-dir", help="server root (default: a temporary directory)")
-    parser.add_argument(
-        "-o",
-        dest="options",
-        action="append",
-        default=[],
-        metavar="OPT[,OPT...]",
-        help="mount options",
-    )
+    _add_mount_options(parser)
 
-    def run(args: argparse.Namespace) -> int:
-        from ossmount.demo import demo_command  # noqa: PLC0415
-
-        return demo_command(args)
-
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=_runs("ossmount.demo", "demo_command"))
 
 
 def _add_cp_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -135,12 +125,7 @@ def _add_cp_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     add_arguments(parser)
 
-    def run(args: argparse.Namespace) -> int:
-        from ossmount.cp import cp_command  # noqa: PLC0415
-
-        return cp_command(args)
-
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=_runs("ossmount.cp", "cp_command"))
 
 
 def _add_recover_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -162,48 +147,7 @@ def _add_recover_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="the mount's state directory (default: ~/.cache/ossmount/<bucket>-<hash>)",
     )
 
-    def run(args: argparse.Namespace) -> int:
-        # Lazy imports: keep `ossmount cp` and `--help` light.
-        from pathlib import Path  # noqa: PLC0415
-
-        import trio  # noqa: PLC0415
-
-        from ossmount.config import ConfigError, parse_bucket_spec  # noqa: PLC0415
-        from ossmount.credentials import CredentialsError, resolve_credentials  # noqa: PLC0415
-        from ossmount.fs.writer import (  # noqa: PLC0415
-            RecoveryReport,
-            default_state_dir,
-            recover_state_dir,
-        )
-        from ossmount.oss.client import OssClient  # noqa: PLC0415
-        from ossmount.oss.errors import OssError  # noqa: PLC0415
-
-        try:
-            bucket, prefix = parse_bucket_spec(args.bucket)
-            passwd_file = Path(args.passwd_file) if args.passwd_file else None
-            credentials = resolve_credentials(bucket, passwd_file=passwd_file)
-        except (ConfigError, CredentialsError) as exc:
-            print(f"ossmount recover: {exc}", file=sys.stderr)
-            return 2
-        state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(bucket, prefix)
-        if not (state_dir / "journal.sqlite").exists():
-            print(f"nothing to recover: no journal in {state_dir}")
-            return 0
-
-        async def recover() -> RecoveryReport:
-            async with OssClient(args.endpoint, credentials, region=args.region) as client:
-                return await recover_state_dir(client, bucket, prefix, state_dir)
-
-        try:
-            report = trio.run(recover)
-        except (OSError, OssError) as exc:
-            print(f"ossmount recover: {exc}", file=sys.stderr)
-            return 1
-        for line in report.lines() or ["nothing to recover"]:
-            print(line)
-        return 0 if report.ok else 1
-
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=_runs("ossmount.recover", "recover_command"))
 
 
 def _helper_syntax(argv: list[str]) -> list[str]:
@@ -217,11 +161,6 @@ def _helper_syntax(argv: list[str]) -> list[str]:
     if helper_form and argv[0] not in commands:
         return ["mount", *argv]
     return argv
-
-
-def _not_built(name: str) -> int:
-    print(f"ossmount: '{name}' is not built yet", file=sys.stderr)
-    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
