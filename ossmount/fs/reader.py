@@ -33,9 +33,13 @@ missing (half the window, at most ``part_size``), so a long sequential read keep
 ``part_size`` bytes in flight, like the checkpointed downloader's parallel part fetches. Any other
 read is *random*: the window drops to zero and only the touched blocks are fetched.
 
-The number of concurrent GETs of the whole mount is bounded by ``max_inflight``; the prefetch
-window is at most half the cache, so prefetched blocks are not evicted before they are read.
-Memory is therefore about ``cache_bytes`` plus one partial block per GET in flight.
+The number of concurrent GETs of the whole mount is bounded by ``max_inflight``. A sequential
+reader's lookups do not refresh a block's place in the LRU order, so blocks leave the cache in the
+order they were fetched: the blocks a stream has read go before the ones prefetched ahead of it.
+(If reads refreshed them, the blocks read since a prefetch would all be younger than it, and the
+window could be at most half the cache.) The window is at most three quarters of the cache; the
+rest is for other handles' blocks. Memory is therefore about ``cache_bytes`` plus one partial
+block per GET in flight.
 
 Fetch tasks belong to the handle that started them and are cancelled by :meth:`FileReader.close`;
 waiters of another handle then find the block abandoned and fetch it themselves.
@@ -68,7 +72,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import trio
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from ossmount.oss.bulk import BulkBody, BulkGetter
 from ossmount.oss.crc64 import crc64
@@ -85,7 +89,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PART_SIZE = 8 * 1024 * 1024
+DEFAULT_PART_SIZE = 32 * 1024 * 1024
 DEFAULT_MAX_PREFETCH_BYTES = 64 * 1024 * 1024
 # A GET that fails transiently even after the client's own retries and resumes (reset, timeout,
 # 503) is reopened from the byte it reached, this many times in a row without progress.
@@ -230,8 +234,8 @@ class ReadCache:
         self.block_size = block_size
         self.cache_bytes = cache_bytes
         self.part_blocks = max(1, part_size // block_size)
-        # The window may not exceed half of the cache, or prefetched blocks evict each other.
-        self.max_window_blocks = max(0, min(max_prefetch_bytes, cache_bytes // 2) // block_size)
+        # Room for the window and for other handles' blocks (see Prefetch).
+        self.max_window_blocks = max(0, min(max_prefetch_bytes, cache_bytes * 3 // 4) // block_size)
         self.resume_attempts = resume_attempts
         self.nursery = nursery
         self.limiter = trio.CapacityLimiter(max_inflight)
@@ -280,8 +284,14 @@ class ReadCache:
 
     # -- used by FileReader ---------------------------------------------------------------
 
-    def _lookup(self, block_id: BlockId) -> bytes | None:
-        data = self._blocks.get(block_id)
+    def _lookup(self, block_id: BlockId, *, refresh: bool = True) -> bytes | None:
+        """The cached block, or None; ``refresh=False`` leaves its place in the LRU order (a
+        sequential reader's lookups, see Prefetch)."""
+        if refresh:
+            data = self._blocks.get(block_id)
+        else:
+            # Cache.__getitem__ is the lookup without LRUCache's move to the young end.
+            data = Cache.__getitem__(self._blocks, block_id) if block_id in self._blocks else None
         if data is None:
             self.stats.cache_misses += 1
         else:
@@ -494,7 +504,7 @@ class FileReader:
     async def _block(self, index: int) -> bytes:
         block_id = self._id(index)
         while True:
-            data = self._cache._lookup(block_id)
+            data = self._cache._lookup(block_id, refresh=self._window_blocks == 0)
             if data is not None:
                 return data
             pending = self._cache._pending.get(block_id)

@@ -152,7 +152,7 @@ async def test_sequential_read_grows_window_and_uses_large_gets(nursery: trio.Nu
     cache = make_cache(nursery, cache_bytes=64 * MIB, part_size=8 * MIB)
     reader = open_reader(cache, source)
     assert await read_all(reader, MIB) == data
-    assert reader.prefetch_window_blocks == 32  # min(64 MiB default, cache/2) in 1 MiB blocks
+    assert reader.prefetch_window_blocks == 48  # min(64 MiB default, 3/4 cache) in 1 MiB blocks
     # Ramp-up 1, 2, 4 ... then parts of 8 MiB: a handful of GETs, every byte fetched once.
     assert len(source.requests) <= 12
     assert sum(e - s + 1 for s, e in source.requests) == len(data)
@@ -308,7 +308,9 @@ async def test_cache_bound_respected(nursery: trio.Nursery) -> None:
         await reader.read(offset, 256 * KIB)
         highest = max(highest, cache.cached_bytes)
     assert highest <= 8 * MIB
-    assert reader.prefetch_window_blocks == 4  # half the cache
+    assert reader.prefetch_window_blocks == 6  # three quarters of the cache
+    # No prefetched block was evicted before it was read: the blocks already read go first.
+    assert cache.stats.bytes_fetched == len(data)
     await reader.close()
 
 
