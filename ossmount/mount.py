@@ -310,6 +310,7 @@ def build_filesystem(
             negative_timeout_s=config.negative_timeout_s,
             stat_cache_ttl_s=config.stat_cache_ttl_s,
             block_size=LIBFUSE_MAX_READ,
+            direct_io=config.direct_io,
         ),
         staging=staging,
     )

@@ -101,6 +101,7 @@ class FsOptions:
     negative_timeout_s: float = 1.0
     stat_cache_ttl_s: float = 60.0
     block_size: int = 1024 * 1024
+    direct_io: bool = False  # read-only opens bypass the page cache
 
 
 @dataclass(slots=True)
@@ -350,7 +351,7 @@ class OssFs(pyfuse3.Operations):
         self.inodes.open(node)
         keep_cache = self._kernel_cached_etag.get(node.ino) == etag
         self._kernel_cached_etag[node.ino] = etag
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=self.options.direct_io)
 
     @_errno_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:

@@ -102,3 +102,8 @@ def test_explicit_modes_win_over_umask(tmp_path: Path) -> None:
 def test_block_size_floor(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="block_size"):
         build_config("b", tmp_path, options=["block_size=4k"])
+
+
+def test_direct_io_is_off_unless_asked(tmp_path: Path) -> None:
+    assert build_config("b", tmp_path, options=[]).direct_io is False
+    assert build_config("b", tmp_path, options=["direct_io"]).direct_io is True

@@ -144,3 +144,21 @@ def test_copy_out_through_server_errors_and_resets(
         oss_server.faults.reset_rate = 0
     for key, body in files.items():
         assert (out / key.removeprefix("flaky/")).read_bytes() == body, key
+
+
+def test_direct_io_reads_whole_files_right(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory, tmp_path: Path
+) -> None:
+    source = tmp_path / "direct.bin"
+    data = random_file(source, 20 * MIB + 4321)
+    oss2_bucket.put_object_from_file("direct.bin", str(source))
+    mount = mount_ossmount(options=["direct_io"])
+    copy = tmp_path / "copy.bin"
+    subprocess.run(
+        ["dd", f"if={mount.path / 'direct.bin'}", f"of={copy}", "bs=1M", "status=none"],
+        check=True,
+    )
+    assert hashlib.sha256(copy.read_bytes()).digest() == hashlib.sha256(data).digest()
+    with (mount.path / "direct.bin").open("rb") as handle:
+        handle.seek(20 * MIB)
+        assert handle.read() == data[20 * MIB :]
