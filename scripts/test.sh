@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 # A mount left over by an interrupted run would break the mount tests.
-grep -E ' fuse(\.[a-z0-9_]+)? ' /proc/mounts | awk '{print $2}' | while read -r leftover; do
+{ grep -E ' fuse(\.[a-z0-9_]+)? ' /proc/mounts || true; } | awk '{print $2}' | while read -r leftover; do
     fusermount3 -u -z "$leftover" 2>/dev/null || true
 done
 echo "== ruff"; .venv/bin/ruff check ossmount tests scripts
