@@ -124,6 +124,23 @@ class FileHandle:
     retired: list[FileReader] = field(default_factory=list)
 
 
+def _new_attributes(
+    kind: Kind, permissions: int, ctx: pyfuse3.RequestContext, *, symlink_target: str | None = None
+) -> Attributes:
+    """Attributes of a name the caller creates now: owned by the caller, exact, and empty (a
+    symlink's size is its target's length)."""
+    return Attributes(
+        kind=kind,
+        size=len(os.fsencode(symlink_target)) if symlink_target is not None else 0,
+        mtime_ns=time.time_ns(),
+        permissions=permissions,
+        uid=ctx.uid,
+        gid=ctx.gid,
+        symlink_target=symlink_target,
+        exact=True,
+    )
+
+
 def _fuse_error(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
@@ -555,15 +572,7 @@ class OssFs(pyfuse3.Operations):
         staging = self._writable()
         text = os.fsdecode(name)
         key = parent.key + text
-        attrs = Attributes(
-            kind=Kind.FILE,
-            size=0,
-            mtime_ns=time.time_ns(),
-            permissions=stat.S_IMODE(mode) & ~ctx.umask,
-            uid=ctx.uid,
-            gid=ctx.gid,
-            exact=True,
-        )
+        attrs = _new_attributes(Kind.FILE, stat.S_IMODE(mode) & ~ctx.umask, ctx)
         staged = await staging.open(key, None, truncate=True, exclusive=bool(flags & os.O_EXCL))
         metadata = posix_metadata(attrs)
         staged.set_metadata({field: metadata[field] for field in (META_MODE, META_UID, META_GID)})
@@ -706,15 +715,7 @@ class OssFs(pyfuse3.Operations):
         self._writable()
         text = os.fsdecode(name)
         key = parent.key + text + "/"
-        attrs = Attributes(
-            kind=Kind.DIR,
-            size=0,
-            mtime_ns=time.time_ns(),
-            permissions=stat.S_IMODE(mode) & ~ctx.umask,
-            uid=ctx.uid,
-            gid=ctx.gid,
-            exact=True,
-        )
+        attrs = _new_attributes(Kind.DIR, stat.S_IMODE(mode) & ~ctx.umask, ctx)
         await self.namespace.client.put_object(
             self.namespace.bucket, key, b"", metadata=posix_metadata(attrs)
         )
@@ -785,16 +786,7 @@ class OssFs(pyfuse3.Operations):
         text = os.fsdecode(name)
         key = parent.key + text
         target_text = os.fsdecode(target)
-        attrs = Attributes(
-            kind=Kind.SYMLINK,
-            size=len(target),
-            mtime_ns=time.time_ns(),
-            permissions=0o777,
-            uid=ctx.uid,
-            gid=ctx.gid,
-            symlink_target=target_text,
-            exact=True,
-        )
+        attrs = _new_attributes(Kind.SYMLINK, 0o777, ctx, symlink_target=target_text)
         metadata = posix_metadata(attrs)
         del metadata[META_SYMLINK_TARGET]  # in the object itself (the target key or the body)
         client, bucket = self.namespace.client, self.namespace.bucket
