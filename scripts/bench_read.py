@@ -28,59 +28,33 @@ from pathlib import Path
 
 import httpcore._async.http11 as httpcore_http11
 import trio
+from benchlib import (
+    AK,
+    BUCKET,
+    CREDENTIALS,
+    MIB,
+    SK,
+    curl_timed,
+    make_file,
+    peak_rss_kib,
+    presigned_url,
+    process_cpu_s,
+)
 
 from ossmount.fs.reader import ReadCache
 from ossmount.oss.client import OssClient
-from ossmount.oss.signer import Credentials, presign_v1
 from ossmount.server import ServerConfig, run_server_in_thread
 
-AK = "bench-ak"
-SK = "bench-secret"
-BUCKET = "bench"
 KEY = "big.bin"
-MIB = 1024 * 1024
-
-
-def make_file(path: Path, size: int) -> None:
-    block = os.urandom(16 * MIB)
-    with path.open("wb") as out:
-        written = 0
-        while written < size:
-            piece = block[: min(len(block), size - written)]
-            out.write(piece)
-            written += len(piece)
 
 
 async def upload(endpoint: str, path: Path) -> None:
-    async with OssClient(endpoint, Credentials(AK, SK)) as client:
+    async with OssClient(endpoint, CREDENTIALS) as client:
         await client.put_object(BUCKET, KEY, path)
 
 
 def curl_get(endpoint: str) -> float:
-    url = presign_v1(
-        Credentials(AK, SK),
-        "GET",
-        f"{endpoint}/{BUCKET}/{KEY}",
-        BUCKET,
-        KEY,
-        int(time.time()) + 3600,
-    )
-    start = time.perf_counter()
-    subprocess.run(["curl", "-sS", "-f", "-o", "/dev/null", url], check=True)
-    return time.perf_counter() - start
-
-
-def cpu_time_s(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
+    return curl_timed(presigned_url(endpoint, "GET", KEY))
 
 
 @contextmanager
@@ -121,7 +95,7 @@ def dd_through_mount(
 ) -> tuple[float, float, int]:
     """(seconds, CPU seconds of the mount process, its peak RSS in KiB) of one cold dd."""
     with mounted(endpoint, mountpoint, options, log) as pid:
-        cpu_before = cpu_time_s(pid)
+        cpu_before = process_cpu_s(pid)
         start = time.perf_counter()
         subprocess.run(
             ["dd", f"if={mountpoint / KEY}", "of=/dev/null", "bs=1M"],
@@ -129,14 +103,14 @@ def dd_through_mount(
             stderr=subprocess.DEVNULL,
         )
         elapsed = time.perf_counter() - start
-        return elapsed, cpu_time_s(pid) - cpu_before, peak_rss_kib(pid)
+        return elapsed, process_cpu_s(pid) - cpu_before, peak_rss_kib(pid)
 
 
 async def read_with_file_reader(endpoint: str, block_size: int, threaded_gets: bool) -> None:
     """The mount's read path without FUSE: FileReader.read() of 1 MiB pieces, front to back,
     with the bodies received by worker threads (oss/bulk.py) or through the client (httpx)."""
     async with (
-        OssClient(endpoint, Credentials(AK, SK)) as client,
+        OssClient(endpoint, CREDENTIALS) as client,
         trio.open_nursery() as nursery,
     ):
         info = await client.head_object(BUCKET, KEY)
@@ -212,7 +186,7 @@ def main() -> int:
         make_file(source, size)
         config = ServerConfig(
             root=root / "server",
-            credentials=[Credentials(AK, SK)],
+            credentials=[CREDENTIALS],
             buckets=[BUCKET],
         )
         with run_server_in_thread(config) as server:

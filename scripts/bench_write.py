@@ -26,7 +26,6 @@ its requests):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -35,53 +34,28 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import trio
+from benchlib import (
+    AK,
+    BUCKET,
+    CREDENTIALS,
+    MIB,
+    SK,
+    curl_timed,
+    make_file,
+    peak_rss_kib,
+    presigned_url,
+    server_process,
+)
 
 from ossmount.oss.client import OssClient
-from ossmount.oss.signer import Credentials, presign_v1
 from ossmount.server import ServerConfig, run_server_in_thread
-
-AK = "bench-ak"
-SK = "bench-secret"
-BUCKET = "bench"
-MIB = 1024 * 1024
-
-
-def make_file(path: Path, size: int) -> None:
-    block = os.urandom(16 * MIB)
-    with path.open("wb") as out:
-        written = 0
-        while written < size:
-            piece = block[: min(len(block), size - written)]
-            out.write(piece)
-            written += len(piece)
 
 
 def curl_put(endpoint: str, path: Path, key: str) -> float:
-    url = presign_v1(
-        Credentials(AK, SK),
-        "PUT",
-        f"{endpoint}/{BUCKET}/{key}",
-        BUCKET,
-        key,
-        int(time.time()) + 3600,
-    )
-    start = time.perf_counter()
-    subprocess.run(
-        ["curl", "-sS", "-f", "-o", "/dev/null", "-H", "Content-Type:", "-T", str(path), url],
-        check=True,
-    )
-    return time.perf_counter() - start
-
-
-def peak_rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
+    return curl_timed("-H", "Content-Type:", "-T", str(path), presigned_url(endpoint, "PUT", key))
 
 
 async def writer_child(args: argparse.Namespace) -> dict[str, float]:
@@ -92,7 +66,7 @@ async def writer_child(args: argparse.Namespace) -> dict[str, float]:
     source = Path(args.source)
     state_dir = Path(args.state_dir)
     peak_staging = 0
-    async with OssClient(args.endpoint, Credentials(AK, SK)) as client:
+    async with OssClient(args.endpoint, CREDENTIALS) as client:
         staging = WriteStaging(
             client,
             BUCKET,
@@ -137,7 +111,7 @@ async def small_files(endpoint: str, state_dir: Path, count: int, size: int) -> 
     from ossmount.fs.writer import WriteStaging  # noqa: PLC0415
 
     payload = os.urandom(size)
-    async with OssClient(endpoint, Credentials(AK, SK)) as client:
+    async with OssClient(endpoint, CREDENTIALS) as client:
         staging = WriteStaging(
             client,
             BUCKET,
@@ -227,9 +201,7 @@ def main() -> int:
         work = Path(temp)
         source = work / "source.bin"
         make_file(source, size)
-        config = ServerConfig(
-            root=work / "server", credentials=[Credentials(AK, SK)], buckets=[BUCKET]
-        )
+        config = ServerConfig(root=work / "server", credentials=[CREDENTIALS], buckets=[BUCKET])
         with run_server_in_thread(config) as server:
             curl_s: list[float] = []
             writer: list[dict[str, float]] = []
@@ -268,44 +240,11 @@ def small_files_main(args: argparse.Namespace) -> int:
     with the writer); count requests with an in-process server (its counters are readable)."""
     with tempfile.TemporaryDirectory(prefix="ossmount-bench-write-") as temp:
         work = Path(temp)
-        port = 19000 + os.getpid() % 1000
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ossmount.cli",
-                "server",
-                "--root",
-                str(work / "server-timed"),
-                "--port",
-                str(port),
-                "--access-key-id",
-                AK,
-                "--access-key-secret",
-                SK,
-                "--bucket",
-                BUCKET,
-                "--latency-ms",
-                str(args.latency_ms),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            time.sleep(1.5)
+        with server_process(work / "server-timed", "--latency-ms", str(args.latency_ms)) as server:
             elapsed, count = trio.run(
-                small_files,
-                f"http://127.0.0.1:{port}",
-                work / "state-timed",
-                args.small_files,
-                4096,
+                small_files, server.endpoint, work / "state-timed", args.small_files, 4096
             )
-        finally:
-            server.terminate()
-            server.wait()
-        config = ServerConfig(
-            root=work / "server", credentials=[Credentials(AK, SK)], buckets=[BUCKET]
-        )
+        config = ServerConfig(root=work / "server", credentials=[CREDENTIALS], buckets=[BUCKET])
         with run_server_in_thread(config) as counted:
             counted.stats.reset()
             _, counted_files = trio.run(small_files, counted.endpoint, work / "state", 100, 4096)
@@ -369,12 +308,6 @@ class Mount:
                 raise RuntimeError("the mount did not come up")
             time.sleep(0.05)
 
-    def peak_rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmHWM")
-
     def stop(self) -> None:
         subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
         try:
@@ -408,39 +341,6 @@ class StagingPeak:
         self._stop.set()
         self._thread.join()
         return self.peak
-
-
-@contextlib.contextmanager
-def server_process(root: Path) -> Iterator[str]:
-    """The bundled server in a child process; -> its endpoint."""
-    port = 20000 + os.getpid() % 1000
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ossmount.cli",
-            "server",
-            "--root",
-            str(root),
-            "--port",
-            str(port),
-            "--access-key-id",
-            AK,
-            "--access-key-secret",
-            SK,
-            "--bucket",
-            BUCKET,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        yield server.stdout.readline().strip()
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def client_multipart(endpoint: str, source: Path, key: str, args: argparse.Namespace) -> float:
@@ -484,7 +384,8 @@ def mount_main(args: argparse.Namespace) -> int:
         source = work / "source.bin"
         make_file(source, size)
         # The server in a process of its own for the throughput figures (as curl sees it).
-        with server_process(work / "server-timed") as endpoint:
+        with server_process(work / "server-timed") as server_timed:
+            endpoint = server_timed.endpoint
             mount = Mount(endpoint, work, "big", args)
             try:
                 curl_s: list[float] = []
@@ -522,13 +423,11 @@ def mount_main(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
                 staging_peak = staging.stop()
-                rss_kib = mount.peak_rss_kib()
+                rss_kib = peak_rss_kib(mount.process.pid)
             finally:
                 mount.stop()
         # In a thread for cp -r: its request counters are readable (the mount is a process).
-        config = ServerConfig(
-            root=work / "server", credentials=[Credentials(AK, SK)], buckets=[BUCKET]
-        )
+        config = ServerConfig(root=work / "server", credentials=[CREDENTIALS], buckets=[BUCKET])
         with run_server_in_thread(config) as server:
             small = work / "small"
             small.mkdir()

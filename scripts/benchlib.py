@@ -1,6 +1,6 @@
 """What the benchmark scripts share: the bench key and bucket, a file of random bytes, the
 bundled server as a child process, presigned URLs, a timed curl transfer, and a process's CPU
-time.
+time and peak RSS.
 
 The scripts in this folder import it as ``benchlib`` (Python puts a script's own folder first on
 ``sys.path``).
@@ -93,3 +93,12 @@ def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has spent so far (from /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_kib(pid: int | str = "self") -> int:
+    """Peak resident set size (VmHWM from /proc/PID/status) of a process, in KiB; by default
+    of this one."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
