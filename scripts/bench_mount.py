@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-from benchlib import AK, BUCKET, CREDENTIALS, REGION, SK, process_cpu_s
+from benchlib import AK, BUCKET, CREDENTIALS, REGION, SK, peak_rss_kib, process_cpu_s
 
 from ossmount.oss.client import OssClient
 from ossmount.server import RunningServer, ServerConfig, run_server_in_thread
@@ -69,10 +69,7 @@ class Mount:
 
     def peak_rss_mib(self) -> float:
         """VmHWM of the mount process."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return peak_rss_kib(self.process.pid) / 1024
 
 
 @contextmanager
