@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-from benchlib import AK, BUCKET, CREDENTIALS, REGION, SK, peak_rss_kib, process_cpu_s
+from benchlib import BUCKET, CREDENTIALS, REGION, foreground_mount, peak_rss_kib, process_cpu_s
 
 from ossmount.oss.client import OssClient
 from ossmount.server import RunningServer, ServerConfig, run_server_in_thread
@@ -77,33 +77,11 @@ def mounted(server: RunningServer, options: list[str]) -> Iterator[Mount]:
     """A fresh foreground mount (cold caches) as a child process."""
     with tempfile.TemporaryDirectory(prefix="bench-mnt-") as directory:
         mountpoint = Path(directory)
-        env = dict(os.environ, OSS_ACCESS_KEY_ID=AK, OSS_ACCESS_KEY_SECRET=SK)
-        command = [
-            sys.executable,
-            "-m",
-            "ossmount.cli",
-            "mount",
-            BUCKET,
-            str(mountpoint),
-            "--endpoint",
-            server.endpoint,
-            "--region",
-            REGION,
-            "-f",
-        ]
-        for option in [*options, *EXTRA_OPTIONS]:
-            command += ["-o", option]
-        process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 60
-            while not os.path.ismount(mountpoint):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the mount did not come up")
-                time.sleep(0.05)
+        mount_options = [arg for option in [*options, *EXTRA_OPTIONS] for arg in ("-o", option)]
+        with foreground_mount(
+            server.endpoint, mountpoint, "--region", REGION, *mount_options
+        ) as process:
             yield Mount(mountpoint, process)
-        finally:
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-            process.wait(timeout=30)
 
 
 def timed(server: RunningServer, command: list[str], cwd: Path) -> tuple[float, str, str]:

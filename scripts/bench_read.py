@@ -16,25 +16,21 @@ peak RSS (VmHWM from /proc/PID/status) during the dd.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpcore._async.http11 as httpcore_http11
 import trio
 from benchlib import (
-    AK,
     BUCKET,
     CREDENTIALS,
     MIB,
-    SK,
     curl_timed,
+    foreground_mount,
     make_file,
     peak_rss_kib,
     presigned_url,
@@ -57,44 +53,12 @@ def curl_get(endpoint: str) -> float:
     return curl_timed(presigned_url(endpoint, "GET", KEY))
 
 
-@contextmanager
-def mounted(endpoint: str, mountpoint: Path, options: list[str], log: Path) -> Iterator[int]:
-    env = dict(os.environ, OSS_ACCESS_KEY_ID=AK, OSS_ACCESS_KEY_SECRET=SK)
-    command = [
-        sys.executable,
-        "-m",
-        "ossmount.cli",
-        "mount",
-        BUCKET,
-        str(mountpoint),
-        "--endpoint",
-        endpoint,
-        "-f",
-        *options,
-    ]
-    with log.open("ab") as log_file:
-        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=log_file)
-    try:
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(mountpoint):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mount failed; see {log}")
-            time.sleep(0.05)
-        yield process.pid
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def dd_through_mount(
     endpoint: str, mountpoint: Path, options: list[str], log: Path
 ) -> tuple[float, float, int]:
     """(seconds, CPU seconds of the mount process, its peak RSS in KiB) of one cold dd."""
-    with mounted(endpoint, mountpoint, options, log) as pid:
+    with foreground_mount(endpoint, mountpoint, *options, log=log, timeout_s=30) as mount:
+        pid = mount.pid
         cpu_before = process_cpu_s(pid)
         start = time.perf_counter()
         subprocess.run(

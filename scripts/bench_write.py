@@ -26,6 +26,7 @@ its requests):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -44,6 +45,7 @@ from benchlib import (
     MIB,
     SK,
     curl_timed,
+    foreground_mount,
     make_file,
     peak_rss_kib,
     presigned_url,
@@ -282,39 +284,17 @@ class Mount:
         self.path = work / f"mnt-{name}"
         self.path.mkdir()
         self.state_dir = work / f"state-{name}"
-        env = {**os.environ, "OSS_ACCESS_KEY_ID": AK, "OSS_ACCESS_KEY_SECRET": SK}
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ossmount.cli",
-                "mount",
-                BUCKET,
-                str(self.path),
-                "--endpoint",
-                endpoint,
-                "-f",
-                "-o",
-                f"state_dir={self.state_dir},part_size={args.part_size_mib}m,"
-                f"upload_concurrency={args.concurrency}",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        options = (
+            f"state_dir={self.state_dir},part_size={args.part_size_mib}m,"
+            f"upload_concurrency={args.concurrency}"
         )
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(self.path):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("the mount did not come up")
-            time.sleep(0.05)
+        self._mount = contextlib.ExitStack()
+        self.process = self._mount.enter_context(
+            foreground_mount(endpoint, self.path, "-o", options, timeout_s=30)
+        )
 
     def stop(self) -> None:
-        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self._mount.close()
 
 
 class StagingPeak:

@@ -102,3 +102,44 @@ def peak_rss_kib(pid: int | str = "self") -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
+@contextmanager
+def foreground_mount(
+    endpoint: str,
+    mountpoint: Path,
+    *args: str,
+    log: Path | None = None,
+    timeout_s: float = 60.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``ossmount mount -f BUCKET MOUNTPOINT --endpoint ENDPOINT ARGS`` with the bench key, as a
+    child process; yields once the mount answers, and at exit unmounts it (lazily) and waits
+    for the process, killing it if it does not stop. Its output goes to ``log`` (appended) or
+    nowhere."""
+    env = dict(os.environ, OSS_ACCESS_KEY_ID=AK, OSS_ACCESS_KEY_SECRET=SK)
+    command = [
+        sys.executable, "-m", "ossmount.cli", "mount", BUCKET, str(mountpoint),
+        "--endpoint", endpoint, "-f", *args,
+    ]  # fmt: skip
+    if log is None:
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    else:
+        with log.open("ab") as log_file:
+            process = subprocess.Popen(command, env=env, stdout=log_file, stderr=log_file)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not os.path.ismount(mountpoint):
+            if process.poll() is not None or time.monotonic() > deadline:
+                where = f"; see {log}" if log is not None else ""
+                raise RuntimeError(f"the mount did not come up{where}")
+            time.sleep(0.05)
+        yield process
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
