@@ -58,6 +58,13 @@ def ossmount_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "ossmount.cli", *args]
 
 
+def mount_command(endpoint: str, spec: str, mountpoint: Path, *extra: str) -> list[str]:
+    """`ossmount mount SPEC MOUNTPOINT` against ``endpoint`` in the test region, then ``extra``."""
+    return ossmount_command(
+        "mount", spec, str(mountpoint), "--endpoint", endpoint, "--region", TEST_REGION, *extra
+    )
+
+
 @dataclass
 class Mounted:
     """One mount made by the fixture."""
@@ -125,17 +132,7 @@ def mount_ossmount(oss_server: Any, tmp_path: Path) -> Iterator[MountFactory]:
         mountpoint.mkdir()
         log_path = tmp_path / f"mount{len(mounts)}.log"
         spec = f"{bucket}:/{prefix}" if prefix else bucket
-        command = ossmount_command(
-            "mount",
-            spec,
-            str(mountpoint),
-            "--endpoint",
-            oss_server.endpoint,
-            "--region",
-            TEST_REGION,
-            "--log-file",
-            str(log_path),
-        )
+        command = mount_command(oss_server.endpoint, spec, mountpoint, "--log-file", str(log_path))
         for option in options or []:
             command += ["-o", option]
         if not any("state_dir=" in option for option in options or []):

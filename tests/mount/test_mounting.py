@@ -20,6 +20,7 @@ from tests.mount.conftest import (
     force_unmount,
     fuse_available,
     is_mounted,
+    mount_command,
     ossmount_command,
     ossmount_env,
     wait_until_mounted,
@@ -32,16 +33,7 @@ def mount_daemon(
     endpoint: str, mountpoint: Path, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`ossmount mount` without -f; always leaves nothing mounted if it failed."""
-    command = ossmount_command(
-        "mount",
-        TEST_BUCKET,
-        str(mountpoint),
-        "--endpoint",
-        endpoint,
-        "--region",
-        TEST_REGION,
-        *extra,
-    )
+    command = mount_command(endpoint, TEST_BUCKET, mountpoint, *extra)
     started = time.monotonic()
     result = subprocess.run(
         command,
@@ -104,15 +96,7 @@ def test_wrong_secret(oss_server: Any, mountpoint: Path) -> None:
 
 
 def test_no_such_bucket(oss_server: Any, mountpoint: Path) -> None:
-    command = ossmount_command(
-        "mount",
-        "no-such-bucket",
-        str(mountpoint),
-        "--endpoint",
-        oss_server.endpoint,
-        "--region",
-        TEST_REGION,
-    )
+    command = mount_command(oss_server.endpoint, "no-such-bucket", mountpoint)
     result = subprocess.run(
         command, env=ossmount_env(), capture_output=True, text=True, timeout=60, check=False
     )
@@ -178,18 +162,7 @@ def test_no_dev_fuse(oss_server: Any, mountpoint: Path) -> None:
 
 
 def start_foreground(endpoint: str, mountpoint: Path, log: Path) -> subprocess.Popen[bytes]:
-    command = ossmount_command(
-        "mount",
-        TEST_BUCKET,
-        str(mountpoint),
-        "--endpoint",
-        endpoint,
-        "--region",
-        TEST_REGION,
-        "-f",
-        "--log-file",
-        str(log),
-    )
+    command = mount_command(endpoint, TEST_BUCKET, mountpoint, "-f", "--log-file", str(log))
     process = subprocess.Popen(command, env=ossmount_env(), stderr=subprocess.DEVNULL)
     wait_until_mounted(mountpoint, process, log)
     return process
