@@ -8,19 +8,26 @@ waits on child processes), uploads one object of --size-mib random bytes, then a
   curl -o /dev/null <presigned URL>                 (the reference)
   ossmount mount -f ...; dd if=MNT/obj of=/dev/null bs=1M; unmount   (a new mount each run: cold)
 for every variant of mount options, and reports MB/s (median of --runs), the ratio to curl, the
-CPU time the mount process spent per GiB (utime + stime from /proc/PID/stat: a measure of its
-efficiency that other load on the machine disturbs less than MB/s does), and the mount process's
-peak RSS (VmHWM from /proc/PID/status) during the dd.
+CPU time per GiB of each process on the path (utime + stime: the reader, curl or dd; the mount,
+from /proc/PID/stat; the server, this process's own CPU time, as it runs here), which other load
+on the machine disturbs less than MB/s does, and the mount process's peak RSS (VmHWM from
+/proc/PID/status) during the dd.
+
+--ceiling adds `dd` through scripts/fuse_ceiling.py, a pyfuse3 file system serving the same
+number of bytes from memory (no server, no network), with the page cache and with direct I/O:
+what FUSE alone allows on this machine, against the same curl.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpcore._async.http11 as httpcore_http11
@@ -29,7 +36,7 @@ from benchlib import (
     BUCKET,
     CREDENTIALS,
     MIB,
-    curl_timed,
+    foreground_fs,
     foreground_mount,
     make_file,
     peak_rss_kib,
@@ -49,25 +56,66 @@ async def upload(endpoint: str, path: Path) -> None:
         await client.put_object(BUCKET, KEY, path)
 
 
-def curl_get(endpoint: str) -> float:
-    return curl_timed(presigned_url(endpoint, "GET", KEY))
+@dataclass
+class Timing:
+    """One transfer: wall seconds, and the CPU seconds of each process on its path."""
+
+    seconds: float
+    reader_cpu_s: float  # curl or dd
+    server_cpu_s: float  # the server's threads (this process)
+    mount_cpu_s: float | None = None
+    mount_peak_rss_kib: int | None = None
 
 
-def dd_through_mount(
-    endpoint: str, mountpoint: Path, options: list[str], log: Path
-) -> tuple[float, float, int]:
-    """(seconds, CPU seconds of the mount process, its peak RSS in KiB) of one cold dd."""
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_reader(command: list[str]) -> Timing:
+    """Run ``command`` (curl or dd) to completion; the server runs in this process, so its CPU
+    is this process's (the main thread only waits meanwhile)."""
+    reader_before, server_before = children_cpu_s(), time.process_time()
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    return Timing(seconds, children_cpu_s() - reader_before, time.process_time() - server_before)
+
+
+def curl_get(endpoint: str) -> Timing:
+    url = presigned_url(endpoint, "GET", KEY)
+    return timed_reader(["curl", "-sS", "-f", "-o", "/dev/null", url])
+
+
+def dd_command(path: Path) -> list[str]:
+    return ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
+
+
+def dd_through_mount(endpoint: str, mountpoint: Path, options: list[str], log: Path) -> Timing:
+    """One cold dd of the object through a fresh mount."""
     with foreground_mount(endpoint, mountpoint, *options, log=log, timeout_s=30) as mount:
-        pid = mount.pid
-        cpu_before = process_cpu_s(pid)
-        start = time.perf_counter()
-        subprocess.run(
-            ["dd", f"if={mountpoint / KEY}", "of=/dev/null", "bs=1M"],
-            check=True,
-            stderr=subprocess.DEVNULL,
-        )
-        elapsed = time.perf_counter() - start
-        return elapsed, process_cpu_s(pid) - cpu_before, peak_rss_kib(pid)
+        cpu_before = process_cpu_s(mount.pid)
+        timing = timed_reader(dd_command(mountpoint / KEY))
+        timing.mount_cpu_s = process_cpu_s(mount.pid) - cpu_before
+        timing.mount_peak_rss_kib = peak_rss_kib(mount.pid)
+        return timing
+
+
+CEILING_VARIANTS = {
+    "page cache": [],
+    "direct I/O": ["--direct-io"],
+}
+
+
+def dd_through_ceiling(mountpoint: Path, size_mib: int, options: list[str], log: Path) -> Timing:
+    """One dd of the same size through scripts/fuse_ceiling.py (FUSE alone, data from memory)."""
+    script = Path(__file__).with_name("fuse_ceiling.py")
+    command = [sys.executable, str(script), str(mountpoint), "--size-mib", str(size_mib)]
+    with foreground_fs([*command, *options], mountpoint, log=log, timeout_s=30) as daemon:
+        cpu_before = process_cpu_s(daemon.pid)
+        timing = timed_reader(dd_command(mountpoint / "data"))
+        timing.mount_cpu_s = process_cpu_s(daemon.pid) - cpu_before
+        return timing
 
 
 async def read_with_file_reader(endpoint: str, block_size: int, threaded_gets: bool) -> None:
@@ -114,6 +162,50 @@ def reader_only(endpoint: str, path: str) -> tuple[float, float]:
     return float(elapsed), float(cpu)
 
 
+def print_table(
+    args: argparse.Namespace,
+    size: int,
+    curl: list[Timing],
+    dd: dict[str, list[Timing]],
+    alone: dict[str, list[tuple[float, float]]],
+) -> None:
+    """The medians as a Markdown table (CPU columns: seconds per GiB, median of the runs)."""
+    gib = size / (1024 * MIB)
+
+    def cpu(values: list[float | None]) -> str:
+        known = [v for v in values if v is not None]
+        return f"{statistics.median(known) / gib:.2f}" if known else ""
+
+    curl_mbps = size / statistics.median(t.seconds for t in curl) / 1e6
+    print()
+    print(f"object: {args.size_mib} MiB; median of {args.runs} runs; one fresh mount per dd run")
+    print(
+        "| reader | MB/s | vs curl | CPU s per GiB: reader | server | mount "
+        "| peak RSS of the mount (max) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    rows = {"curl (single stream GET)": curl, **dd}
+    for label, timings in rows.items():
+        mbps = size / statistics.median(t.seconds for t in timings) / 1e6
+        peaks = [t.mount_peak_rss_kib for t in timings if t.mount_peak_rss_kib is not None]
+        print(
+            f"| {label} | {mbps:.0f} | {mbps / curl_mbps:.0%} "
+            f"| {cpu([t.reader_cpu_s for t in timings])} "
+            f"| {cpu([t.server_cpu_s for t in timings])} "
+            f"| {cpu([t.mount_cpu_s for t in timings])} "
+            f"| {f'{max(peaks) / 1024:.0f} MiB' if peaks else ''} |"
+        )
+    for path, pairs in alone.items():
+        if not pairs:
+            continue
+        mbps = size / statistics.median(seconds for seconds, _ in pairs) / 1e6
+        cpu_s: list[float | None] = [reader_cpu for _, reader_cpu in pairs]
+        print(
+            f"| FileReader alone, no FUSE, 1 MiB blocks, {READER_PATHS[path]} | "
+            f"{mbps:.0f} | {mbps / curl_mbps:.0%} | {cpu(cpu_s)} | | | |"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reader-child", metavar="ENDPOINT", help=argparse.SUPPRESS)
@@ -132,6 +224,11 @@ def main() -> int:
         action="store_true",
         help="also time FileReader without FUSE (1 MiB blocks, 64 MiB cache): bodies received "
         "by worker threads, and through the client with 64 KiB or 1 MiB socket reads",
+    )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also time dd through scripts/fuse_ceiling.py (FUSE alone, data from memory)",
     )
     args = parser.parse_args()
     if args.reader_child:
@@ -156,55 +253,34 @@ def main() -> int:
         with run_server_in_thread(config) as server:
             trio.run(upload, server.endpoint, source)
             source.unlink()
-            curl_s: list[float] = []
-            dd_s: dict[int, list[float]] = {i: [] for i in range(len(variants))}
-            rss_kib: dict[int, list[int]] = {i: [] for i in range(len(variants))}
-            cpu_s: dict[int, list[float]] = {i: [] for i in range(len(variants))}
+            curl: list[Timing] = []
+            dd: dict[str, list[Timing]] = {}
             alone: dict[str, list[tuple[float, float]]] = {path: [] for path in READER_PATHS}
             for run in range(args.runs):
-                curl_s.append(curl_get(server.endpoint))
+                curl.append(curl_get(server.endpoint))
+                print(f"run {run}: curl {size / curl[-1].seconds / 1e6:.0f} MB/s", flush=True)
                 if args.reader_only:
                     for path, timings in alone.items():
                         timings.append(reader_only(server.endpoint, path))
-                for index, options in enumerate(variants):
-                    elapsed, cpu, peak = dd_through_mount(
+                for options in variants:
+                    label = "dd bs=1M, mount " + (" ".join(options) or "defaults")
+                    timing = dd_through_mount(
                         server.endpoint, mountpoint, options, root / "mount.log"
                     )
-                    dd_s[index].append(elapsed)
-                    cpu_s[index].append(cpu)
-                    rss_kib[index].append(peak)
-                    print(
-                        f"run {run}: curl {size / curl_s[-1] / 1e6:.0f} MB/s; "
-                        f"dd {' '.join(options) or '(defaults)'} {size / elapsed / 1e6:.0f} MB/s, "
-                        f"mount CPU {cpu:.2f} s, peak RSS {peak / 1024:.0f} MiB",
-                        flush=True,
-                    )
-        curl_mbps = size / statistics.median(curl_s) / 1e6
-        print()
-        print(
-            f"object: {args.size_mib} MiB; median of {args.runs} runs; one fresh mount per dd run"
-        )
-        print("| reader | MB/s | vs curl | mount CPU s per GiB | peak RSS of the mount (max) |")
-        print("|---|---|---|---|---|")
-        print(f"| curl (single stream GET) | {curl_mbps:.0f} | 100% | | |")
-        gib = size / (1024 * MIB)
-        for path, timings in alone.items():
-            if not timings:
-                continue
-            mbps = size / statistics.median(t for t, _ in timings) / 1e6
-            print(
-                f"| FileReader alone, no FUSE, 1 MiB blocks, {READER_PATHS[path]} | "
-                f"{mbps:.0f} | {mbps / curl_mbps:.0%} | "
-                f"{statistics.median(c for _, c in timings) / gib:.2f} | |"
-            )
-        for index, options in enumerate(variants):
-            mbps = size / statistics.median(dd_s[index]) / 1e6
-            label = "dd bs=1M, mount " + (" ".join(options) or "defaults")
-            print(
-                f"| {label} | {mbps:.0f} | {mbps / curl_mbps:.0%} | "
-                f"{statistics.median(cpu_s[index]) / gib:.2f} | "
-                f"{max(rss_kib[index]) / 1024:.0f} MiB |"
-            )
+                    dd.setdefault(label, []).append(timing)
+                    print(f"run {run}: {label} {size / timing.seconds / 1e6:.0f} MB/s", flush=True)
+                if args.ceiling:
+                    for name, options in CEILING_VARIANTS.items():
+                        label = f"dd bs=1M, FUSE alone (scripts/fuse_ceiling.py, {name})"
+                        timing = dd_through_ceiling(
+                            mountpoint, args.size_mib, options, root / "ceiling.log"
+                        )
+                        dd.setdefault(label, []).append(timing)
+                        print(
+                            f"run {run}: {label} {size / timing.seconds / 1e6:.0f} MB/s",
+                            flush=True,
+                        )
+        print_table(args, size, curl, dd, alone)
     return 0
 
 

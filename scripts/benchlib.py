@@ -113,14 +113,28 @@ def foreground_mount(
     timeout_s: float = 60.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``ossmount mount -f BUCKET MOUNTPOINT --endpoint ENDPOINT ARGS`` with the bench key, as a
-    child process; yields once the mount answers, and at exit unmounts it (lazily) and waits
-    for the process, killing it if it does not stop. Its output goes to ``log`` (appended) or
-    nowhere."""
-    env = dict(os.environ, OSS_ACCESS_KEY_ID=AK, OSS_ACCESS_KEY_SECRET=SK)
+    child process, under :func:`foreground_fs`."""
     command = [
         sys.executable, "-m", "ossmount.cli", "mount", BUCKET, str(mountpoint),
         "--endpoint", endpoint, "-f", *args,
     ]  # fmt: skip
+    with foreground_fs(command, mountpoint, log=log, timeout_s=timeout_s) as process:
+        yield process
+
+
+@contextmanager
+def foreground_fs(
+    command: list[str],
+    mountpoint: Path,
+    *,
+    log: Path | None = None,
+    timeout_s: float = 60.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A FUSE daemon ``command`` that mounts at ``mountpoint`` in the foreground, as a child
+    process with the bench key in its environment; yields once the mount answers, and at exit
+    unmounts it (lazily) and waits for the process, killing it if it does not stop. Its output
+    goes to ``log`` (appended) or nowhere."""
+    env = dict(os.environ, OSS_ACCESS_KEY_ID=AK, OSS_ACCESS_KEY_SECRET=SK)
     if log is None:
         process = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
