@@ -16,6 +16,12 @@ a fresh daemon mount (cold caches):
   cat         `cat` of 1,000 files of 4 KiB (one `cat` of all, after an `ls` of the directory):
               requests per file counted at the server, both modes.
 
+  million     (only with --million N, not part of a default run) N empty objects in directories
+              of 1,000 (seeded straight into the server's index, which takes seconds), walked
+              with `find -printf` (name, size, mode: attributes of every file) twice on one
+              mount with readdir_optimize, no latency: the mount's peak RSS shows whether its
+              memory stays bounded (inodes, listing and attribute caches) on a large bucket.
+
 Each line: seconds, server requests by operation, and whether the output showed mode 0600.
 """
 
@@ -38,6 +44,9 @@ from benchlib import BUCKET, CREDENTIALS, REGION, foreground_mount, peak_rss_kib
 
 from ossmount.oss.client import OssClient
 from ossmount.server import RunningServer, ServerConfig, run_server_in_thread
+from ossmount.server.store import ObjectRecord, Store
+
+EMPTY_ETAG = '"D41D8CD98F00B204E9800998ECF8427E"'  # MD5 of no bytes, as OSS spells ETags
 
 OSSFS_0600 = {"mode": str(stat.S_IFREG | 0o600), "uid": "1000", "gid": "1000"}
 
@@ -173,11 +182,51 @@ def bench_cat(server: RunningServer, latency_ms: float) -> None:
         )
 
 
+def seed_million(root: Path, objects: int) -> None:
+    """``objects`` empty objects million/dNNNN/fNNNN (1,000 per directory) in the index at
+    ``root``, committed in one transaction before the server opens it."""
+    store = Store(root)
+    try:
+        store.create_bucket(BUCKET)
+        now = time.time()
+        records = (
+            ObjectRecord(BUCKET, f"million/d{i // 1000:04d}/f{i % 1000:03d}", None, 0,
+                         EMPTY_ETAG, 0, now, "Normal")
+            for i in range(objects)
+        )  # fmt: skip
+        store.commit_objects(records)
+    finally:
+        store.close()
+
+
+def bench_million(server: RunningServer, objects: int) -> None:
+    with mounted(server, ["readdir_optimize"]) as mount:
+        command = ["find", "million", "-printf", "%p %s %m\\n"]
+        for attempt in ("first", "second"):
+            cpu_before = mount.cpu_s()
+            elapsed, out, requests = timed(server, command, mount.path)
+            files = sum(1 for line in out.splitlines() if line.count("/") == 2)
+            report(
+                f"find -printf of {objects:,} objects, {attempt} walk ({files:,} files)",
+                elapsed,
+                requests,
+                f"mount CPU {mount.cpu_s() - cpu_before:.1f} s, "
+                f"peak RSS {mount.peak_rss_mib():.0f} MiB",
+            )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-ms", type=float, default=5.0)
     parser.add_argument("--objects", type=int, default=10_000)
-    parser.add_argument("--only", choices=["ls", "find", "cat"])
+    parser.add_argument("--only", choices=["ls", "find", "cat", "million"])
+    parser.add_argument(
+        "--million",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also walk a tree of N empty objects (seeded into the index) and report peak RSS",
+    )
     parser.add_argument(
         "-o",
         dest="options",
@@ -188,6 +237,10 @@ def main() -> int:
     args = parser.parse_args()
     EXTRA_OPTIONS.extend(args.options)
     with tempfile.TemporaryDirectory(prefix="bench-srv-") as root:
+        if args.million:
+            started = time.perf_counter()
+            seed_million(Path(root), args.million)
+            print(f"seeded {args.million:,} objects in {time.perf_counter() - started:.1f} s")
         config = ServerConfig(
             root=Path(root), credentials=[CREDENTIALS], buckets=[BUCKET], region=REGION
         )
@@ -217,6 +270,8 @@ def main() -> int:
                 bench_find(server, args.latency_ms)
             if args.only in (None, "cat"):
                 bench_cat(server, args.latency_ms)
+            if args.million and args.only in (None, "million"):
+                bench_million(server, args.million)
     return 0
 
 

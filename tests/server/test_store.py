@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -74,3 +76,30 @@ def test_prefix_upper_bound_edges() -> None:
     assert prefix_upper_bound("\ud7ff") == "\ue000"
     assert prefix_upper_bound("a\U0010ffff") == "b"
     assert prefix_upper_bound("\U0010ffff") is None
+
+
+def test_commit_objects_is_one_transaction(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.create_bucket("b")
+    writer = store.new_writer()
+    writer.write(b"old data")
+    old_file = store.install_object_file(writer.finish().temp_path)
+    store.commit_object(ObjectRecord("b", "k0", old_file, 8, '"old"', 0, 0.0, "Normal"))
+    assert store.object_path(old_file).exists()
+
+    fresh = (ObjectRecord("b", f"k{i}", None, 0, '""', 0, 0.0, "Normal") for i in range(1000))
+    assert store.commit_objects(fresh) == 1000
+    entries, truncated = store.list_objects("b", "", "", "", 2000)
+    assert len(entries) == 1000
+    assert not truncated
+    # k0 was replaced: its old data file is gone once the transaction is committed.
+    assert not store.object_path(old_file).exists()
+
+    def failing() -> Iterator[ObjectRecord]:
+        yield ObjectRecord("b", "new-1", None, 0, '""', 0, 0.0, "Normal")
+        raise OSError("the source of the records broke")
+
+    with pytest.raises(OSError, match="broke"):
+        store.commit_objects(failing())
+    assert store.get_object("b", "new-1") is None  # rolled back with the rest
+    store.close()
