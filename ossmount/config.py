@@ -79,6 +79,9 @@ class MountConfig:
     stat_cache_ttl_s: float = 60.0
     stat_cache_entries: int = 100_000
     list_cache_entries: int = 100_000
+    # Files and symlinks the kernel may keep looked up (an inode each here, ~800 bytes); beyond
+    # it the least recently used ones that are not open are dropped from the kernel's cache.
+    inode_cache_entries: int = 100_000
     # Keep exact file metadata on disk across mounts (validated by ETag, Last-Modified, size).
     metadata_cache: bool = False
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
@@ -96,8 +99,9 @@ class MountConfig:
     # keeps several requests coming; 64 MiB of cache keeps peak RSS near 140 MiB.
     read_ahead_kb: int = 4096
     # Reads of unchanged files bypass the kernel page cache (FOPEN_DIRECT_IO): one copy less
-    # per byte, so faster large sequential reads, but no mmap of those files and no page-cache
-    # hits across opens. Off by default for that reason.
+    # per byte, so faster large sequential reads, but no shared mmap of those files (ENODEV),
+    # a FUSE request per read() however small, and no page-cache hits across opens. Off by
+    # default for those reasons.
     direct_io: bool = False
     block_size: int = 1 * MiB
     read_cache_bytes: int = 64 * MiB
@@ -189,6 +193,7 @@ _INT_OPTIONS = {
     "max_stat_cache_size": "stat_cache_entries",
     "stat_cache_entries": "stat_cache_entries",
     "list_cache_entries": "list_cache_entries",
+    "inode_cache_entries": "inode_cache_entries",
     "read_ahead_kb": "read_ahead_kb",
     "block_size": "block_size",
     "read_cache_bytes": "read_cache_bytes",

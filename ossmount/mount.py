@@ -53,7 +53,7 @@ from ossmount.config import (
 from ossmount.credentials import CredentialsError, resolve_credentials
 from ossmount.fs.attrs import AttrDefaults, directory_attributes
 from ossmount.fs.dircache import DiskMetadataCache, Namespace, NamespaceOptions
-from ossmount.fs.inodes import InodeTable
+from ossmount.fs.inodes import Inode, InodeTable
 from ossmount.fs.operations import FsOptions, OssFs
 from ossmount.fs.reader import ReadCache
 from ossmount.fs.writer import StateDirBusyError, WriteStaging, default_state_dir
@@ -241,6 +241,12 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
+def drop_kernel_entry(inode: Inode) -> None:
+    """Ask the kernel to drop its entry for ``inode`` (an inode the table evicts); it forgets
+    the inode once nothing uses the entry. Queued: safe from inside a request handler."""
+    pyfuse3.invalidate_entry_async(inode.parent, os.fsencode(inode.name), ignore_enoent=True)
+
+
 def raise_read_ahead(mountpoint: Path, read_ahead_kb: int) -> bool:
     """Set the mount's bdi read_ahead_kb (kernel readahead, hence FUSE read size), if permitted."""
     device = os.stat(mountpoint).st_dev
@@ -291,7 +297,12 @@ def build_filesystem(
     root_attrs = replace(
         directory_attributes(defaults, mount_time_ns), permissions=config.root_dir_mode
     )
-    inodes = InodeTable(config.prefix, root_attrs)
+    inodes = InodeTable(
+        config.prefix,
+        root_attrs,
+        max_remembered=config.inode_cache_entries,
+        evict=drop_kernel_entry,
+    )
     read_cache = ReadCache(
         client,
         config.bucket,

@@ -2,8 +2,14 @@
 
 An inode exists while the kernel holds a reference to it (its lookup count, raised by every
 entry we hand out through lookup or readdirplus and lowered by forget) or while a file handle
-is open on it. Memory therefore follows the kernel's dentry cache, not the bucket's size: a
-million-object bucket costs one inode per name the kernel currently remembers.
+is open on it. Memory therefore follows the kernel's dentry cache, not the bucket's size, and
+the kernel keeps dentries for as long as it has memory to spare: a ``find`` over a million
+objects left a million inodes here (about 800 bytes each, docs/benchmarks.md). So the table
+bounds the files and symlinks the kernel holds (``max_remembered``): beyond it, the least
+recently handed-out ones that are not open are passed to ``evict``, which asks the kernel to
+drop their entries (pyfuse3.invalidate_entry_async); its forget then frees them, and a later
+access looks the name up again. Directories are never evicted: a directory entry dropped from
+the kernel's cache while it is a process's working directory would make getcwd() fail.
 
 Inode numbers are never reused within a mount, so the FUSE generation number can stay 0.
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -68,11 +75,21 @@ class InodeTable:
     """Inode number <-> key, with the kernel's lookup counts. Not thread-safe (one trio loop)."""
 
     def __init__(
-        self, root_key: str, root_attrs: Attributes, *, clock: Callable[[], float] = time.monotonic
+        self,
+        root_key: str,
+        root_attrs: Attributes,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_remembered: int | None = None,
+        evict: Callable[[Inode], None] | None = None,
     ) -> None:
         self._clock = clock
         self._by_ino: dict[int, Inode] = {}
         self._by_key: dict[str, int] = {}
+        # Files and symlinks the kernel holds, least recently handed out first.
+        self._recent: OrderedDict[int, None] = OrderedDict()
+        self._max_remembered = max_remembered
+        self._evict = evict
         self._next_ino = ROOT_INODE + 1
         root = Inode(ROOT_INODE, ROOT_INODE, "", root_key, root_attrs, float("inf"), 1)
         self._by_ino[ROOT_INODE] = root
@@ -132,6 +149,31 @@ class InodeTable:
     def remember(self, inode: Inode, count: int = 1) -> None:
         """The kernel now holds ``count`` more references (an entry reply it accepted)."""
         inode.lookup_count += count
+        if inode.is_dir or self._max_remembered is None:
+            return
+        self._recent[inode.ino] = None
+        self._recent.move_to_end(inode.ino)
+        if len(self._recent) > self._max_remembered:
+            self._evict_least_recent()
+
+    @property
+    def remembered_files(self) -> int:
+        """Files and symlinks counted against ``max_remembered``."""
+        return len(self._recent)
+
+    def _evict_least_recent(self) -> None:
+        """Hand the oldest files over the bound (and 1% more, so that this runs once per batch,
+        not once per entry) to ``evict``. They leave the order now; an open one is skipped, and
+        one the kernel keeps anyway comes back at its next lookup."""
+        assert self._max_remembered is not None
+        target = self._max_remembered - self._max_remembered // 100
+        while len(self._recent) > target:
+            ino, _ = self._recent.popitem(last=False)
+            inode = self._by_ino.get(ino)
+            if inode is None or inode.open_count > 0 or inode.lookup_count == 0:
+                continue
+            if self._evict is not None:
+                self._evict(inode)
 
     def forget(self, ino: int, count: int) -> None:
         """The kernel dropped ``count`` references; the inode goes when nothing holds it."""
@@ -186,5 +228,6 @@ class InodeTable:
         if inode.ino == ROOT_INODE or inode.lookup_count > 0 or inode.open_count > 0:
             return
         del self._by_ino[inode.ino]
+        self._recent.pop(inode.ino, None)
         if self._by_key.get(inode.key) == inode.ino:
             del self._by_key[inode.key]

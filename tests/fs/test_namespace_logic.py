@@ -230,6 +230,41 @@ def test_inode_rename_moves_descendants() -> None:
     assert table.by_key("d/f") is None
 
 
+def test_inode_table_evicts_least_recent_files_beyond_the_bound() -> None:
+    evicted: list[str] = []
+    table = InodeTable(
+        "",
+        directory_attributes(DEFAULTS),
+        max_remembered=100,
+        evict=lambda i: evicted.append(i.key),
+    )
+    directory = table.upsert(table.root, "d", directory_attributes(DEFAULTS), 5)
+    table.remember(directory)
+    files = []
+    for n in range(100):
+        inode = table.upsert(
+            directory, f"f{n}", attributes_from_summary(summary(f"d/f{n}"), DEFAULTS), 5
+        )
+        table.remember(inode)
+        files.append(inode)
+    assert evicted == []
+    table.open(files[1])  # an open file is never evicted
+    table.remember(files[0])  # handed out again: now the most recent
+    extra = table.upsert(directory, "g", attributes_from_summary(summary("d/g"), DEFAULTS), 5)
+    table.remember(extra)
+    # Over the bound by one: down to 99 (1% below), oldest first; the open f1 leaves the order
+    # without being evicted.
+    assert evicted == ["d/f2"]
+    assert table.remembered_files == 99
+    assert "d/" not in evicted  # directories are not counted or evicted
+    # The kernel's forget frees an evicted inode; looking it up again makes it count again.
+    table.forget(files[2].ino, 1)
+    assert table.get(files[2].ino) is None
+    again = table.upsert(directory, "f2", attributes_from_summary(summary("d/f2"), DEFAULTS), 5)
+    table.remember(again)
+    assert table.remembered_files == 100
+
+
 SEGMENT = st.sampled_from(["a", "b", "a.txt", ".", "..", "", "x" * 256, "d_$folder$", "é"])
 
 

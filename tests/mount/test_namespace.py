@@ -6,6 +6,7 @@ import os
 import re
 import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,28 @@ def test_owner_and_mode_options_for_objects_without_metadata(
     assert stat.S_IMODE(os.stat(root).st_mode) == 0o755  # mp_umask
     private = os.stat(root / "private.txt")  # its own metadata wins
     assert (private.st_uid, private.st_gid, stat.S_IMODE(private.st_mode)) == (1234, 4321, 0o600)
+
+
+def test_kernel_forgets_least_recent_files_beyond_inode_cache_entries(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory
+) -> None:
+    for n in range(150):
+        oss2_bucket.put_object(f"many/f{n:03d}", f"file {n}\n".encode())
+    mount = mount_ossmount(options=["inode_cache_entries=50"])
+    many = mount.path / "many"
+    first_ino = os.stat(many / "f000").st_ino
+    # A shell whose working directory is inside the mount walks all 150 files: well over the
+    # bound, so the oldest are dropped from the kernel's cache; directories never are, so its
+    # getcwd() keeps working.
+    script = 'for f in f*; do cat "$f" >/dev/null; done; pwd -P; cat f000'
+    out = run("sh", "-c", script, cwd=many)
+    assert out == f"{many}\nfile 0\n"
+    # f000 was evicted early in the walk: once the kernel forgot it, the next lookup makes a
+    # new inode (numbers are not reused), so its number changes; its content does not.
+    deadline = time.monotonic() + 10
+    while os.stat(many / "f000").st_ino == first_ino:
+        assert time.monotonic() < deadline, "f000 was never forgotten by the kernel"
+        run("sh", "-c", "cat f1* >/dev/null", cwd=many)
+        time.sleep(0.2)
+    assert (many / "f000").read_bytes() == b"file 0\n"
+    assert sorted(os.listdir(many)) == [f"f{n:03d}" for n in range(150)]
