@@ -7,6 +7,7 @@ import filecmp
 import hashlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,35 @@ def test_direct_io_reads_whole_files_right(
     with (mount.path / "direct.bin").open("rb") as handle:
         handle.seek(20 * MIB)
         assert handle.read() == data[20 * MIB :]
+
+
+# Maps a file and prints the SHA-256 of a private and of a shared read-only mapping (or the
+# errno that refused the mapping). A child process: the test server runs in pytest's process,
+# and a page fault on the mount taken while holding its GIL would wait for the server forever.
+MMAP_PROBE = """
+import hashlib, mmap, sys
+with open(sys.argv[1], "rb") as handle:
+    for flags in (mmap.MAP_PRIVATE, mmap.MAP_SHARED):
+        try:
+            with mmap.mmap(handle.fileno(), 0, flags=flags, prot=mmap.PROT_READ) as view:
+                print(hashlib.sha256(view).hexdigest())
+        except OSError as exc:
+            print(f"errno {exc.errno}")
+"""
+
+
+@pytest.mark.parametrize("direct_io", [False, True], ids=["page-cache", "direct-io"])
+def test_mmap_of_a_file(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory, direct_io: bool
+) -> None:
+    data = os.urandom(3 * MIB + 17)
+    oss2_bucket.put_object("mapped.bin", data)
+    mount = mount_ossmount(options=["direct_io"] if direct_io else [])
+    probe = [sys.executable, "-c", MMAP_PROBE, str(mount.path / "mapped.bin")]
+    result = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=True)
+    private, shared = result.stdout.split()[:1], result.stdout.split()[1:]
+    digest = hashlib.sha256(data).hexdigest()
+    assert private == [digest]
+    # The kernel refuses shared mappings of FOPEN_DIRECT_IO files unless the file system
+    # negotiates FUSE_DIRECT_IO_ALLOW_MMAP, which libfuse 3.14 cannot (docs/configuration.md).
+    assert shared == (["errno", str(errno.ENODEV)] if direct_io else [digest])
