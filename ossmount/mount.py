@@ -241,10 +241,13 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
-def drop_kernel_entry(inode: Inode) -> None:
-    """Ask the kernel to drop its entry for ``inode`` (an inode the table evicts); it forgets
-    the inode once nothing uses the entry. Queued: safe from inside a request handler."""
-    pyfuse3.invalidate_entry_async(inode.parent, os.fsencode(inode.name), ignore_enoent=True)
+def drop_kernel_entries(inodes: list[Inode]) -> None:
+    """Ask the kernel to drop its entries for ``inodes`` (a batch the table evicts); it forgets
+    each inode once nothing uses its entry. Through pyfuse3's notify thread, since an
+    invalidation waits for the parent directory's lock, which a request being handled may hold.
+    (A thread per batch calling invalidate_entry measured a third more CPU.)"""
+    for inode in inodes:
+        pyfuse3.invalidate_entry_async(inode.parent, os.fsencode(inode.name), ignore_enoent=True)
 
 
 def raise_read_ahead(mountpoint: Path, read_ahead_kb: int) -> bool:
@@ -301,7 +304,7 @@ def build_filesystem(
         config.prefix,
         root_attrs,
         max_remembered=config.inode_cache_entries,
-        evict=drop_kernel_entry,
+        evict=drop_kernel_entries,
     )
     read_cache = ReadCache(
         client,

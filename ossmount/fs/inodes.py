@@ -6,8 +6,8 @@ is open on it. Memory therefore follows the kernel's dentry cache, not the bucke
 the kernel keeps dentries for as long as it has memory to spare: a ``find`` over a million
 objects left a million inodes here (about 800 bytes each, docs/benchmarks.md). So the table
 bounds the files and symlinks the kernel holds (``max_remembered``): beyond it, the least
-recently handed-out ones that are not open are passed to ``evict``, which asks the kernel to
-drop their entries (pyfuse3.invalidate_entry_async); its forget then frees them, and a later
+recently handed-out ones that are not open are passed to ``evict`` (in batches of 1% of the
+bound), which asks the kernel to drop their entries; its forget then frees them, and a later
 access looks the name up again. Directories are never evicted: a directory entry dropped from
 the kernel's cache while it is a process's working directory would make getcwd() fail.
 
@@ -81,7 +81,7 @@ class InodeTable:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_remembered: int | None = None,
-        evict: Callable[[Inode], None] | None = None,
+        evict: Callable[[list[Inode]], None] | None = None,
     ) -> None:
         self._clock = clock
         self._by_ino: dict[int, Inode] = {}
@@ -167,13 +167,14 @@ class InodeTable:
         one the kernel keeps anyway comes back at its next lookup."""
         assert self._max_remembered is not None
         target = self._max_remembered - self._max_remembered // 100
+        evicted: list[Inode] = []
         while len(self._recent) > target:
             ino, _ = self._recent.popitem(last=False)
             inode = self._by_ino.get(ino)
-            if inode is None or inode.open_count > 0 or inode.lookup_count == 0:
-                continue
-            if self._evict is not None:
-                self._evict(inode)
+            if inode is not None and inode.open_count == 0 and inode.lookup_count > 0:
+                evicted.append(inode)
+        if evicted and self._evict is not None:
+            self._evict(evicted)
 
     def forget(self, ino: int, count: int) -> None:
         """The kernel dropped ``count`` references; the inode goes when nothing holds it."""

@@ -236,7 +236,7 @@ def test_inode_table_evicts_least_recent_files_beyond_the_bound() -> None:
         "",
         directory_attributes(DEFAULTS),
         max_remembered=100,
-        evict=lambda i: evicted.append(i.key),
+        evict=lambda batch: evicted.extend(i.key for i in batch),
     )
     directory = table.upsert(table.root, "d", directory_attributes(DEFAULTS), 5)
     table.remember(directory)
