@@ -301,16 +301,22 @@ class _Exchange:
         reusable = False
         try:
             sock, head = self._send_request()
+            # A kept connection goes back to the pool before the last event is posted: the
+            # consumer may start its next GET as soon as it sees that event.
             if head.status >= 300:
                 body, keep_alive = self._error_body(sock, head)
                 reusable = self._detach(keep_alive)
                 error = error_from_response(head.status, head.headers, body, method="GET")
+                self._release(sock, reusable)
+                sock = None
                 self._post(_Failure(error))
                 return
             info, expected_crc64 = _check_head(self._key, head, *self._range)
             self._post(_Opened(info))
             self._receive_body(sock, expected_crc64)
             reusable = self._detach(head.keep_alive)
+            self._release(sock, reusable)
+            sock = None
             self._post(_End())
         except OSError as exc:
             if not self._stopped:
@@ -321,10 +327,14 @@ class _Exchange:
             with self._lock:
                 self._sock = None
             if sock is not None:
-                if reusable:
-                    self._pool.give_back(sock)
-                else:
-                    sock.close()
+                self._release(sock, reusable)
+
+    def _release(self, sock: socket.socket, reusable: bool) -> None:
+        """Keep the connection for the next GET, or close it."""
+        if reusable:
+            self._pool.give_back(sock)
+        else:
+            sock.close()
 
     def _detach(self, keep_alive: bool) -> bool:
         """The exchange is over: from now on stop() leaves the socket alone (the consumer stops
