@@ -8,12 +8,16 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import oss2
 import pytest
 
+from ossmount.oss.crc64 import crc64, crc64_combine
+from ossmount.server.store import ObjectRecord
+from tests.conftest import TEST_BUCKET
 from tests.fs.test_reader import corrupt_stored_copy
 from tests.mount.conftest import MountFactory
 
@@ -195,3 +199,82 @@ def test_mmap_of_a_file(
     # The kernel refuses shared mappings of FOPEN_DIRECT_IO files unless the file system
     # negotiates FUSE_DIRECT_IO_ALLOW_MMAP, which libfuse 3.14 cannot (docs/configuration.md).
     assert shared == (["errno", str(errno.ENODEV)] if direct_io else [digest])
+
+
+def zeros_crc64(length: int) -> int:
+    """CRC-64 of ``length`` zero bytes, by doubling with crc64_combine (no 6 GiB buffer)."""
+    piece_crc, piece = crc64(bytes(MIB)), MIB
+    crc = crc64(bytes(length % MIB))
+    whole = length // MIB
+    total = 0
+    while whole:
+        if whole & 1:
+            crc = crc64_combine(piece_crc, crc, total + length % MIB)
+            total += piece
+        piece_crc = crc64_combine(piece_crc, piece_crc, piece)
+        piece *= 2
+        whole >>= 1
+    return crc
+
+
+def test_zeros_crc64_matches_hashing() -> None:
+    for length in (0, 5, MIB, 3 * MIB + 7, 5 * MIB):
+        assert zeros_crc64(length) == crc64(bytes(length)), length
+
+
+def test_object_over_5_gib_reads_right_at_any_offset(
+    oss_server: Any, mount_ossmount: MountFactory, tmp_path: Path
+) -> None:
+    # A 6 GiB object as a sparse data file put straight into the server's index: no 6 GiB of
+    # upload, no disk. It is zero but for marks on both sides of 4 GiB and 5 GiB and at the end.
+    size = 6 * 1024 * MIB + 12345
+    marks = {
+        4 * 1024 * MIB - 3: b"<4GiB>",
+        5 * 1024 * MIB - 3: b"<5GiB>",
+        5 * 1024 * MIB + MIB + 7: b"beyond 5 GiB",
+        size - 4: b"end!",
+    }
+    store = oss_server.store
+    sparse = store.tmp_dir / "sparse.bin"
+    with sparse.open("wb") as out:
+        out.truncate(size)
+        for offset, mark in marks.items():
+            out.seek(offset)
+            out.write(mark)
+    crc, position = 0, 0
+    for offset, mark in sorted(marks.items()):
+        crc = crc64_combine(crc, zeros_crc64(offset - position), offset - position)
+        crc = crc64_combine(crc, crc64(mark), len(mark))
+        position = offset + len(mark)
+    store.commit_object(
+        ObjectRecord(TEST_BUCKET, "huge.bin", store.install_object_file(sparse), size,
+                     '"6D5B0F2A6C3E4E8E9C0B7F1A2D3C4B5A-2"', crc, time.time(), "Multipart")
+    )  # fmt: skip
+    mount = mount_ossmount()
+    path = mount.path / "huge.bin"
+    assert path.stat().st_size == size
+    # Read whole first (nothing cached yet), the object is checked against its CRC-64: a
+    # mismatch would be an EIO, and fail dd.
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M", "status=none"], check=True)
+
+    def expected(offset: int, length: int) -> bytes:
+        data = bytearray(max(0, min(length, size - offset)))
+        for at, mark in marks.items():
+            for index, byte in enumerate(mark):
+                if 0 <= at + index - offset < len(data):
+                    data[at + index - offset] = byte
+        return bytes(data)
+
+    for offset, mark in marks.items():
+        # dd with a byte offset beyond 5 GiB: iflag=skip_bytes,count_bytes
+        result = subprocess.run(
+            ["dd", f"if={path}", "bs=64K", f"skip={offset - 10}", f"count={len(mark) + 20}",
+             "iflag=skip_bytes,count_bytes", "status=none"],
+            capture_output=True, check=True, timeout=60,
+        )  # fmt: skip
+        assert result.stdout == expected(offset - 10, len(mark) + 20), offset
+    with path.open("rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        assert handle.read() == b"end!"
+        handle.seek(5 * 1024 * MIB - 2 * MIB)
+        assert handle.read(4 * MIB) == expected(5 * 1024 * MIB - 2 * MIB, 4 * MIB)
