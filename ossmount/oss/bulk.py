@@ -78,6 +78,7 @@ from ossmount.oss.errors import (
     OssProtocolError,
     error_from_response,
 )
+from ossmount.oss.http1 import HEAD_LIMIT, ResponseHead, parse_response_head, request_bytes
 from ossmount.oss.model import ObjectInfo
 
 if TYPE_CHECKING:
@@ -86,17 +87,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_IDLE_CONNECTIONS = 8
-# The response head must fit in this many bytes.
-_HEAD_LIMIT = 64 * 1024
 # An error document longer than this is not read (the status still tells the error).
 _ERROR_BODY_LIMIT = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class _Head:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    keep_alive: bool
 
 
 @dataclass(frozen=True)
@@ -114,28 +106,6 @@ class _End:
 
 
 _Event = _Opened | _Failure | _End | bytes
-
-
-def _parse_head(raw: bytes) -> _Head:
-    lines = raw.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise OssProtocolError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise OssProtocolError(f"malformed response header line {line[:80]!r}")
-        name = name.strip().lower()
-        value = value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    connection = headers.get("connection", "").lower()
-    keep_alive = "close" not in connection and (
-        parts[0] != "HTTP/1.0" or "keep-alive" in connection
-    )
-    return _Head(int(parts[1]), headers, keep_alive)
 
 
 def _receive_exactly(sock: socket.socket, count: int) -> bytes:
@@ -158,15 +128,15 @@ def _receive_head(sock: socket.socket) -> bytes:
     """The response head, consuming nothing of the body (peeks, then reads the head's length)."""
     head = b""
     while True:
-        peeked = sock.recv(_HEAD_LIMIT - len(head), socket.MSG_PEEK)
+        peeked = sock.recv(HEAD_LIMIT - len(head), socket.MSG_PEEK)
         if not peeked:
             raise ConnectionError("connection closed before the response head")
         end = (head[-3:] + peeked).find(b"\r\n\r\n")
         if end >= 0:
             return head + _receive_exactly(sock, end + 4 - min(3, len(head)))
         head += _receive_exactly(sock, len(peeked))
-        if len(head) >= _HEAD_LIMIT:
-            raise OssProtocolError(f"response head longer than {_HEAD_LIMIT} bytes")
+        if len(head) >= HEAD_LIMIT:
+            raise OssProtocolError(f"response head longer than {HEAD_LIMIT} bytes")
 
 
 # mallopt parameters (glibc's malloc.h).
@@ -344,7 +314,7 @@ class _Exchange:
             self._sock = None
             return keep_alive and not self._stopped
 
-    def _send_request(self) -> tuple[socket.socket, _Head]:
+    def _send_request(self) -> tuple[socket.socket, ResponseHead]:
         """Connect (or reuse), send the request, read the head. A reused connection that fails
         before any answer byte is replaced once by a new one."""
         while True:
@@ -356,7 +326,7 @@ class _Exchange:
                 self._sock = sock
             try:
                 sock.sendall(self._request)
-                return sock, _parse_head(_receive_head(sock))
+                return sock, parse_response_head(_receive_head(sock))
             except OSError as exc:
                 with self._lock:
                     self._sock = None
@@ -371,7 +341,7 @@ class _Exchange:
                 raise
 
     @staticmethod
-    def _error_body(sock: socket.socket, head: _Head) -> tuple[bytes, bool]:
+    def _error_body(sock: socket.socket, head: ResponseHead) -> tuple[bytes, bool]:
         length = head.headers.get("content-length", "")
         if not length.isdigit() or int(length) > _ERROR_BODY_LIMIT:
             return b"", False
@@ -397,7 +367,7 @@ class _Exchange:
 
 
 def _check_head(
-    key: str, head: _Head, start: int, end_inclusive: int
+    key: str, head: ResponseHead, start: int, end_inclusive: int
 ) -> tuple[ObjectInfo, int | None]:
     """(object info, CRC-64 to check the body with, or None) of a 2xx answer to a range
     request; OssProtocolError when it does not deliver exactly that range."""
@@ -514,13 +484,10 @@ class BulkGetter:
     async def _open(
         self, request: httpx.Request, key: str, byte_range: tuple[int, int], piece_size: int
     ) -> tuple[_Exchange, trio.MemoryReceiveChannel[_Event], ObjectInfo]:
-        lines = [f"GET {request.url.raw_path.decode('ascii')} HTTP/1.1"]
-        lines += [f"{name.decode('latin-1')}: {value.decode('latin-1')}"
-                  for name, value in request.headers.raw]  # fmt: skip
         send, receive = trio.open_memory_channel[_Event](math.inf)
         exchange = _Exchange(
             self._pool,
-            ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"),
+            request_bytes(request),
             key,
             byte_range,
             piece_size,
