@@ -79,7 +79,7 @@ class MountConfig:
     stat_cache_ttl_s: float = 60.0
     stat_cache_entries: int = 100_000
     list_cache_entries: int = 100_000
-    # Files and symlinks the kernel may keep looked up (an inode each here, ~800 bytes); beyond
+    # Files and symlinks the kernel may keep looked up (an inode each here, 800-900 bytes); beyond
     # it the least recently used ones that are not open are dropped from the kernel's cache.
     inode_cache_entries: int = 100_000
     # Keep exact file metadata on disk across mounts (validated by ETag, Last-Modified, size).

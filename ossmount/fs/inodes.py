@@ -4,7 +4,7 @@ An inode exists while the kernel holds a reference to it (its lookup count, rais
 entry we hand out through lookup or readdirplus and lowered by forget) or while a file handle
 is open on it. Memory therefore follows the kernel's dentry cache, not the bucket's size, and
 the kernel keeps dentries for as long as it has memory to spare: a ``find`` over a million
-objects left a million inodes here (about 800 bytes each, docs/benchmarks.md). So the table
+objects left a million inodes here (800-900 bytes each, docs/benchmarks.md). So the table
 bounds the files and symlinks the kernel holds (``max_remembered``): beyond it, the least
 recently handed-out ones that are not open are passed to ``evict`` (in batches of 1% of the
 bound), which asks the kernel to drop their entries; its forget then frees them, and a later
