@@ -246,6 +246,7 @@ def drop_kernel_entries(inodes: list[Inode]) -> None:
     each inode once nothing uses its entry. Through pyfuse3's notify thread, since an
     invalidation waits for the parent directory's lock, which a request being handled may hold.
     (A thread per batch calling invalidate_entry measured a third more CPU.)"""
+    log.debug("asking the kernel to drop %d least recently used entries", len(inodes))
     for inode in inodes:
         pyfuse3.invalidate_entry_async(inode.parent, os.fsencode(inode.name), ignore_enoent=True)
 

@@ -11,7 +11,12 @@ bound), which asks the kernel to drop their entries; its forget then frees them,
 access looks the name up again. Directories are never evicted: a directory entry dropped from
 the kernel's cache while it is a process's working directory would make getcwd() fail.
 
-Inode numbers are never reused within a mount, so the FUSE generation number can stay 0.
+Inode numbers come from a hash of the key (32 bits, below 2**32 so that 32-bit programs can
+stat them), so a name keeps its number when the kernel forgets and looks it up again, and across
+mounts: programs that compare inode numbers between runs (git's index) see no change. A number
+still held by another inode (a hash collision, or the old inode of a replaced or renamed name)
+moves on to the next free one. A number is only given again once the kernel forgot its previous
+holder, and nothing exports the mount over NFS, so the FUSE generation number can stay 0.
 
 Keys: a file's key is its object key; a directory's key is its prefix with the trailing
 slash ("" for the bucket root, "PREFIX/" for a mount of a prefix). A name that changes kind
@@ -25,6 +30,7 @@ unlinked-but-open file alive; a writer's staging state will sit beside ``attrs``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -36,6 +42,15 @@ from ossmount.fs.attrs import Attributes, Kind
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
+# Inode numbers of names: ROOT_INODE + 1 up to 2**32 - 1.
+_FIRST_INO = ROOT_INODE + 1
+_INO_COUNT = 2**32 - _FIRST_INO
+
+
+def key_inode_number(key: str) -> int:
+    """The inode number a key asks for (the table takes the next free one on a collision)."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return _FIRST_INO + int.from_bytes(digest, "little") % _INO_COUNT
 
 
 @dataclass(slots=True)
@@ -90,7 +105,6 @@ class InodeTable:
         self._recent: OrderedDict[int, None] = OrderedDict()
         self._max_remembered = max_remembered
         self._evict = evict
-        self._next_ino = ROOT_INODE + 1
         root = Inode(ROOT_INODE, ROOT_INODE, "", root_key, root_attrs, float("inf"), 1)
         self._by_ino[ROOT_INODE] = root
         self._by_key[root_key] = ROOT_INODE
@@ -139,8 +153,9 @@ class InodeTable:
             parent.key, name, Kind.FILE if attrs.kind is Kind.DIR else Kind.DIR
         )
         self.detach(other_kind_key)
-        ino = self._next_ino
-        self._next_ino += 1
+        ino = key_inode_number(key)
+        while ino in self._by_ino:
+            ino = _FIRST_INO + (ino + 1 - _FIRST_INO) % _INO_COUNT
         inode = Inode(ino, parent.ino, name, key, attrs, expire_at)
         self._by_ino[ino] = inode
         self._by_key[key] = ino

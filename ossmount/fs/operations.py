@@ -259,6 +259,7 @@ class OssFs(pyfuse3.Operations):
             self.inodes.forget(ino, count)
             if self.inodes.get(ino) is None:
                 self._kernel_cached_etag.pop(ino, None)
+        log.debug("kernel forgot %d inodes; %d known", len(inode_list), len(self.inodes))
 
     @_errno_boundary
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:

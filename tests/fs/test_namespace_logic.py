@@ -28,7 +28,7 @@ from ossmount.fs.dircache import (
     WarnOnce,
     build_entries,
 )
-from ossmount.fs.inodes import ROOT_INODE, InodeTable
+from ossmount.fs.inodes import ROOT_INODE, InodeTable, key_inode_number
 from ossmount.oss.model import ObjectInfo, ObjectSummary
 
 DEFAULTS = AttrDefaults(uid=1000, gid=1000, file_mode=0o644, dir_mode=0o755)
@@ -228,6 +228,34 @@ def test_inode_rename_moves_descendants() -> None:
     assert child.key == "e/f"
     assert table.by_key("e/f") is child
     assert table.by_key("d/f") is None
+
+
+def test_inode_numbers_come_from_keys() -> None:
+    table = InodeTable("", directory_attributes(DEFAULTS))
+    attrs = attributes_from_summary(summary("f"), DEFAULTS)
+    inode = table.upsert(table.root, "f", attrs, 5)
+    assert inode.ino == key_inode_number("f")
+    assert 1 < inode.ino < 2**32
+    table.remember(inode)
+    table.forget(inode.ino, 1)
+    assert table.get(inode.ino) is None
+    # Looked up again after the kernel forgot it: the same number.
+    assert table.upsert(table.root, "f", attrs, 5).ino == inode.ino
+
+
+def test_inode_number_collisions_take_the_next_free_number() -> None:
+    table = InodeTable("", directory_attributes(DEFAULTS))
+    attrs = attributes_from_summary(summary("f"), DEFAULTS)
+    old = table.upsert(table.root, "f", attrs, 5)
+    table.remember(old)
+    # "f" is replaced by a directory while the kernel still holds the file's inode; then a
+    # file "f" comes back: its number is taken by the old inode, so it gets the next one.
+    directory = table.upsert(table.root, "f", directory_attributes(DEFAULTS), 5)
+    table.remember(directory)
+    again = table.upsert(table.root, "f", attrs, 5)
+    assert old.ino == key_inode_number("f")
+    assert again.ino == old.ino + 1
+    assert len({old.ino, directory.ino, again.ino}) == 3
 
 
 def test_inode_table_evicts_least_recent_files_beyond_the_bound() -> None:

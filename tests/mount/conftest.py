@@ -127,6 +127,7 @@ def mount_ossmount(oss_server: Any, tmp_path: Path) -> Iterator[MountFactory]:
         daemon: bool = False,
         bucket: str = TEST_BUCKET,
         env: dict[str, str] | None = None,
+        debug: bool = False,
     ) -> Mounted:
         mountpoint = tmp_path / f"mnt{len(mounts)}"
         mountpoint.mkdir()
@@ -135,6 +136,8 @@ def mount_ossmount(oss_server: Any, tmp_path: Path) -> Iterator[MountFactory]:
         command = mount_command(oss_server.endpoint, spec, mountpoint, "--log-file", str(log_path))
         for option in options or []:
             command += ["-o", option]
+        if debug:
+            command.append("--debug")
         if not any("state_dir=" in option for option in options or []):
             # A write-path state directory of its own (the default one is per user, bucket and
             # prefix, and would be shared by every test's mount).
