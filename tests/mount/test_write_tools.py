@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import oss2
@@ -235,6 +236,29 @@ def test_git_init_add_commit(mounted: Mounted, tmp_path: Path) -> None:
     run("git", "fsck", "--strict", cwd=repo, env=GIT_ENV)
     log = run("git", "log", "--format=%s", cwd=repo, env=GIT_ENV)
     assert log.split() == ["second", "first"]
+
+
+def test_git_status_after_a_remount_reads_no_tracked_file(
+    mount_ossmount: MountFactory, oss_server: RunningServer
+) -> None:
+    first = mount_ossmount()
+    repo = first.path / "repo"
+    repo.mkdir()
+    for n in range(30):
+        (repo / f"f{n:02d}.txt").write_text(f"content {n}\n")
+    run("git", "init", "-q", "-b", "main", ".", cwd=repo, env=GIT_ENV)
+    run("git", "add", ".", cwd=repo, env=GIT_ENV)
+    run("git", "commit", "-q", "-m", "files", cwd=repo, env=GIT_ENV)
+    time.sleep(1.1)  # past git's racy-timestamp window, then let it record clean stat data
+    run("git", "status", "--porcelain", cwd=repo, env=GIT_ENV)
+    first.unmount()
+    # A new mount: git compares the index's stat data (inode numbers among them) with the
+    # files; with the same numbers it trusts them and reads only its own files under .git.
+    second = mount_ossmount()
+    oss_server.stats.reset()
+    assert run("git", "status", "--porcelain", cwd=second.path / "repo", env=GIT_ENV) == ""
+    gets = oss_server.stats.by_operation.get("GetObject", 0)
+    assert gets < 30, f"{gets} GETs: git read the tracked files again"
 
 
 def _sqlite_script(path: Path) -> list[tuple[int, str, float]]:
