@@ -42,6 +42,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -378,6 +379,17 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """The statements of the block commit together, or not at all if it raises."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     # --- files ---------------------------------------------------------------------------
 
     def new_writer(self, direct: bool = False) -> BlobWriter:
@@ -629,17 +641,12 @@ class Store:
         removed after the commit, as by :meth:`commit_object`."""
         replaced: list[tuple[ObjectRecord, ObjectRecord]] = []
         count = 0
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             for record in records:
                 previous = self._replace_object(record)
                 if previous is not None:
                     replaced.append((previous, record))
                 count += 1
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         for previous, record in replaced:
             self._release_replaced(previous, record)
         return count
@@ -832,15 +839,10 @@ class Store:
                 "SELECT data_file FROM parts WHERE upload_id = ?", (upload_id,)
             )
         ]
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             previous = self._replace_object(record)
             self._db.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
             self._db.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         self._release_replaced(previous, record)
         chosen = set(self.object_files(record))
         self._release([path for path in files if path not in chosen])
