@@ -10,7 +10,7 @@ waits on child processes), uploads one object of --size-mib random bytes, then a
 for every variant of mount options, and reports MB/s (median of --runs), the ratio to curl, the
 CPU time per GiB of each process on the path (utime + stime: the reader, curl or dd; the mount,
 from /proc/PID/stat; the server, this process's own CPU time, as it runs here), which other load
-on the machine disturbs less than MB/s does, and the mount process's peak RSS (VmHWM from
+on the machine disturbs less than MB/s does, and the FUSE daemon's peak RSS (VmHWM from
 /proc/PID/status) during the dd.
 
 --ceiling adds `dd` through scripts/fuse_ceiling.py, a pyfuse3 file system serving the same
@@ -91,14 +91,19 @@ def dd_command(path: Path) -> list[str]:
     return ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
 
 
+def dd_through(daemon_pid: int, path: Path) -> Timing:
+    """One dd of ``path``, with the CPU and peak RSS of the FUSE daemon serving it."""
+    cpu_before = process_cpu_s(daemon_pid)
+    timing = timed_reader(dd_command(path))
+    timing.mount_cpu_s = process_cpu_s(daemon_pid) - cpu_before
+    timing.mount_peak_rss_kib = peak_rss_kib(daemon_pid)
+    return timing
+
+
 def dd_through_mount(endpoint: str, mountpoint: Path, options: list[str], log: Path) -> Timing:
     """One cold dd of the object through a fresh mount."""
     with foreground_mount(endpoint, mountpoint, *options, log=log, timeout_s=30) as mount:
-        cpu_before = process_cpu_s(mount.pid)
-        timing = timed_reader(dd_command(mountpoint / KEY))
-        timing.mount_cpu_s = process_cpu_s(mount.pid) - cpu_before
-        timing.mount_peak_rss_kib = peak_rss_kib(mount.pid)
-        return timing
+        return dd_through(mount.pid, mountpoint / KEY)
 
 
 CEILING_VARIANTS = {
@@ -112,10 +117,7 @@ def dd_through_ceiling(mountpoint: Path, size_mib: int, options: list[str], log:
     script = Path(__file__).with_name("fuse_ceiling.py")
     command = [sys.executable, str(script), str(mountpoint), "--size-mib", str(size_mib)]
     with foreground_fs([*command, *options], mountpoint, log=log, timeout_s=30) as daemon:
-        cpu_before = process_cpu_s(daemon.pid)
-        timing = timed_reader(dd_command(mountpoint / "data"))
-        timing.mount_cpu_s = process_cpu_s(daemon.pid) - cpu_before
-        return timing
+        return dd_through(daemon.pid, mountpoint / "data")
 
 
 async def read_with_file_reader(endpoint: str, block_size: int, threaded_gets: bool) -> None:
@@ -181,7 +183,7 @@ def print_table(
     print(f"object: {args.size_mib} MiB; median of {args.runs} runs; one fresh mount per dd run")
     print(
         "| reader | MB/s | vs curl | CPU s per GiB: reader | server | mount "
-        "| peak RSS of the mount (max) |"
+        "| peak RSS of the FUSE daemon (max) |"
     )
     print("|---|---|---|---|---|---|---|")
     rows = {"curl (single stream GET)": curl, **dd}
