@@ -73,10 +73,11 @@ class HeadConnections:
     """Kept-alive trio connections for HEAD requests (answers have no body), to the host each
     request's URL names (the endpoint, or bucket.endpoint in virtual-host style).
 
-    Callers bound the concurrency; up to ``max_idle`` connections per host are kept.
-    A kept connection that the server closed meanwhile is replaced once, before any answer
-    byte, without counting as an attempt. Network failures raise OSError or
-    ``trio.TooSlowError`` (after ``timeout_s``); the client maps them onto its error tree.
+    Callers bound the concurrency; up to ``max_idle`` connections per host are kept. Kept
+    connections that the server closed meanwhile are passed over (nothing was answered on
+    them, so sending again is safe) without counting as an attempt. Network failures raise
+    OSError or ``trio.TooSlowError`` (after ``timeout_s``); the client maps them onto its error
+    tree.
     """
 
     def __init__(self, *, timeout_s: float, max_idle: int) -> None:
