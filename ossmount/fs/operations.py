@@ -599,14 +599,14 @@ class OssFs(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         # close(): a handle opened for writing uploads; a read-only one must not publish
         # another handle's unfinished writes.
-        handle = self._file_handles.get(fh)
-        if handle is None or handle.staged is None:
-            return
-        await handle.staged.flush()
-        self._published(handle.inode, handle.staged)
+        await self._upload_staged(fh)
 
     @_errno_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._upload_staged(fh)
+
+    async def _upload_staged(self, fh: int) -> None:
+        """Upload what the handle wrote (close and fsync wait for this), if it wrote."""
         handle = self._file_handles.get(fh)
         if handle is None or handle.staged is None:
             return
