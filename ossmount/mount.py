@@ -129,6 +129,16 @@ def unmount(mountpoint: Path, *, lazy: bool = False) -> None:
         raise MountError(f"cannot unmount {mountpoint}: {reason[-1] if reason else 'failed'}")
 
 
+def _clear_crashed_mount(mountpoint: Path, exc: OSError) -> os.stat_result:
+    """After ``exc`` from the mountpoint: clear the mount of a crashed process (ENOTCONN) and
+    stat the directory under it; any other error is the mount's failure."""
+    if exc.errno != errno.ENOTCONN:
+        raise MountError(f"mountpoint {mountpoint}: {exc.strerror}") from None
+    log.warning("%s: clearing the mount of a crashed process", mountpoint)
+    unmount(mountpoint, lazy=True)
+    return mountpoint.stat()
+
+
 def check_mountpoint(mountpoint: Path) -> None:
     """Refuse a missing, non-directory or already mounted mountpoint; clear a crashed mount."""
     try:
@@ -136,22 +146,14 @@ def check_mountpoint(mountpoint: Path) -> None:
     except FileNotFoundError:
         raise MountError(f"mountpoint {mountpoint} does not exist") from None
     except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            raise MountError(f"mountpoint {mountpoint}: {exc.strerror}") from None
-        log.warning("%s: clearing the mount of a crashed process", mountpoint)
-        unmount(mountpoint, lazy=True)
-        info = mountpoint.stat()
+        info = _clear_crashed_mount(mountpoint, exc)
     if _is_mountpoint(mountpoint):
         # stat() may be answered from the kernel's attribute cache; statfs always reaches
         # the file system, so it tells a live mount from a dead one.
         try:
             os.statvfs(mountpoint)
         except OSError as exc:
-            if exc.errno != errno.ENOTCONN:
-                raise MountError(f"mountpoint {mountpoint}: {exc.strerror}") from None
-            log.warning("%s: clearing the mount of a crashed process", mountpoint)
-            unmount(mountpoint, lazy=True)
-            info = mountpoint.stat()
+            info = _clear_crashed_mount(mountpoint, exc)
         else:
             raise MountError(f"mountpoint {mountpoint} is already mounted")
     if not stat.S_ISDIR(info.st_mode):
