@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -139,19 +139,57 @@ class DirEntry:
 
 @dataclass(slots=True)
 class DirSnapshot:
-    """A whole listing of one prefix, sorted by name; offsets index ``entries``."""
+    """A whole listing of one prefix, sorted by name; offsets index ``entries``. Never changes
+    once made: a directory handle reads from the snapshot it opened with."""
 
     prefix: str
     entries: tuple[DirEntry, ...]
     taken_at: float
-    _index: dict[str, int] = field(default_factory=dict, repr=False)
 
-    def __post_init__(self) -> None:
-        self._index = {entry.name: i for i, entry in enumerate(self.entries)}
+
+class DirListing:
+    """The cached listing of one prefix, kept up to date with this mount's own changes.
+
+    Entries are held by name, so a create, unlink or rename in a directory of any size costs
+    O(1) (``put``/``remove``); the sorted :class:`DirSnapshot` that opendir hands out is built
+    on demand, once per change burst, and a snapshot already handed out is never modified
+    (copy-on-write), so readdir never skips or repeats a name while the directory changes.
+    """
+
+    __slots__ = ("_entries", "_snapshot", "prefix", "taken_at")
+
+    def __init__(
+        self,
+        prefix: str,
+        entries: Sequence[DirEntry],
+        taken_at: float,
+        *,
+        snapshot: DirSnapshot | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self.taken_at = taken_at
+        self._entries: dict[str, DirEntry] = {entry.name: entry for entry in entries}
+        self._snapshot = snapshot
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def find(self, name: str) -> DirEntry | None:
-        position = self._index.get(name)
-        return None if position is None else self.entries[position]
+        return self._entries.get(name)
+
+    def put(self, entry: DirEntry) -> None:
+        self._entries[entry.name] = entry
+        self._snapshot = None
+
+    def remove(self, name: str) -> None:
+        if self._entries.pop(name, None) is not None:
+            self._snapshot = None
+
+    def snapshot(self) -> DirSnapshot:
+        if self._snapshot is None:
+            ordered = tuple(self._entries[name] for name in sorted(self._entries))
+            self._snapshot = DirSnapshot(self.prefix, ordered, self.taken_at)
+        return self._snapshot
 
 
 def build_entries(
@@ -204,40 +242,45 @@ def build_entries(
 
 
 class ListingCache:
-    """Recent directory snapshots, bounded by their total number of entries, with a TTL."""
+    """Recent directory listings, bounded by their total number of entries, with a TTL."""
 
     def __init__(
         self, ttl_s: float, max_entries: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._ttl_s = ttl_s
         self._clock = clock
-        self._cache: LRUCache[str, DirSnapshot] = LRUCache(
-            maxsize=max(1, max_entries), getsizeof=lambda snapshot: len(snapshot.entries) + 1
+        self._cache: LRUCache[str, DirListing] = LRUCache(
+            maxsize=max(1, max_entries), getsizeof=lambda listing: len(listing) + 1
         )
 
-    def get(self, prefix: str) -> DirSnapshot | None:
-        snapshot = self._cache.get(prefix)
-        if snapshot is None:
+    def get(self, prefix: str) -> DirListing | None:
+        listing = self._cache.get(prefix)
+        if listing is None:
             return None
-        if self._clock() - snapshot.taken_at >= self._ttl_s:
+        if self._clock() - listing.taken_at >= self._ttl_s:
             self._cache.pop(prefix, None)
             return None
-        return snapshot
+        return listing
 
-    def put(self, snapshot: DirSnapshot) -> None:
+    def put(self, listing: DirListing) -> None:
+        """Store ``listing``, or store it again after it changed in place (its size counts)."""
         if self._ttl_s <= 0:
             return
         try:
-            self._cache[snapshot.prefix] = snapshot
+            self._cache[listing.prefix] = listing
         except ValueError:
+            self._cache.pop(listing.prefix, None)
             log.debug(
-                "listing of %r (%d entries) exceeds the listing cache",
-                snapshot.prefix,
-                len(snapshot.entries),
+                "listing of %r (%d entries) exceeds the listing cache", listing.prefix, len(listing)
             )
 
     def invalidate(self, prefix: str) -> None:
         self._cache.pop(prefix, None)
+
+    def invalidate_under(self, prefix: str) -> None:
+        """Drop the listings of ``prefix`` and of every directory below it."""
+        for key in [key for key in self._cache if key.startswith(prefix)]:
+            self._cache.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -287,6 +330,10 @@ class StatCache:
     def invalidate(self, key: str) -> None:
         self._cache.pop(key, None)
 
+    def invalidate_under(self, prefix: str) -> None:
+        for key in [key for key in self._cache if key.startswith(prefix)]:
+            self._cache.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._cache)
 
@@ -309,6 +356,11 @@ class NegativeCache:
     def discard(self, key: str) -> None:
         if self._cache is not None:
             self._cache.pop(key, None)
+
+    def discard_under(self, prefix: str) -> None:
+        if self._cache is not None:
+            for key in [key for key in self._cache if key.startswith(prefix)]:
+                self._cache.pop(key, None)
 
 
 class DiskMetadataCache:
@@ -426,7 +478,7 @@ class Namespace:
         """A snapshot of the directory ``prefix`` (all pages), from the cache if fresh."""
         cached = self._listings.get(prefix)
         if cached is not None:
-            return cached
+            return cached.snapshot()
         return await self._listing_flights.run(prefix, lambda: self._fetch_listing(prefix))
 
     async def _fetch_listing(self, prefix: str) -> DirSnapshot:
@@ -461,7 +513,7 @@ class Namespace:
             # No HEADs, but exact attributes already known for the same version cost nothing.
             entries = [self._known_version(prefix, entry) for entry in entries]
         snapshot = DirSnapshot(prefix, tuple(entries), taken_at)
-        self._listings.put(snapshot)
+        self._listings.put(DirListing(prefix, entries, taken_at, snapshot=snapshot))
         for entry in entries:
             self._negative.discard(prefix + entry.name)
         return snapshot
@@ -576,9 +628,9 @@ class Namespace:
         key = parent_prefix + name
         if key in self._negative:
             return None
-        snapshot = self._listings.get(parent_prefix)
-        if snapshot is not None:
-            entry = snapshot.find(name)
+        listing = self._listings.get(parent_prefix)
+        if listing is not None:
+            entry = listing.find(name)
             return None if entry is None else entry.attrs
         for cached_key in (key, key + "/"):
             cached = self._stats.get_fresh(cached_key)
@@ -688,21 +740,21 @@ class Namespace:
         """A name this mount created, changed (``attrs``) or removed (None).
 
         Its cached stat and negative entries go; the parent's cached listing, if any, is
-        updated rather than dropped, so that the next lookup in that directory (cp -r asks for
-        every name before creating it) is answered without a request.
+        updated in place (O(1)) rather than dropped, so that the next lookup in that directory
+        (cp -r asks for every name before creating it) is answered without a request.
         """
         self._stats.invalidate(key)
         self._negative.discard(key.rstrip("/"))
         parent, _, name = key.rstrip("/").rpartition("/")
         prefix = parent + "/" if parent else ""
-        snapshot = self._listings.get(prefix)
-        if snapshot is None:
+        listing = self._listings.get(prefix)
+        if listing is None:
             return
-        entries = [entry for entry in snapshot.entries if entry.name != name]
-        if attrs is not None:
-            entries.append(DirEntry(name, attrs))
-            entries.sort(key=lambda entry: entry.name)
-        self._listings.put(DirSnapshot(prefix, tuple(entries), snapshot.taken_at))
+        if attrs is None:
+            listing.remove(name)
+        else:
+            listing.put(DirEntry(name, attrs))
+        self._listings.put(listing)
 
     def forget_listing(self, prefix: str) -> None:
         """Drop the cached listing of the directory ``prefix`` itself (``invalidate`` drops
@@ -710,7 +762,16 @@ class Namespace:
         be served."""
         self._listings.invalidate(prefix)
 
+    def forget_tree(self, prefix: str) -> None:
+        """Forget everything cached at or below the directory ``prefix`` (ending in "/"):
+        listings, HEAD results and names found missing. After a directory rename both the
+        old and the new prefix hold other objects than any cache says."""
+        self._listings.invalidate_under(prefix)
+        self._stats.invalidate_under(prefix)
+        self._negative.discard_under(prefix)
+        self._negative.discard(prefix.rstrip("/"))
+
     def note_empty_directory(self, prefix: str) -> None:
         """A directory this mount just made: nothing is under it, so lookups in it need no
         request until the listing expires."""
-        self._listings.put(DirSnapshot(prefix, (), self._clock()))
+        self._listings.put(DirListing(prefix, (), self._clock()))

@@ -51,7 +51,7 @@ from ossmount.fs.dircache import FOLDER_SUFFIX, DirEntry, DirSnapshot, Namespace
 from ossmount.fs.inodes import Inode, InodeTable
 from ossmount.fs.reader import FileReader, ReadCache
 from ossmount.fs.writer import StagedFile, WriteStaging
-from ossmount.oss.errors import NotFound, OssError, PreconditionFailed
+from ossmount.oss.errors import NotFound, OssError, PreconditionFailed, group_failures
 from ossmount.oss.model import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,24 @@ STATFS_BLOCKS = 1 << 40
 STATFS_FILES = 1 << 32
 
 
+def _fuse_error_for(operation: str, args: tuple[object, ...], exc: Exception) -> pyfuse3.FUSEError:
+    """The errno a failure of a handler reports: the one decision, for every handler."""
+    if isinstance(exc, pyfuse3.FUSEError):
+        return exc
+    if isinstance(exc, OssError):
+        log.debug("%s%r failed: %s", operation, args, exc)
+        if exc.errno == errno.EIO:
+            log.warning("%s failed: %s", operation, exc)
+        return pyfuse3.FUSEError(exc.errno)
+    if isinstance(exc, OSError):
+        # The write path's own failures carry their errno: ENOSPC (staging budget), EIO
+        # (upload failed after retries, data kept staged), EBUSY.
+        log.warning("%s failed: %s", operation, exc)
+        return pyfuse3.FUSEError(exc.errno or errno.EIO)
+    log.error("internal error in %s%r", operation, args, exc_info=exc)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
 def _errno_boundary(
     handler: Callable[Concatenate[SelfT, P], Coroutine[Any, Any, T]],
 ) -> Callable[Concatenate[SelfT, P], Coroutine[Any, Any, T]]:
@@ -72,19 +90,13 @@ def _errno_boundary(
             return await handler(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except OssError as exc:
-            log.debug("%s%r failed: %s", handler.__name__, args, exc)
-            if exc.errno == errno.EIO:
-                log.warning("%s failed: %s", handler.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno) from exc
-        except OSError as exc:
-            # The write path's own failures carry their errno: ENOSPC (staging budget), EIO
-            # (upload failed after retries, data kept staged), EBUSY.
-            log.warning("%s failed: %s", handler.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from exc
-        except Exception:
-            log.exception("internal error in %s%r", handler.__name__, args)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:
+            # Concurrent requests fail as a group: its first failure decides (the others are
+            # the same outage, or the Cancelled it caused).
+            failures = group_failures(exc)
+            first = failures[0] if failures else exc
+            cause = first if isinstance(first, Exception) else exc
+            raise _fuse_error_for(handler.__name__, args, cause) from None
 
     wrapper.__name__ = handler.__name__
     wrapper.__qualname__ = handler.__qualname__
@@ -391,18 +403,44 @@ class OssFs(pyfuse3.Operations):
             reader = handle.reader
         try:
             return await reader.read(off, size)
-        except PreconditionFailed:
-            # The object was replaced while open: this handle fails, the next open sees the
-            # new version (never a mix of two versions in one read stream).
-            inode = handle.inode
-            log.warning(
-                "%s changed while open (ETag %s): read fails with EIO", inode.key, handle.etag
-            )
-            inode.stale = True
-            self._kernel_cached_etag.pop(inode.ino, None)
-            self.namespace.invalidate(inode.key)
-            self.read_cache.invalidate(inode.key, handle.etag)
-            raise _fuse_error(errno.EIO) from None
+        except (NotFound, PreconditionFailed) as exc:
+            # A file this mount renamed (or whose directory it renamed) is read at its new key.
+            moved = await self._follow_rename(handle, reader)
+            if moved is not None:
+                return await moved.read(off, size)
+            if isinstance(exc, PreconditionFailed):
+                self._changed_while_open(handle)
+            raise
+
+    async def _follow_rename(self, handle: FileHandle, reader: FileReader) -> FileReader | None:
+        """The handle's reader at the key its inode has now, when this mount renamed the file
+        since the reader was opened and the object there is the same version (ETag, or size and
+        CRC-64, which a copy keeps); else None."""
+        node = handle.inode
+        if reader.key == node.key:
+            return None
+        info = await self._head_or_none(node.key)
+        if info is None or info.size != reader.size:
+            return None
+        same_crc = info.crc64 is not None and info.crc64 == reader.expected_crc64
+        if info.etag != reader.etag and not same_crc:
+            return None
+        log.debug("%s: open handle follows its rename to %s", reader.key, node.key)
+        handle.retired.append(reader)
+        handle.reader = self.read_cache.open(node.key, info.size, info.etag, info.crc64)
+        handle.etag = info.etag
+        return handle.reader
+
+    def _changed_while_open(self, handle: FileHandle) -> None:
+        """The object was replaced while open: this handle fails with EIO, the next open sees
+        the new version (never a mix of two versions in one read stream)."""
+        inode = handle.inode
+        log.warning("%s changed while open (ETag %s): read fails with EIO", inode.key, handle.etag)
+        inode.stale = True
+        self._kernel_cached_etag.pop(inode.ino, None)
+        self.namespace.invalidate(inode.key)
+        self.read_cache.invalidate(inode.key, handle.etag)
+        raise _fuse_error(errno.EIO)
 
     @_errno_boundary
     async def release(self, fh: int) -> None:
@@ -754,18 +792,30 @@ class OssFs(pyfuse3.Operations):
         parent = self._dir_inode(parent_inode)
         staging = self._writable()
         key = parent.key + os.fsdecode(name)
-        node = self.inodes.by_key(key)
-        if node is not None and node.open_count > 0 and node.ino not in self._detached:
-            # Open handles keep reading (and writing) a private copy until the last close.
-            staged = staging.staged(key)
-            existing = None if staged is not None else await self._head_or_none(key)
-            if staged is not None or existing is not None:
-                self._detached[node.ino] = await staging.open(key, existing, truncate=False)
-        await staging.unlink(key)
-        await self.namespace.client.delete_object(self.namespace.bucket, key)
+        await self._keep_open_handles_working(key)
+        async with staging.removing(key):
+            await self.namespace.client.delete_object(self.namespace.bucket, key)
         self.inodes.detach(key)
         self.namespace.note_entry(key, None)
         self.read_cache.invalidate(key)
+
+    async def _keep_open_handles_working(self, key: str) -> None:
+        """Before the object at ``key`` is deleted or replaced by a rename: if the file is open
+        here, its handles get a private local copy to go on with (read, write, fstat) until
+        the last of them is closed; it is never uploaded (see WriteStaging.removing)."""
+        node = self.inodes.by_key(key)
+        if node is None or node.kind is not Kind.FILE or node.open_count == 0:
+            return
+        if node.ino in self._detached:
+            return
+        staging = self._writable()
+        staged = staging.staged(key)
+        existing = None if staged is not None else await self._head_or_none(key)
+        if staged is None and existing is None:
+            return
+        private = await staging.open(key, existing, truncate=False)
+        self._detached[node.ino] = private
+        await private.make_private()
 
     @staticmethod
     def _native_symlink_key(link_key: str, target: str) -> str | None:
@@ -843,31 +893,45 @@ class OssFs(pyfuse3.Operations):
             if target is not None and not await self._directory_is_empty(new_key):
                 raise _fuse_error(errno.ENOTEMPTY)
             await staging.rename_directory(old_key, new_key)
-            self.namespace.forget_listing(old_key)
-            self.namespace.forget_listing(new_key)
+            # Listings, HEAD results and missing names at or below either prefix are all
+            # out of date now.
+            self.namespace.forget_tree(old_key)
+            self.namespace.forget_tree(new_key)
+            moved_attrs = source
         else:
             old_key = old_parent.key + old_name
             new_key = new_parent.key + new_name
             if target is not None and target.kind is Kind.DIR:
                 raise _fuse_error(errno.EISDIR)
+            if target is not None:
+                await self._keep_open_handles_working(new_key)
             new_info = await staging.rename_file(
                 old_key,
                 new_key,
                 no_replace=bool(flags & pyfuse3.RENAME_NOREPLACE),
                 symlink=source.object_type == "Symlink",
             )
-            moved = self.inodes.by_key(old_key)
-            if moved is not None and new_info is not None:
-                moved.attrs = replace(
-                    moved.attrs,
+            moved_attrs = source
+            if new_info is not None:
+                moved_attrs = replace(
+                    source,
                     etag=new_info.etag,
                     crc64=new_info.crc64,
                     last_modified=new_info.last_modified,
                 )
+            for key in (old_key, new_key):
+                self.read_cache.invalidate(key)
         inode = self.inodes.by_key(old_key)
         if inode is not None:
+            if inode.kind is Kind.FILE:
+                inode.attrs = replace(
+                    inode.attrs,
+                    etag=moved_attrs.etag,
+                    crc64=moved_attrs.crc64,
+                    last_modified=moved_attrs.last_modified,
+                )
             self.inodes.rename(inode, new_parent, new_name)
             self._kernel_cached_etag.pop(inode.ino, None)
-        for key in (old_key, new_key):
-            self.namespace.invalidate(key)
-            self.read_cache.invalidate(key)
+            moved_attrs = inode.attrs
+        self.namespace.note_entry(old_key, None)
+        self.namespace.note_entry(new_key, moved_attrs)

@@ -389,7 +389,7 @@ class FileReader:
         self.key = key
         self.size = size
         self.etag = etag
-        self._expected_crc64 = crc64
+        self.expected_crc64 = crc64  # of the whole object, when known
         self._block_size = cache.block_size
         self._block_count = math.ceil(size / self._block_size)
         # Sequential detection and the prefetch window (in blocks).
@@ -623,7 +623,7 @@ class FileReader:
                 await trio.sleep(_RESUME_BACKOFF_S)
 
     def _verify_whole_file(self) -> None:
-        expected = self._expected_crc64
+        expected = self.expected_crc64
         if expected is None:
             expected = self._source.object_crc64
         if expected is None:

@@ -76,7 +76,7 @@ import os
 import posixpath
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -107,6 +107,7 @@ from ossmount.oss.errors import (
     NotFound,
     OssError,
     PreconditionFailed,
+    first_failure,
     is_transient,
 )
 from ossmount.oss.model import ObjectInfo, PartInfo, PutResult
@@ -171,6 +172,8 @@ class RecoveryReport:
     aborted_uploads: list[str] = field(default_factory=list)  # "key (upload id)"
     renames: list[str] = field(default_factory=list)  # directory renames finished
     failed: list[str] = field(default_factory=list)  # "key: reason"; still staged
+    # "key: reason -> directory": could never be finished; the data was moved aside.
+    quarantined: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """One line per action, for the log and `ossmount recover`."""
@@ -180,11 +183,15 @@ class RecoveryReport:
             + [f"aborted multipart upload {item}" for item in self.aborted_uploads]
             + [f"finished directory rename {item}" for item in self.renames]
             + [f"FAILED to finish {item} (still staged, will retry)" for item in self.failed]
+            + [
+                f"QUARANTINED {item} (not uploaded; the data is kept there)"
+                for item in self.quarantined
+            ]
         )
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.quarantined
 
 
 def moved_symlink_target(old_key: str, new_key: str, target_key: str) -> str:
@@ -471,23 +478,37 @@ class StagedFile:
         """The last of the handles that opened this file was closed (call once per open)."""
         await self._staging._release(self)
 
+    async def make_private(self) -> None:
+        """Put every byte of the file on the staging disk (fetching the object if nothing is
+        staged), so that its open handles can go on without the object: before it is deleted
+        or replaced by a rename."""
+        async with self._lock:
+            await self._make_private_locked()
+
+    async def _make_private_locked(self) -> None:
+        if self._mode == MODE_REMOTE:
+            await self._make_local()
+        if self._mode == MODE_STREAM and not await self._stream_to_local():
+            # Parts already left the disk: what is still staged is all that can be read.
+            log.warning(
+                "%s: unlinked or replaced while open; its earlier parts are no longer readable",
+                self.key,
+            )
+
     async def detach(self) -> None:
         """The file is being unlinked while open: keep a full local copy so that open handles
         keep working, never upload it again, and drop it at the last release."""
         async with self._lock:
-            if self._mode == MODE_REMOTE:
-                await self._make_local()
-            if self._mode == MODE_STREAM and not await self._stream_to_local():
-                # Parts already left the disk: what is still staged is all that can be read.
-                log.warning(
-                    "%s: unlinked while open; earlier parts are no longer readable", self.key
-                )
-            self._unlinked = True
-            self._dirty = False
-            self._retry_due_s = None
-            self._state = STATE_DIRTY
-            self._journal(state=STATE_DIRTY, plan=None)
-            await self._abort_upload()
+            await self._make_private_locked()
+            await self._detach_locked()
+
+    async def _detach_locked(self) -> None:
+        self._unlinked = True
+        self._dirty = False
+        self._retry_due_s = None
+        self._state = STATE_DIRTY
+        self._journal(state=STATE_DIRTY, plan=None)
+        await self._abort_upload()
 
     # --- stream mode ---------------------------------------------------------------------
 
@@ -976,9 +997,10 @@ class StagedFile:
             for n in range(1, last_part + 1)
             if n not in self._uploaded_parts and self._part_path(n).exists()
         ]
-        async with trio.open_nursery() as nursery:
-            for number in pending:
-                nursery.start_soon(self._send_and_record, number)
+        with first_failure():
+            async with trio.open_nursery() as nursery:
+                for number in pending:
+                    nursery.start_soon(self._send_and_record, number)
         missing = [n for n in range(1, last_part + 1) if n not in self._uploaded_parts]
         if missing:
             raise OssError(f"{self.key}: parts {missing} are neither uploaded nor staged")
@@ -1082,9 +1104,10 @@ class StagedFile:
             self._uploaded_parts[part.part_number] = info
             self._staging.journal.record_part(self._file_id, info)
 
-        async with trio.open_nursery() as nursery:
-            for part in plan:
-                nursery.start_soon(run_part, part)
+        with first_failure():
+            async with trio.open_nursery() as nursery:
+                for part in plan:
+                    nursery.start_soon(run_part, part)
         parts: list[PartInfo] = []
         for part in plan:
             info = self._uploaded_parts[part.part_number]
@@ -1140,12 +1163,16 @@ class StagedFile:
                         byte_range=(part.offset, part.offset + part.size - 1),
                         if_match=self._base_etag,
                     )
-                except PreconditionFailed:
+                except (PreconditionFailed, NotFound) as exc:
+                    # The base object changed (412) or is gone (404: renamed or deleted since
+                    # the copy was made): every byte is in the local copy.
                     if not have_local:
                         raise
                     log.info(
-                        "%s: base object changed; sending bytes %d-%d from the local copy",
+                        "%s: base object %s %s; sending bytes %d-%d from the local copy",
                         self.key,
+                        self._base_key,
+                        "changed" if isinstance(exc, PreconditionFailed) else "is gone",
                         part.offset,
                         part.offset + part.size - 1,
                     )
@@ -1319,38 +1346,55 @@ class WriteStaging:
         staged._handles += 1
         return staged
 
-    async def unlink(self, key: str) -> None:
-        """``key`` is being deleted: open handles keep a private copy (see StagedFile.detach);
-        a closed file whose upload is still pending is dropped, so it never reappears."""
+    @contextlib.asynccontextmanager
+    async def removing(self, key: str) -> AsyncIterator[None]:
+        """Around the request that removes the object at ``key``: its DeleteObject, or the
+        copy of a rename onto it.
+
+        While the request runs, no upload of the key's staged file (an open file, or a closed
+        one whose upload is pending) can start, so none can publish old data over the change;
+        the journal already says "discard" should the process die meanwhile. When the request
+        succeeds the staged file leaves the key for good: handles still open on it keep
+        working on their local copy (make it beforehand with :meth:`StagedFile.make_private`)
+        and it is never uploaded; without open handles it is dropped. When the request fails,
+        nothing changed.
+        """
         staged = self._files.get(key)
         if staged is None:
+            yield
             return
-        if staged._handles > 0:
-            await staged.detach()
-            # Its handles keep it; a new file of the same name starts afresh.
-            if self._files.get(key) is staged:
-                del self._files[key]
-            return
-        staged._unlinked = True
-        staged._retry_due_s = None
-        await self._discard(staged)
+        async with staged._lock:
+            if staged._state == STATE_FLUSHING:
+                staged._journal(state=STATE_DIRTY)
+            try:
+                yield
+            except BaseException:
+                if staged._state == STATE_FLUSHING:
+                    staged._journal(state=STATE_FLUSHING)
+                raise
+            await staged._detach_locked()
+        if self._files.get(key) is staged:
+            del self._files[key]
+        if staged._handles == 0:
+            await self._discard(staged)
 
-    def rename(self, old_key: str, new_key: str, new_info: ObjectInfo | None) -> None:
-        """The file at ``old_key`` is now ``new_key`` (the caller renamed the object, after a
-        flush); ``new_info`` is the renamed object (its new ETag is the copy source)."""
+    def rename(self, old_key: str, new_key: str, new_etag: str | None) -> None:
+        """The object at ``old_key`` is now ``new_key`` (the caller moved it, after a flush) with
+        ETag ``new_etag`` (None: not known): its staged state follows, and the moved object is
+        the base that later uploads copy unchanged ranges from."""
         staged = self._files.pop(old_key, None)
         if staged is None:
             return
-        replaced = self._files.pop(new_key, None)
-        if replaced is not None:
-            replaced._unlinked = True
         staged.key = new_key
         fields: dict[str, object] = {"key": new_key}
-        if new_info is not None:
-            staged.remote_etag = new_info.etag
+        if staged._base_key is not None:
             staged._base_key = new_key
-            staged._base_etag = new_info.etag
-            fields.update(base_key=new_key, base_etag=new_info.etag)
+            fields["base_key"] = new_key
+            if new_etag is not None:
+                staged._base_etag = new_etag
+                fields["base_etag"] = new_etag
+        if new_etag is not None and staged.remote_etag is not None:
+            staged.remote_etag = new_etag
         self.journal.update(staged._file_id, **fields)
         self._files[new_key] = staged
 
@@ -1362,22 +1406,24 @@ class WriteStaging:
         """Rename one object: a staged version is flushed first, then the object is copied
         (CopyObject up to 1 GB, UploadPartCopy above, If-Match on the source; ``no_replace`` =
         RENAME_NOREPLACE: x-oss-forbid-overwrite, FileAlreadyExists/EEXIST if the target
-        exists), the old key deleted, and the staged state moved to the new key. An OSS-native
-        symlink (``symlink``; HEAD would follow it) is re-created by PutSymlink.
+        exists), the old key deleted, and the staged state moved to the new key. A staged
+        file of the replaced target is detached (see :meth:`removing`). An OSS-native symlink
+        (``symlink``; HEAD would follow it) is re-created by PutSymlink.
         -> the new object's info (None for a symlink)."""
         staged = self._files.get(old_key)
         if staged is not None and staged.dirty:
             await staged.flush()
-        if symlink:
-            await self._move_key(old_key, new_key, 0, "", "Symlink", no_replace=no_replace)
-            self.rename(old_key, new_key, None)
-            return None
-        info = await self.client.head_object(self.bucket, old_key)
-        await self._move_key(
-            old_key, new_key, info.size, info.etag, info.object_type, no_replace=no_replace
-        )
-        new_info = await self.client.head_object(self.bucket, new_key)
-        self.rename(old_key, new_key, new_info)
+        new_info: ObjectInfo | None = None
+        async with self.removing(new_key):
+            if symlink:
+                await self._move_key(old_key, new_key, 0, "", "Symlink", no_replace=no_replace)
+            else:
+                info = await self.client.head_object(self.bucket, old_key)
+                await self._move_key(
+                    old_key, new_key, info.size, info.etag, info.object_type, no_replace=no_replace
+                )
+                new_info = await self.client.head_object(self.bucket, new_key)
+        self.rename(old_key, new_key, new_info.etag if new_info is not None else None)
         return new_info
 
     async def rename_directory(self, old_prefix: str, new_prefix: str) -> int:
@@ -1409,6 +1455,7 @@ class WriteStaging:
             info = await self.client.head_object(self.bucket, folder_marker)
             entries.append((folder_marker, info.size, info.etag, info.object_type))
         limiter = trio.CapacityLimiter(RENAME_CONCURRENCY)
+        new_etags: dict[str, str | None] = {}
 
         async def move(key: str, size: int, etag: str, object_type: str) -> None:
             if key == folder_marker:
@@ -1416,13 +1463,14 @@ class WriteStaging:
             else:
                 new_key = new_prefix + key[len(old_prefix) :]
             async with limiter:
-                await self._move_key(key, new_key, size, etag, object_type)
+                new_etags[key] = await self._move_key(key, new_key, size, etag, object_type)
 
-        async with trio.open_nursery() as nursery:
-            for entry in entries:
-                nursery.start_soon(move, *entry)
+        with first_failure():
+            async with trio.open_nursery() as nursery:
+                for entry in entries:
+                    nursery.start_soon(move, *entry)
         for key in [key for key in self._files if key.startswith(old_prefix)]:
-            self.rename(key, new_prefix + key[len(old_prefix) :], None)
+            self.rename(key, new_prefix + key[len(old_prefix) :], new_etags.get(key))
         return len(entries)
 
     async def _move_key(
@@ -1434,10 +1482,13 @@ class WriteStaging:
         object_type: str,
         *,
         no_replace: bool = False,
-    ) -> None:
+    ) -> str | None:
         """Copy one object to ``new_key`` (checked by CRC-64 where the server says), then
-        delete it. A source that vanished meanwhile (moved by an earlier attempt) is skipped."""
+        delete it; -> the copy's ETag (None for a symlink). A source that vanished meanwhile
+        (moved by an earlier attempt) is skipped (None); one that changed since it was listed
+        is copied as it is now."""
         client = self.client
+        new_etag: str | None = None
         try:
             if object_type == "Symlink":
                 # (A HEAD would describe the target; the link's own user metadata is not kept.)
@@ -1445,23 +1496,38 @@ class WriteStaging:
                 target = moved_symlink_target(old_key, new_key, target)
                 await client.put_symlink(self.bucket, new_key, target, forbid_overwrite=no_replace)
             elif size <= COPY_OBJECT_LIMIT:
-                await client.copy_object(
-                    self.bucket,
-                    old_key,
-                    self.bucket,
-                    new_key,
-                    if_match=etag or None,
-                    forbid_overwrite=no_replace,
-                )
+                try:
+                    result = await client.copy_object(
+                        self.bucket,
+                        old_key,
+                        self.bucket,
+                        new_key,
+                        if_match=etag or None,
+                        forbid_overwrite=no_replace,
+                    )
+                except PreconditionFailed:
+                    # Replaced since it was listed: the rename moves what is there now.
+                    current = await client.head_object(self.bucket, old_key)
+                    return await self._move_key(
+                        old_key,
+                        new_key,
+                        current.size,
+                        current.etag,
+                        current.object_type,
+                        no_replace=no_replace,
+                    )
+                new_etag = result.etag
             else:
-                await self._multipart_copy(old_key, new_key, no_replace=no_replace)
+                new_etag = await self._multipart_copy(old_key, new_key, no_replace=no_replace)
         except NoSuchKey:
             log.info("rename: %s is gone already (moved before?)", old_key)
-            return
+            return None
         await client.delete_object(self.bucket, old_key)
+        return new_etag
 
-    async def _multipart_copy(self, old_key: str, new_key: str, *, no_replace: bool) -> None:
-        """Copy an object over 1 GB with UploadPartCopy (same metadata, CRC-64 checked)."""
+    async def _multipart_copy(self, old_key: str, new_key: str, *, no_replace: bool) -> str:
+        """Copy an object over 1 GB with UploadPartCopy (same metadata, CRC-64 checked);
+        -> the copy's ETag."""
         client = self.client
         info = await client.head_object(self.bucket, old_key)
         plan = plan_parts(info.size, RangeSet(), info.size, part_size=self.part_size)
@@ -1484,9 +1550,10 @@ class WriteStaging:
                         if_match=info.etag,
                     )
 
-            async with trio.open_nursery() as nursery:
-                for part in plan:
-                    nursery.start_soon(copy_part, part)
+            with first_failure():
+                async with trio.open_nursery() as nursery:
+                    for part in plan:
+                        nursery.start_soon(copy_part, part)
             ordered = [
                 PartInfo(n, parts[n].etag, parts[n].size) for n in sorted(parts)
             ]  # CRCs of copied parts are not all known: the whole object is checked below
@@ -1504,6 +1571,7 @@ class WriteStaging:
             raise
         if info.crc64 is not None and result.crc64 is not None and result.crc64 != info.crc64:
             raise IntegrityError(f"copy of {old_key} to {new_key}: CRC-64 differs")
+        return result.etag
 
     async def _release(self, staged: StagedFile) -> None:
         staged._handles -= 1
@@ -1634,8 +1702,8 @@ class WriteStaging:
         for rename_id, old_prefix, new_prefix in self.journal.renames():
             try:
                 moved = await self._move_prefix(old_prefix, new_prefix)
-            except OssError as exc:
-                report.failed.append(f"rename of {old_prefix} to {new_prefix}: {exc}")
+            except Exception as exc:  # reported; the next start tries again
+                report.failed.append(f"rename of {old_prefix} to {new_prefix}: {exc!r}")
                 continue
             self.journal.remove_rename(rename_id)
             report.renames.append(f"{old_prefix} -> {new_prefix} ({moved} keys moved)")
@@ -1652,12 +1720,34 @@ class WriteStaging:
             if entry.upload_id is None and entry.upload_intent_s is not None:
                 await self._abort_orphans(entry, report)
             await staged.flush()
-        except (OssError, OSError) as exc:
-            report.failed.append(f"{entry.key}: {exc}")
+        except Exception as exc:
+            cause = exc.__cause__ if isinstance(exc, UploadFailedError) else exc
+            if cause is not None and is_transient(cause):
+                report.failed.append(f"{entry.key}: {exc}")  # still staged, retried
+            else:
+                # It would fail the same way at every start: move it aside, never block a mount.
+                report.quarantined.append(f"{entry.key}: {exc!r} -> {self._quarantine(staged)}")
             return
         report.completed.append(entry.key)
         if staged._handles == 0:
             await self._discard(staged)
+
+    def _quarantine(self, staged: StagedFile) -> Path:
+        """Move the staging files of ``staged`` to ``quarantine/<id>/`` in the state directory,
+        with a note of its key, and forget it: it is not uploaded, and no later start tries."""
+        target = self.state_dir / "quarantine" / str(staged._file_id)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in self.staging_dir.glob(f"{staged._file_id}.*"):
+            os.replace(path, target / path.name)
+        (target / "key.txt").write_text(f"{staged.key}\n{staged.size} bytes\n")
+        self.budget.release(staged._staged_bytes_accounted)
+        staged._unlinked = True
+        staged._dirty = False
+        staged._retry_due_s = None
+        self.journal.remove(staged._file_id)
+        if self._files.get(staged.key) is staged:
+            del self._files[staged.key]
+        return target
 
     async def _recover_discard(self, entry: JournalEntry, report: RecoveryReport) -> None:
         if entry.state == STATE_DIRTY:
@@ -1672,8 +1762,8 @@ class WriteStaging:
                 report.aborted_uploads.append(f"{upload_key} ({entry.upload_id})")
             elif entry.upload_intent_s is not None:
                 await self._abort_orphans(entry, report)
-        except OssError as exc:
-            report.failed.append(f"{entry.key}: abort of its multipart upload: {exc}")
+        except Exception as exc:  # reported; the next start tries again
+            report.failed.append(f"{entry.key}: abort of its multipart upload: {exc!r}")
             return
         for path in self.staging_dir.glob(f"{entry.file_id}.*"):
             path.unlink(missing_ok=True)

@@ -32,11 +32,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import errno as errno_codes
+import logging
+from collections.abc import Iterator
 
 import trio
 
 from ossmount.oss import xml as oss_xml
+
+log = logging.getLogger(__name__)
 
 # The one errno table: by OSS error Code first, then by HTTP status, else EIO.
 ERRNO_BY_CODE: dict[str, int] = {
@@ -412,3 +417,28 @@ def is_transient(exc: BaseException) -> bool:
     if exc.code in _TRANSIENT_CODES:
         return True
     return exc.status == 429 or (exc.status >= 500 and exc.status != 501)
+
+
+def group_failures(exc: BaseException) -> list[BaseException]:
+    """The failures inside ``exc``, a (nested) exception group or a single exception, in order,
+    without the Cancelled of tasks that a sibling's failure cancelled."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in group_failures(inner)]
+    return [] if isinstance(exc, trio.Cancelled) else [exc]
+
+
+@contextlib.contextmanager
+def first_failure() -> Iterator[None]:
+    """Around a nursery of OSS calls: the first failure goes up as itself (an OssError keeps
+    its errno and its transient-or-not verdict), not as an ExceptionGroup of it and of the
+    Cancelled of the tasks it stopped. A group of Cancelled only (we are being cancelled) goes
+    up unchanged."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        failures = group_failures(group)
+        if not failures:
+            raise
+        for other in failures[1:]:
+            log.debug("another concurrent request failed too: %r", other)
+        raise failures[0] from None

@@ -51,6 +51,7 @@ from ossmount.oss.errors import (
     NoSuchUpload,
     OssError,
     PreconditionFailed,
+    first_failure,
     is_transient,
 )
 from ossmount.oss.model import ObjectInfo, PartInfo, PutResult
@@ -170,29 +171,10 @@ async def _run_parts(
         for number, offset, size in queue:
             await transfer_part(number, offset, size)
 
-    try:
+    with first_failure():
         async with trio.open_nursery() as nursery:
             for _ in range(max(1, min(concurrency, len(parts)))):
                 nursery.start_soon(worker)
-    except BaseExceptionGroup as group:
-        # The first failure cancelled the other workers: report it, not a group of it and
-        # their Cancelled. A group of Cancelled only (we are cancelled) goes up as it is.
-        failures = _leaf_exceptions(group)
-        if not failures:
-            raise
-        for other in failures[1:]:
-            log.debug("another part failed too: %r", other)
-        raise failures[0] from None
-
-
-def _leaf_exceptions(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            leaves.extend(_leaf_exceptions(exc))
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-    return leaves
 
 
 class OrderedCrc:

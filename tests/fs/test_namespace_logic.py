@@ -22,7 +22,7 @@ from ossmount.fs.attrs import (
     posix_metadata,
 )
 from ossmount.fs.dircache import (
-    DirSnapshot,
+    DirListing,
     ListingCache,
     StatCache,
     WarnOnce,
@@ -159,9 +159,9 @@ def test_listing_cache_bounded_by_entries_and_ttl() -> None:
     now = [0.0]
     cache = ListingCache(ttl_s=10, max_entries=10, clock=lambda: now[0])
     entries = tuple(build_entries("", [summary(f"f{i}") for i in range(4)], [], DEFAULTS))
-    cache.put(DirSnapshot("a/", entries, 0.0))
-    cache.put(DirSnapshot("b/", entries, 0.0))
-    cache.put(DirSnapshot("c/", entries, 0.0))  # 3 x 5 > 10: the oldest goes
+    cache.put(DirListing("a/", entries, 0.0))
+    cache.put(DirListing("b/", entries, 0.0))
+    cache.put(DirListing("c/", entries, 0.0))  # 3 x 5 > 10: the oldest goes
     assert cache.get("a/") is None
     assert cache.get("c/") is not None
     now[0] = 11.0

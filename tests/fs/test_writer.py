@@ -577,7 +577,8 @@ async def test_unlink_drops_a_pending_upload(
         with pytest.raises(UploadFailedError):
             await staged.flush()
         await staged.release()
-        await staging.unlink("doomed")
+        async with staging.removing("doomed"):
+            await client.delete_object(TEST_BUCKET, "doomed")
         assert staging.staged("doomed") is None
         oss_server.faults.clear()
         await trio.sleep(0.3)  # no background retry brings it back
@@ -658,7 +659,8 @@ async def test_rename_while_open_then_more_writes(
         await staged.flush()  # what the caller does before renaming a dirty file
         await client.copy_object(TEST_BUCKET, "old-name", TEST_BUCKET, "new-name")
         await client.delete_object(TEST_BUCKET, "old-name")
-        staging.rename("old-name", "new-name", await client.head_object(TEST_BUCKET, "new-name"))
+        moved = await client.head_object(TEST_BUCKET, "new-name")
+        staging.rename("old-name", "new-name", moved.etag)
         assert staging.staged("new-name") is staged
         await staged.write(6, b"second")
         await staged.flush()
