@@ -43,6 +43,7 @@ from tests.mount.conftest import (
 from tests.mount.differential import (
     MOUNT_OPTIONS,
     DivergenceError,
+    DriverOptions,
     Op,
     Side,
     ops_from_json,
@@ -161,17 +162,16 @@ def replay(
 ) -> DivergenceError | None:
     with sides(args, label, seed) as (mount, local):
         try:
-            run_trial(mount, local, "t", seed=seed, ops=ops, **driver_options(args))
+            run_trial(mount, local, "t", seed=seed, ops=ops, options=driver_options(args))
         except DivergenceError as divergence:
             return divergence
     return None
 
 
-def driver_options(args: argparse.Namespace) -> dict[str, object]:
-    return {
-        "flush_eio_documented": args.faults,
-        "probe_streamed_gaps": args.probe_streamed_gaps,
-    }
+def driver_options(args: argparse.Namespace) -> DriverOptions:
+    return DriverOptions(
+        flush_eio_documented=args.faults, probe_streamed_gaps=args.probe_streamed_gaps
+    )
 
 
 def report(args: argparse.Namespace, divergence: DivergenceError, seed: int, name: str) -> None:
@@ -256,7 +256,7 @@ def main() -> int:
                     seed=seed,
                     count=args.ops,
                     remount_every=args.remount_every,
-                    **driver_options(args),
+                    options=driver_options(args),
                 )
             except DivergenceError as divergence:
                 caught: DivergenceError | None = divergence

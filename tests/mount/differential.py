@@ -446,26 +446,32 @@ def first_difference(left: bytes, right: bytes) -> str:
 # --- the driver --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DriverOptions:
+    """- flush_eio_documented: an EIO from close()/fsync() on the mount is accepted
+      (docs/semantics.md: "close()/fsync() whose upload failed after retries | EIO; the data
+      stays staged"), for runs against a server injecting faults.
+    - probe_streamed_gaps: read and truncate parts of streamed new files that were already
+      uploaded (see the module docstring).
+    - op_timeout_s: an op that takes longer is a divergence ("hang"); the mount is aborted.
+    """
+
+    flush_eio_documented: bool = False
+    probe_streamed_gaps: bool = False
+    op_timeout_s: float = 180.0
+
+
 class Differential:
     """Runs ops on ``mount`` and ``local`` and raises :class:`DivergenceError` at the first
-    difference. ``flush_eio_documented``: an EIO from close()/fsync() on the mount is accepted
-    (docs/semantics.md: "close()/fsync() whose upload failed after retries | EIO; the data
-    stays staged"), for runs against a server injecting faults."""
+    difference."""
 
-    def __init__(
-        self,
-        mount: Side,
-        local: Side,
-        *,
-        flush_eio_documented: bool = False,
-        probe_streamed_gaps: bool = False,
-        op_timeout_s: float = 180.0,
-    ) -> None:
+    def __init__(self, mount: Side, local: Side, options: DriverOptions | None = None) -> None:
         self.mount = mount
         self.local = local
-        self.flush_eio_documented = flush_eio_documented
-        self.probe_streamed_gaps = probe_streamed_gaps
-        self.op_timeout_s = op_timeout_s
+        self.options = options or DriverOptions()
+        self.flush_eio_documented = self.options.flush_eio_documented
+        self.probe_streamed_gaps = self.options.probe_streamed_gaps
+        self.op_timeout_s = self.options.op_timeout_s
         self.files: dict[int, FileModel] = {}  # by local inode number
         self.handle_flags: dict[int, int] = {}
         self.done: list[Op] = []
@@ -961,13 +967,13 @@ def run_trial(
     count: int = 0,
     remount_every: int = 0,
     ops: Sequence[Op] | None = None,
-    **options: Any,
+    options: DriverOptions | None = None,
 ) -> Differential:
     """One trial in fresh directories: ``ops`` if given, else ``count`` ops generated from
     ``seed``. Raises :class:`DivergenceError` (with ``seed`` and the ops so far); every handle is
     closed at the end either way."""
     start_trial((mount, local), trial)
-    driver = Differential(mount, local, **options)
+    driver = Differential(mount, local, options)
     try:
         if ops is None:
             driver.run(driver.generate(random.Random(seed), count, remount_every))

@@ -49,7 +49,9 @@ def test_same_seed_same_ops(tmp_path: Path) -> None:
     assert ops_from_json(ops_to_json(once, seed=3)) == once
 
 
-def test_a_planted_difference_is_found_with_its_step(tmp_path: Path) -> None:
+def test_a_planted_difference_is_found_with_its_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first, second = local_sides(tmp_path)
     ops = [
         Op("open", (0, "f0", "O_RDWR|O_CREAT")),
@@ -67,12 +69,9 @@ def test_a_planted_difference_is_found_with_its_step(tmp_path: Path) -> None:
         if first.fds.get(0) == fd:
             os.pwrite(fd, b"X", 100)
 
-    os.fsync = fsync_and_corrupt
-    try:
-        with pytest.raises(DivergenceError) as caught:
-            run_trial(first, second, "planted", seed=0, ops=ops)
-    finally:
-        os.fsync = original
+    monkeypatch.setattr(os, "fsync", fsync_and_corrupt)
+    with pytest.raises(DivergenceError) as caught:
+        run_trial(first, second, "planted", seed=0, ops=ops)
     assert caught.value.step == 3
     assert caught.value.signature == ("pread", "result")
     assert "first differing byte at 100" in caught.value.detail
