@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import trio
 
@@ -207,15 +207,17 @@ def plan_parts(
 class DiskBudget:
     """Bytes of staging disk in use, against a budget.
 
-    ``reserve`` waits while the budget is used up and uploads in progress will free some of it
+    ``reserve`` first asks ``evict`` to free bytes that are only kept for convenience (parts of
+    streamed files already uploaded), then waits while uploads in progress will free some
     (``expect_release`` / ``release``); when nothing will, it raises :class:`StagingFullError`
     (ENOSPC) at once. Nothing is written before its bytes are reserved, so a full budget
     never leaves a half-written staging file.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, evict: Callable[[int], None] | None = None) -> None:
         self.capacity = capacity
         self.used = 0
+        self._evict = evict
         self._pending_releases = 0
         self._changed = trio.Event()
 
@@ -223,6 +225,10 @@ class DiskBudget:
         if nbytes <= 0:
             return
         while self.used + nbytes > self.capacity:
+            if self._evict is not None:
+                self._evict(self.used + nbytes - self.capacity)  # releases what it frees
+                if self.used + nbytes <= self.capacity:
+                    break
             if self._pending_releases <= 0 or nbytes > self.capacity:
                 raise StagingFullError(
                     f"staging disk budget used up ({self.used} of {self.capacity} bytes; "

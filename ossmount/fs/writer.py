@@ -10,14 +10,15 @@ A staged file is in one of three modes:
     A new (or truncated) file written from the start. Its bytes live in part files of
     ``part_size`` (``<id>.part<N>``). When part N >= 2 fills, it is sent with UploadPart at once
     (at most ``upload_concurrency`` parts in flight per file and across the mount; a writer
-    waits for a free slot) and its file deleted, so a huge sequential write keeps only a few
-    parts on disk. Part 1 is sent as well but its file is kept until the end, so that a program
-    that rewrites a header at the start of the file (zip, mp4 muxers) still can (part 1 is then
-    sent again at flush). close() sends the last part and completes the upload. Writes into
-    part 1 or the last part are made in place. A write anywhere else (random writes, a
-    truncate) turns the file into a ``local`` one while every part is still on disk; once a part
-    was sent and dropped, a write or read into it fails with :class:`StreamedRangeGoneError`
-    (EIO), as out-of-order writes do in mountpoint-s3.
+    waits for a free slot). Its file stays on disk while the staging budget has room; uploaded
+    part files are dropped, oldest first, when a reservation needs the room, so a huge
+    sequential write needs no more disk than the budget. Part 1 is sent as well but its file
+    is kept until the end, so that a program that rewrites a header at the start of the file
+    (zip, mp4 muxers) still can (part 1 is then sent again at flush). close() sends the last
+    part and completes the upload. Writes into part 1 or the last part are made in place. A
+    write anywhere else (random writes, a truncate) turns the file into a ``local`` one while
+    every part is still on disk; once a part was dropped, a write or read into it fails with
+    :class:`StreamedRangeGoneError` (EIO), as out-of-order writes do in mountpoint-s3.
 ``local``
     A full staging file ``<id>.data``. For an existing object it is first a complete copy made
     by the checkpointed downloader (``transfer.download_file``; an interrupted copy resumes),
@@ -76,6 +77,7 @@ import os
 import posixpath
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -603,7 +605,8 @@ class StagedFile:
         self._parts_changed = trio.Event()
 
     async def _upload_stream_part(self, number: int, keep_file: bool) -> None:
-        """Background: send sealed part ``number`` and (unless keep_file) drop its file."""
+        """Background: send sealed part ``number``; its file stays until the budget needs the
+        room (unless ``keep_file``: part 1 always stays)."""
         path = self._part_path(number)
         version = self._part_versions.get(number, 0)
         try:
@@ -617,10 +620,8 @@ class StagedFile:
                 # (Else part 1 was rewritten meanwhile: the flush sends it again.)
                 self._uploaded_parts[number] = part
                 self._staging.journal.record_part(self._file_id, part)
-            if not keep_file:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                self._staging.budget.release(part.size)
+                if not keep_file:
+                    self._staging.keep_uploaded_part(self, number)
         finally:
             self._parts_in_flight -= 1
             if not keep_file:
@@ -678,6 +679,7 @@ class StagedFile:
                     shutil.copyfileobj(source, target)
                 path.unlink()
             target.truncate(self.size)
+        self._staging.forget_uploaded_parts(self)
         await self._abort_upload()
         self._mode = MODE_LOCAL
         self._base_key = self._base_etag = None
@@ -1187,6 +1189,7 @@ class StagedFile:
     # --- end of life ---------------------------------------------------------------------
 
     def _delete_staging_files(self) -> None:
+        self._staging.forget_uploaded_parts(self)
         for path in self._staging.staging_dir.glob(f"{self._file_id}.*"):
             path.unlink(missing_ok=True)
         shutil.rmtree(self._staging.download_dir / str(self._file_id), ignore_errors=True)
@@ -1251,7 +1254,11 @@ class WriteStaging:
                 f"state directory {state_dir} is in use by another ossmount process"
             ) from None
         self.journal = Journal(state_dir / "journal.sqlite")
-        self.budget = DiskBudget(disk_budget_bytes)
+        self.budget = DiskBudget(disk_budget_bytes, evict=self._evict_uploaded_parts)
+        # Part files of streamed files that are already uploaded, oldest first: kept while the
+        # budget allows (reads and writes anywhere in the file still work), dropped when it
+        # needs the room.
+        self._uploaded_part_files: OrderedDict[tuple[int, int], StagedFile] = OrderedDict()
         self.upload_limiter = trio.CapacityLimiter(self.upload_concurrency)
         self._files: dict[str, StagedFile] = {}
         self._nursery: trio.Nursery | None = None
@@ -1269,6 +1276,39 @@ class WriteStaging:
         if self._nursery is None:
             raise RuntimeError("WriteStaging.run() must be started before files are written")
         return self._nursery
+
+    def keep_uploaded_part(self, staged: StagedFile, number: int) -> None:
+        self._uploaded_part_files[(staged._file_id, number)] = staged
+
+    def forget_uploaded_parts(self, staged: StagedFile) -> None:
+        """``staged`` has no uploaded part files any more (published, dropped, or merged)."""
+        for number in range(1, staged._part_number_at(max(0, staged.size - 1)) + 2):
+            self._uploaded_part_files.pop((staged._file_id, number), None)
+
+    def _evict_uploaded_parts(self, needed: int) -> None:
+        """Drop uploaded part files, oldest first, until ``needed`` bytes are free. Files that
+        another task is reading or writing (their lock is held) are passed over; the current
+        task's own file (a write that needs the room) is not."""
+        freed = 0
+        current = trio.lowlevel.current_task()
+        for part_id, staged in list(self._uploaded_part_files.items()):
+            if freed >= needed:
+                return
+            owner = staged._lock.statistics().owner
+            if owner is not None and owner is not current:
+                continue
+            del self._uploaded_part_files[part_id]
+            number = part_id[1]
+            if staged._mode != MODE_STREAM or number not in staged._uploaded_parts:
+                continue
+            path = staged._part_path(number)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            freed += size
+            self.budget.release(size)
 
     def staged(self, key: str) -> StagedFile | None:
         """The staged file of ``key`` (open, or closed with an upload pending), if any."""

@@ -134,19 +134,24 @@ async def test_touch_creates_empty_object(
     assert await _in_thread(_get, oss2_bucket, "empty") == b""
 
 
-async def test_sequential_write_streams_parts_and_keeps_few_on_disk(
+async def test_sequential_write_streams_parts_within_the_budget(
     oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
 ) -> None:
     data = _data(40 * PART + 123)
     state_dir = tmp_path / "state"
-    async with _client(oss_server) as client, open_staging(client, state_dir) as staging:
+    # Room for part 1, the parts in flight (upload_concurrency) and the part being filled:
+    # uploaded parts are dropped to make room for new ones.
+    budget = (1 + 3 + 1) * PART
+    async with (
+        _client(oss_server) as client,
+        open_staging(client, state_dir, disk_budget_bytes=budget) as staging,
+    ):
         staged = await staging.open("big.bin", None, truncate=True)
         peak = 0
         for start in range(0, len(data), 32 * KiB):
             await staged.write(start, data[start : start + 32 * KiB])
             peak = max(peak, _staging_bytes(state_dir))
-        # Part 1, the parts in flight (upload_concurrency) and the part being filled.
-        assert peak <= (1 + 3 + 1) * PART
+        assert peak <= budget
         parts_before_close = oss_server.stats.count("UploadPart")
         assert parts_before_close >= 30  # streamed while writing, not at close
         oss_server.stats.reset()
@@ -164,7 +169,11 @@ async def test_sequential_write_streams_parts_and_keeps_few_on_disk(
 async def test_header_rewrite_and_random_writes_of_new_file(
     oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
 ) -> None:
-    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+    # A budget of 5 parts: the middle parts of the long file are dropped once uploaded.
+    async with (
+        _client(oss_server) as client,
+        open_staging(client, tmp_path / "state", disk_budget_bytes=5 * PART) as staging,
+    ):
         # A small file written out of order: becomes a full staging file.
         small = await staging.open("random.bin", None, truncate=True)
         expected = bytearray(PART + 500)
@@ -446,6 +455,30 @@ async def test_never_closed_write_leaves_the_old_object(
     assert await _in_thread(_get, oss2_bucket, "keep.bin") == b"old content"
     assert await _in_thread(_open_uploads, oss2_bucket) == []
     assert _staging_bytes(state_dir) == 0
+
+
+async def test_uploaded_parts_stay_on_disk_while_the_budget_has_room(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    """A streamed file whose parts went up can still be read anywhere, rewritten anywhere and
+    kept when unlinked while open, as long as the budget did not need the room."""
+    data = bytearray(_data(10 * PART + 5))
+    async with _client(oss_server) as client, open_staging(client, tmp_path / "state") as staging:
+        staged = await staging.open("kept.bin", None, truncate=True)
+        await _write_all(staged, bytes(data), 64 * KiB)
+        await staged._wait_stream_parts()
+        assert oss_server.stats.count("UploadPart") >= 8
+        assert await staged.read(3 * PART, 10) == data[3 * PART : 3 * PART + 10]
+        await staged.write(4 * PART + 1, b"rewritten")  # into a part already uploaded
+        data[4 * PART + 1 : 4 * PART + 10] = b"rewritten"
+        await staged.flush()
+        assert await _in_thread(_get, oss2_bucket, "kept.bin") == bytes(data)
+        await staged.write(7 * PART, b"again")
+        data[7 * PART : 7 * PART + 5] = b"again"
+        await staged.detach()  # what an unlink while open does
+        assert await staged.read(0, len(data)) == bytes(data)
+        await staged.release()
+    assert _staging_bytes(tmp_path / "state") == 0
 
 
 async def test_unlink_while_open_keeps_working_and_uploads_nothing(

@@ -204,13 +204,17 @@ def test_failed_upload_is_eio_at_close_then_retried(
     assert "unlucky.txt" in mounted.log()
 
 
-def test_streamed_dd_keeps_a_few_parts_on_disk(
+def test_streamed_dd_stays_within_the_staging_budget(
     mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket, tmp_path: Path
 ) -> None:
+    """Uploaded parts of a streamed file stay on disk only while the budget has room: a file
+    six times the budget goes through, dropping the oldest uploaded parts."""
     source = tmp_path / "source.bin"
     source.write_bytes(os.urandom(48 * MiB))
     state_dir = tmp_path / "streamed-state"
-    mounted = mount_ossmount([f"state_dir={state_dir},part_size=1m,upload_concurrency=2"])
+    mounted = mount_ossmount(
+        [f"state_dir={state_dir},part_size=1m,upload_concurrency=2,staging_budget=8m"]
+    )
     peak = 0
     stop = threading.Event()
 
@@ -234,7 +238,6 @@ def test_streamed_dd_keeps_a_few_parts_on_disk(
     finally:
         stop.set()
         poller.join()
-    # Part 1, the parts in flight and the part being filled: never the whole file.
     assert 0 < peak <= 8 * MiB, peak
     assert object_bytes(oss2_bucket, "dd.bin") == source.read_bytes()
 
