@@ -468,7 +468,7 @@ async def test_uploaded_parts_stay_on_disk_while_the_budget_has_room(
         await _write_all(staged, bytes(data), 64 * KiB)
         await staged._wait_stream_parts()
         assert oss_server.stats.count("UploadPart") >= 8
-        assert await staged.read(3 * PART, 10) == data[3 * PART : 3 * PART + 10]
+        assert await staged.read(3 * PART, 10) == bytes(data[3 * PART : 3 * PART + 10])
         await staged.write(4 * PART + 1, b"rewritten")  # into a part already uploaded
         data[4 * PART + 1 : 4 * PART + 10] = b"rewritten"
         await staged.flush()
