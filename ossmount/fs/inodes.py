@@ -227,10 +227,14 @@ class InodeTable:
         self.detach(new_key)
         moved = [inode]
         if inode.is_dir:
+            # Only inodes that still own their key: one unlinked while open (detached) must
+            # not come back under the new name.
             moved += [
                 other
                 for other in self._by_ino.values()
-                if other is not inode and other.key.startswith(old_key)
+                if other is not inode
+                and other.key.startswith(old_key)
+                and self._by_key.get(other.key) == other.ino
             ]
         for item in moved:
             if self._by_key.get(item.key) == item.ino:

@@ -663,12 +663,17 @@ class OssFs(pyfuse3.Operations):
         node = self._inode(inode)
         staging = self._writable()
         current = node.attrs
+        mtime_ns = current.mtime_ns
+        if fields.update_mtime:
+            mtime_ns = attr.st_mtime_ns
+        elif fields.update_size:
+            mtime_ns = time.time_ns()  # truncate changes the data: mtime moves, as on any disk
         changed = replace(
             current,
             permissions=stat.S_IMODE(attr.st_mode) if fields.update_mode else current.permissions,
             uid=attr.st_uid if fields.update_uid else current.uid,
             gid=attr.st_gid if fields.update_gid else current.gid,
-            mtime_ns=attr.st_mtime_ns if fields.update_mtime else current.mtime_ns,
+            mtime_ns=mtime_ns,
         )
         names = [
             name

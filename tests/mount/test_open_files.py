@@ -237,3 +237,24 @@ def test_renamed_file_then_new_file_at_old_name(mounted: Mounted) -> None:
     assert (root / "one").read_bytes() == b"uno"
     assert (root / "two").read_bytes() == b"1"
     assert sorted(os.listdir(root)) == ["one", "two"]
+
+
+def test_a_file_unlinked_while_open_stays_gone_after_its_directory_moves(
+    mounted: Mounted, oss2_bucket: oss2.Bucket
+) -> None:
+    """The inode of a file unlinked while open must not come back under the directory's new
+    name (its close() then listed a file the bucket does not have)."""
+    root = mounted.path
+    (root / "d1").mkdir()
+    (root / "d1" / "f2").write_bytes(b"v" * 300_000)
+    writer = os.open(root / "d1" / "f2", os.O_WRONLY)
+    try:
+        os.rename(root / "d1", root / "d0")
+        os.pwrite(writer, b"w" * 1000, 1)
+        os.unlink(root / "d0" / "f2")
+        os.rename(root / "d0", root / "d1")
+        assert os.listdir(root / "d1") == []
+    finally:
+        os.close(writer)
+    assert os.listdir(root / "d1") == []
+    assert object_bytes(oss2_bucket, "d1/f2") is None
