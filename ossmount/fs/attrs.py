@@ -27,6 +27,7 @@ META_UID = "uid"
 META_GID = "gid"
 META_MTIME = "mtime"
 META_SYMLINK_TARGET = "symlink-target"
+META_RDEV = "rdev"
 
 NAME_MAX = 255
 BLOCK_UNIT = 512
@@ -36,9 +37,33 @@ class Kind(enum.Enum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
+    # Special files: zero-byte objects whose x-oss-meta-mode carries the type (as ossfs does).
+    FIFO = "fifo"
+    CHAR_DEVICE = "chr"
+    BLOCK_DEVICE = "blk"
+    SOCKET = "sock"
+
+    @property
+    def is_special(self) -> bool:
+        return self in _SPECIAL_KINDS
 
 
-_TYPE_BITS = {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
+_TYPE_BITS = {
+    Kind.FILE: stat.S_IFREG,
+    Kind.DIR: stat.S_IFDIR,
+    Kind.SYMLINK: stat.S_IFLNK,
+    Kind.FIFO: stat.S_IFIFO,
+    Kind.CHAR_DEVICE: stat.S_IFCHR,
+    Kind.BLOCK_DEVICE: stat.S_IFBLK,
+    Kind.SOCKET: stat.S_IFSOCK,
+}
+_KIND_OF_TYPE = {bits: kind for kind, bits in _TYPE_BITS.items()}
+_SPECIAL_KINDS = frozenset({Kind.FIFO, Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE, Kind.SOCKET})
+
+
+def kind_of_mode(mode: int) -> Kind | None:
+    """The kind of file an st_mode's type bits name, or None for unknown bits."""
+    return _KIND_OF_TYPE.get(stat.S_IFMT(mode))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +97,8 @@ class Attributes:
     object_type: str = ""
     symlink_target: str | None = None
     exact: bool = False
+    # Device number of a character or block device (x-oss-meta-rdev; 0 when absent).
+    rdev: int = 0
 
     @property
     def st_mode(self) -> int:
@@ -107,12 +134,7 @@ def _parse_int(value: str | None) -> int | None:
 def _kind_from_mode(mode: int | None, default: Kind) -> Kind:
     if mode is None:
         return default
-    file_type = stat.S_IFMT(mode)
-    if file_type == stat.S_IFLNK:
-        return Kind.SYMLINK
-    if file_type == stat.S_IFDIR:
-        return Kind.DIR
-    return default
+    return kind_of_mode(mode) or default
 
 
 def attributes_from_info(
@@ -147,6 +169,9 @@ def attributes_from_info(
         size = 0
     uid = _parse_int(metadata.get(META_UID))
     gid = _parse_int(metadata.get(META_GID))
+    rdev = _parse_int(metadata.get(META_RDEV)) if kind.is_special else None
+    if kind.is_special:
+        size = 0
     return Attributes(
         kind=kind,
         size=size,
@@ -160,6 +185,7 @@ def attributes_from_info(
         object_type=info.object_type,
         symlink_target=target,
         exact=True,
+        rdev=rdev or 0,
     )
 
 
@@ -204,6 +230,8 @@ def posix_metadata(attrs: Attributes) -> dict[str, str]:
     }
     if attrs.kind is Kind.SYMLINK and attrs.symlink_target is not None:
         metadata[META_SYMLINK_TARGET] = attrs.symlink_target
+    if attrs.kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE):
+        metadata[META_RDEV] = str(attrs.rdev)
     return metadata
 
 

@@ -43,6 +43,7 @@ from ossmount.fs.attrs import (
     Attributes,
     Kind,
     attributes_from_info,
+    kind_of_mode,
     native_symlink_path,
     parse_mtime_ns,
     posix_metadata,
@@ -198,7 +199,7 @@ class OssFs(pyfuse3.Operations):
         entry.st_nlink = 1
         entry.st_uid = attrs.uid
         entry.st_gid = attrs.gid
-        entry.st_rdev = 0
+        entry.st_rdev = attrs.rdev
         entry.st_size = attrs.size
         entry.st_blksize = self.options.block_size
         entry.st_blocks = attrs.st_blocks
@@ -722,6 +723,33 @@ class OssFs(pyfuse3.Operations):
         )
         self.namespace.note_entry(key, attrs)
         self.namespace.note_empty_directory(key)
+        inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
+        self.inodes.remember(inode)
+        return self._entry(inode)
+
+    @_errno_boundary
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """mkfifo, mknod and bind() of a Unix socket: a zero-byte object whose x-oss-meta-mode
+        carries the file type (ossfs's form), plus x-oss-meta-rdev for devices. A FIFO or a
+        socket works between local processes through the kernel; nothing of it is in OSS."""
+        parent = self._dir_inode(parent_inode)
+        self._writable()
+        kind = kind_of_mode(mode)
+        if kind is None or kind is Kind.DIR or kind is Kind.SYMLINK:
+            raise _fuse_error(errno.EINVAL)
+        text = os.fsdecode(name)
+        key = parent.key + text
+        attrs = replace(
+            _new_attributes(kind, stat.S_IMODE(mode) & ~ctx.umask, ctx),
+            rdev=rdev if kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE) else 0,
+        )
+        put = await self.namespace.client.put_object(
+            self.namespace.bucket, key, b"", metadata=posix_metadata(attrs)
+        )
+        attrs = replace(attrs, etag=put.etag, crc64=put.crc64)
+        self.namespace.note_entry(key, attrs)
         inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
         self.inodes.remember(inode)
         return self._entry(inode)

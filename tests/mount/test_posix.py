@@ -1,0 +1,180 @@
+"""POSIX conformance on real mounts (issue 9), cause by cause, with real tools: each test also
+checks the stored headers through oss2 and that what it set survives a remount.
+
+The mounts use allow_other (and the default default_permissions), as the conformance suite
+does; steps that must run as an unprivileged user run under setpriv as nobody.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import oss2
+
+from tests.mount.conftest import Mounted, MountFactory
+
+NOBODY = 65534
+
+
+def run(*command: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` (as ``user`` via setpriv when given); fails the test on a non-zero exit."""
+    if user is not None:
+        command = ("setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, f"{command}: {result.stderr}"
+    return result
+
+
+def let_others_reach(path: Path) -> None:
+    """Give others search (x) permission on ``path``'s ancestors up to the filesystem root, so an
+    unprivileged user can reach a mount made under pytest's private tmp_path (pytest resets its
+    own base directory to 0700 on its next run)."""
+    for ancestor in path.parents:
+        mode = stat.S_IMODE(ancestor.stat().st_mode)
+        if mode & 0o001 == 0:
+            ancestor.chmod(mode | 0o011)
+
+
+def remount(mount_ossmount: MountFactory, mounted: Mounted) -> Mounted:
+    """Unmount ``mounted`` and mount the bucket again (nothing cached survives)."""
+    mounted.unmount()
+    return mount_ossmount(["allow_other"])
+
+
+def stored_meta(bucket: oss2.Bucket, key: str) -> dict[str, str]:
+    """The x-oss-meta-* headers of ``key`` (names without the prefix), as oss2 sees them."""
+    headers = bucket.head_object(key).headers
+    prefix = "x-oss-meta-"
+    return {
+        name[len(prefix) :].lower(): value
+        for name, value in headers.items()
+        if name.lower().startswith(prefix)
+    }
+
+
+# -- 1. special files ------------------------------------------------------------------------
+
+
+def test_fifo_between_a_reader_and_a_writer(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    fifo = mounted.path / "pipe"
+    run("mkfifo", "-m", "0640", str(fifo))
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    run("sh", "-c", f"echo through the pipe > {fifo}")
+    out, _ = reader.communicate(timeout=30)
+    assert out == b"through the pipe\n"
+    meta = stored_meta(oss2_bucket, "pipe")
+    assert int(meta["mode"]) == stat.S_IFIFO | 0o640
+    assert oss2_bucket.get_object("pipe").read() == b""  # the data never reached OSS
+    again = remount(mount_ossmount, mounted)
+    st = os.stat(again.path / "pipe")
+    assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640
+    assert run("ls", "-l", str(again.path)).stdout.splitlines()[1][0] == "p"
+
+
+def test_devices_keep_type_and_rdev_and_behave_like_files(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    root = mounted.path
+    run("mknod", "-m", "0600", str(root / "null"), "c", "1", "3")
+    run("mknod", str(root / "loop"), "b", "7", "9")
+    run("chmod", "0604", str(root / "null"))
+    run("chown", "123:456", str(root / "null"))
+    run("mv", str(root / "loop"), str(root / "loop9"))
+    st = os.stat(root / "null")
+    assert stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 1 and os.minor(st.st_rdev) == 3
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o604, 123, 456)
+    meta = stored_meta(oss2_bucket, "null")
+    assert int(meta["mode"]) == stat.S_IFCHR | 0o604
+    assert (meta["uid"], meta["gid"]) == ("123", "456")
+    assert int(meta["rdev"]) == os.makedev(1, 3)
+    assert int(stored_meta(oss2_bucket, "loop9")["rdev"]) == os.makedev(7, 9)
+    again = remount(mount_ossmount, mounted)
+    st = os.stat(again.path / "null")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o604, 123, 456)
+    blk = os.stat(again.path / "loop9")
+    assert stat.S_ISBLK(blk.st_mode) and blk.st_rdev == os.makedev(7, 9)
+    assert sorted(os.listdir(again.path)) == ["loop9", "null"]
+    os.unlink(again.path / "null")
+    assert not oss2_bucket.object_exists("null")
+
+
+def test_unix_socket_bound_in_the_mount(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    path = str(mounted.path / "server.sock")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen(1)
+        received: list[bytes] = []
+
+        def serve() -> None:
+            connection, _ = server.accept()
+            with connection:
+                received.append(connection.recv(100))
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+            client.sendall(b"hello socket")
+        thread.join(timeout=30)
+    assert received == [b"hello socket"]
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    assert stat.S_IFMT(int(stored_meta(oss2_bucket, "server.sock")["mode"])) == stat.S_IFSOCK
+    again = remount(mount_ossmount, mounted)
+    assert stat.S_ISSOCK(os.lstat(again.path / "server.sock").st_mode)
+
+
+def test_special_files_that_ossfs_made(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    # ossfs stores no rdev: a device without one reads as 0.
+    oss2_bucket.put_object("old-fifo", b"", headers={"x-oss-meta-mode": str(stat.S_IFIFO | 0o644)})
+    oss2_bucket.put_object("old-chr", b"", headers={"x-oss-meta-mode": str(stat.S_IFCHR | 0o600)})
+    mounted = mount_ossmount(["allow_other"])
+    fifo = os.stat(mounted.path / "old-fifo")
+    assert stat.S_ISFIFO(fifo.st_mode) and stat.S_IMODE(fifo.st_mode) == 0o644
+    chr_dev = os.stat(mounted.path / "old-chr")
+    assert stat.S_ISCHR(chr_dev.st_mode) and chr_dev.st_rdev == 0
+
+
+def test_unprivileged_mkfifo_obeys_directory_permissions(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    let_others_reach(mounted.path)
+    shared = mounted.path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)
+    run("mkfifo", str(shared / "mine"), user=NOBODY)
+    st = os.stat(shared / "mine")
+    assert stat.S_ISFIFO(st.st_mode) and (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+    os.chmod(shared, 0o755)
+    refused = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "mkfifo",
+            str(shared / "theirs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+    assert stored_meta(oss2_bucket, "shared/mine")["uid"] == str(NOBODY)
