@@ -30,6 +30,8 @@ META_SYMLINK_TARGET = "symlink-target"
 META_RDEV = "rdev"
 
 NAME_MAX = 255
+# OSS's limit on a key's length, in bytes.
+KEY_MAX = 1023
 BLOCK_UNIT = 512
 
 

@@ -48,6 +48,7 @@ import trio
 from cachetools import LRUCache, TTLCache
 
 from ossmount.fs.attrs import (
+    KEY_MAX,
     AttrDefaults,
     Attributes,
     Kind,
@@ -628,10 +629,14 @@ class Namespace:
             first_below.extend(summary.key for summary in page.objects)
             first_below.extend(page.prefixes)
 
+        key_bytes = len(key.encode("utf-8", "surrogateescape"))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(head_file)
-            nursery.start_soon(head_folder_marker)
-            nursery.start_soon(list_below)
+            # (Keys longer than OSS allows cannot exist: a 1,023-byte name is no directory.)
+            if key_bytes + len(FOLDER_SUFFIX) <= KEY_MAX:
+                nursery.start_soon(head_folder_marker)
+            if key_bytes + 1 <= KEY_MAX:
+                nursery.start_soon(list_below)
 
         if first_below or folder_info is not None:
             if head_info is not None:

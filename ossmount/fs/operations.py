@@ -35,11 +35,13 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import pyfuse3
 
 from ossmount.fs.attrs import (
+    KEY_MAX,
     META_GID,
     META_MODE,
     META_MTIME,
     META_SYMLINK_TARGET,
     META_UID,
+    NAME_MAX,
     Attributes,
     Kind,
     attributes_from_info,
@@ -146,6 +148,16 @@ def _fuse_error(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
 
+def _checked_name(parent: Inode, name: bytes, *, directory: bool = False) -> str:
+    """``name`` as text, or ENAMETOOLONG when it is over NAME_MAX bytes or its key (with the
+    trailing "/" of a directory) would be over OSS's 1,023-byte limit: such a key could not be
+    created, and a longer segment could never be listed."""
+    key_bytes = len(parent.key.encode("utf-8", "surrogateescape")) + len(name) + int(directory)
+    if len(name) > NAME_MAX or key_bytes > KEY_MAX:
+        raise _fuse_error(errno.ENAMETOOLONG)
+    return os.fsdecode(name)
+
+
 class OssFs(pyfuse3.Operations):
     """The FUSE operations of one mount."""
 
@@ -235,12 +247,13 @@ class OssFs(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         if not parent.is_dir:
             raise _fuse_error(errno.ENOTDIR)
-        staged = self._staged_key(parent.key + os.fsdecode(name))
+        text = _checked_name(parent, name)
+        staged = self._staged_key(parent.key + text)
         if staged is not None:
             known = self.inodes.by_key(staged.key)
             attrs: Attributes | None = self._staged_attrs(staged, known.attrs if known else None)
         else:
-            attrs = await self.namespace.lookup(parent.key, os.fsdecode(name))
+            attrs = await self.namespace.lookup(parent.key, text)
         if attrs is None:
             if self.options.negative_timeout_s > 0:
                 # Inode 0 is a negative entry: the kernel itself remembers that the name is
@@ -250,7 +263,7 @@ class OssFs(pyfuse3.Operations):
                 negative.entry_timeout = self.options.negative_timeout_s
                 return negative
             raise _fuse_error(errno.ENOENT)
-        inode = self.inodes.upsert(parent, os.fsdecode(name), attrs, self.options.stat_cache_ttl_s)
+        inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
         self.inodes.remember(inode)
         return self._entry(inode)
 
@@ -572,7 +585,7 @@ class OssFs(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._dir_inode(parent_inode)
         staging = self._writable()
-        text = os.fsdecode(name)
+        text = _checked_name(parent, name)
         key = parent.key + text
         attrs = _new_attributes(Kind.FILE, stat.S_IMODE(mode) & ~ctx.umask, ctx)
         staged = await staging.open(key, None, truncate=True, exclusive=bool(flags & os.O_EXCL))
@@ -715,7 +728,7 @@ class OssFs(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self._dir_inode(parent_inode)
         self._writable()
-        text = os.fsdecode(name)
+        text = _checked_name(parent, name, directory=True)
         key = parent.key + text + "/"
         attrs = _new_attributes(Kind.DIR, stat.S_IMODE(mode) & ~ctx.umask, ctx)
         await self.namespace.client.put_object(
@@ -739,7 +752,7 @@ class OssFs(pyfuse3.Operations):
         kind = kind_of_mode(mode)
         if kind is None or kind is Kind.DIR or kind is Kind.SYMLINK:
             raise _fuse_error(errno.EINVAL)
-        text = os.fsdecode(name)
+        text = _checked_name(parent, name)
         key = parent.key + text
         attrs = replace(
             _new_attributes(kind, stat.S_IMODE(mode) & ~ctx.umask, ctx),
@@ -753,6 +766,15 @@ class OssFs(pyfuse3.Operations):
         inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
         self.inodes.remember(inode)
         return self._entry(inode)
+
+    @_errno_boundary
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """Hard links cannot exist in OSS: EPERM, what POSIX gives a file system without them
+        (after ENAMETOOLONG for a name that could not exist either)."""
+        _checked_name(self._dir_inode(new_parent_inode), new_name)
+        raise _fuse_error(errno.EPERM)
 
     async def _directory_is_empty(self, prefix: str) -> bool:
         """True when nothing but the directory's own marker is under ``prefix``."""
@@ -804,6 +826,8 @@ class OssFs(pyfuse3.Operations):
         key = posixpath.normpath(posixpath.join(posixpath.dirname(link_key), target))
         if key in (".", "..") or key.startswith("../"):
             return None
+        if len(key.encode("utf-8", "surrogateescape")) > KEY_MAX:
+            return None  # (stored as an ossfs symlink instead, the target in the body)
         return key if native_symlink_path(link_key, key) == target else None
 
     @_errno_boundary
@@ -812,7 +836,7 @@ class OssFs(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self._dir_inode(parent_inode)
         self._writable()
-        text = os.fsdecode(name)
+        text = _checked_name(parent, name)
         key = parent.key + text
         target_text = os.fsdecode(target)
         attrs = _new_attributes(Kind.SYMLINK, 0o777, ctx, symlink_target=target_text)
@@ -854,7 +878,8 @@ class OssFs(pyfuse3.Operations):
         staging = self._writable()
         old_parent = self._dir_inode(parent_inode_old)
         new_parent = self._dir_inode(parent_inode_new)
-        old_name, new_name = os.fsdecode(name_old), os.fsdecode(name_new)
+        old_name = os.fsdecode(name_old)
+        new_name = _checked_name(new_parent, name_new)
         source = await self._attributes_at(old_parent, old_name)
         if source is None:
             raise _fuse_error(errno.ENOENT)
@@ -866,6 +891,7 @@ class OssFs(pyfuse3.Operations):
             new_key = new_parent.key + new_name + "/"
             if new_key.startswith(old_key):
                 raise _fuse_error(errno.EINVAL)
+            _checked_name(new_parent, name_new, directory=True)
             if target is not None and target.kind is not Kind.DIR:
                 raise _fuse_error(errno.ENOTDIR)
             if target is not None and not await self._directory_is_empty(new_key):

@@ -7,11 +7,13 @@ does; steps that must run as an unprivileged user run under setpriv as nobody.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import oss2
@@ -178,3 +180,78 @@ def test_unprivileged_mkfifo_obeys_directory_permissions(
     )
     assert refused.returncode != 0 and "Permission denied" in refused.stderr
     assert stored_meta(oss2_bucket, "shared/mine")["uid"] == str(NOBODY)
+
+
+# -- 2. name limits --------------------------------------------------------------------------
+
+
+def expect_errno(code: int, call: Callable[[], object]) -> None:
+    try:
+        call()
+    except OSError as exc:
+        assert exc.errno == code, f"{exc} (wanted {errno.errorcode[code]})"
+    else:
+        raise AssertionError(f"no error (wanted {errno.errorcode[code]})")
+
+
+def test_names_of_255_bytes_work_and_256_are_enametoolong(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    root = mounted.path
+    longest, too_long = "é" * 127 + "x", "n" * 256  # 255 bytes (UTF-8), 256 bytes
+    run("touch", str(root / longest))
+    run("mkdir", str(root / ("d" * 255)))
+    assert oss2_bucket.object_exists(longest)
+    for call in (
+        lambda: os.stat(root / too_long),
+        lambda: open(root / too_long, "w").close(),
+        lambda: os.mkdir(root / too_long),
+        lambda: os.mkfifo(root / too_long),
+        lambda: os.mknod(root / too_long, stat.S_IFCHR | 0o600, os.makedev(1, 3)),
+        lambda: os.symlink("target", root / too_long),
+        lambda: os.link(root / longest, root / too_long),
+        lambda: os.rename(root / longest, root / too_long),
+        lambda: os.rmdir(root / too_long),
+        lambda: os.unlink(root / too_long),
+    ):
+        expect_errno(errno.ENAMETOOLONG, call)
+    result = subprocess.run(
+        ["touch", str(root / too_long)], capture_output=True, text=True, check=False
+    )
+    assert "File name too long" in result.stderr
+    assert os.statvfs(root).f_namemax == 255
+    # Nothing hidden was created: the directory is empty once the two names go.
+    os.unlink(root / longest)
+    os.rmdir(root / ("d" * 255))
+    assert os.listdir(root) == []
+    assert [item.key for item in oss2.ObjectIterator(oss2_bucket)] == []
+
+
+def test_keys_over_1023_bytes_are_enametoolong(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    deep = mounted.path / ("a" * 255) / ("b" * 255) / ("c" * 255)
+    deep.mkdir(parents=True)  # key of 3 x 256 = 768 bytes
+    expect_errno(errno.ENAMETOOLONG, lambda: os.mkdir(deep / ("d" * 255)))  # 1,024 bytes
+    expect_errno(errno.ENAMETOOLONG, lambda: open(deep / ("f" * 256), "w").close())
+    (deep / ("f" * 255)).write_bytes(b"fits")  # 1,023 bytes: the longest key OSS takes
+    key = "/".join(("a" * 255, "b" * 255, "c" * 255, "f" * 255))
+    assert oss2_bucket.get_object(key).read() == b"fits"
+    # A symlink target too long for an OSS symlink is kept in the ossfs form.
+    target = "x/" * 600
+    os.symlink(target, mounted.path / "far")
+    again = remount(mount_ossmount, mounted)
+    assert os.readlink(again.path / "far") == target
+    assert (again.path / key).read_bytes() == b"fits"
+
+
+def test_long_keys_in_the_bucket_are_skipped_with_a_warning(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    oss2_bucket.put_object("ok", b"1")
+    oss2_bucket.put_object("L" * 300, b"2")
+    mounted = mount_ossmount(["allow_other"])
+    assert os.listdir(mounted.path) == ["ok"]
+    assert "longer than 255 bytes" in mounted.log()
