@@ -555,15 +555,24 @@ class Namespace:
         return attrs
 
     async def _native_symlink_attributes(self, key: str, listed: Attributes) -> Attributes:
+        # GetSymlink describes the link itself: its target and its own x-oss-meta-* (owner,
+        # mode, times), which PutSymlink stored.
         async with self._head_limiter:
-            target = native_symlink_path(key, await self.client.get_symlink(self.bucket, key))
+            info = await self.client.get_symlink_info(self.bucket, key)
         attrs = replace(
-            listed, symlink_target=target, size=len(target.encode()), permissions=0o777, exact=True
+            attributes_from_info(info, self.defaults),
+            etag=listed.etag,
+            last_modified=listed.last_modified,
         )
         self._stats.put(key, attrs)
         return attrs
 
     async def _complete_symlink(self, key: str, info: ObjectInfo) -> Attributes:
+        if info.object_type == "Symlink":
+            # A HEAD followed the link: the link's own attributes come from GetSymlink.
+            return attributes_from_info(
+                await self.client.get_symlink_info(self.bucket, key), self.defaults
+            )
         attrs = attributes_from_info(info, self.defaults)
         if attrs.kind is Kind.SYMLINK and attrs.symlink_target is None:
             target = await self._fetch_symlink_target(key, attrs)
@@ -609,10 +618,7 @@ class Namespace:
             except NotFound as exc:
                 if exc.code == "SymlinkTargetNotExist":
                     # A dangling OSS symlink: the link exists, its target does not.
-                    target = await self.client.get_symlink(self.bucket, key)
-                    head_info = ObjectInfo(
-                        key, 0, "", self._dir_mtime_ns / 1e9, "Symlink", symlink_target=target
-                    )
+                    head_info = await self.client.get_symlink_info(self.bucket, key)
 
         async def head_folder_marker() -> None:
             nonlocal folder_info

@@ -659,9 +659,8 @@ class OssFs(pyfuse3.Operations):
         if node.is_dir:
             await self._set_directory_attributes(node, changed, bool(names))
         elif node.kind is Kind.SYMLINK and current.object_type == "Symlink":
-            # An OSS symlink's own mode, owner and times are not stored (listings show its
-            # Last-Modified, HEAD describes its target); they hold until the inode is forgotten.
-            node.attrs = changed
+            if names:
+                await self._set_native_symlink_attributes(node, changed)
         elif names or fields.update_size:  # (atime and ctime alone are not stored)
             metadata = {name: posix_metadata(changed)[name] for name in names}
             size = attr.st_size if fields.update_size else None
@@ -674,6 +673,19 @@ class OssFs(pyfuse3.Operations):
                 mtime_ns=changed.mtime_ns,
             )
         return self._entry(node)
+
+    async def _set_native_symlink_attributes(self, node: Inode, changed: Attributes) -> None:
+        """An OSS symlink keeps its owner, mode and times in its own x-oss-meta-*: PutSymlink
+        again, same target, new metadata (a symlink cannot be copied onto itself)."""
+        client, bucket = self.namespace.client, self.namespace.bucket
+        link = await client.get_symlink_info(bucket, node.key)
+        metadata = {**link.metadata, **posix_metadata(changed)}
+        metadata.pop(META_SYMLINK_TARGET, None)
+        put = await client.put_symlink(
+            bucket, node.key, link.symlink_target or "", metadata=metadata
+        )
+        node.attrs = replace(changed, etag=put.etag)
+        self.namespace.note_entry(node.key, node.attrs)
 
     async def _set_directory_attributes(
         self, node: Inode, changed: Attributes, store: bool

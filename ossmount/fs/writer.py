@@ -1440,10 +1440,16 @@ class WriteStaging:
         client = self.client
         try:
             if object_type == "Symlink":
-                # (A HEAD would describe the target; the link's own user metadata is not kept.)
-                target = await client.get_symlink(self.bucket, old_key)
-                target = moved_symlink_target(old_key, new_key, target)
-                await client.put_symlink(self.bucket, new_key, target, forbid_overwrite=no_replace)
+                # (A HEAD would describe the target; GetSymlink gives the link's own metadata.)
+                link = await client.get_symlink_info(self.bucket, old_key)
+                target = moved_symlink_target(old_key, new_key, link.symlink_target or "")
+                await client.put_symlink(
+                    self.bucket,
+                    new_key,
+                    target,
+                    metadata=link.metadata,
+                    forbid_overwrite=no_replace,
+                )
             elif size <= COPY_OBJECT_LIMIT:
                 await client.copy_object(
                     self.bucket,

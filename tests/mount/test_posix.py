@@ -255,3 +255,71 @@ def test_long_keys_in_the_bucket_are_skipped_with_a_warning(
     mounted = mount_ossmount(["allow_other"])
     assert os.listdir(mounted.path) == ["ok"]
     assert "longer than 255 bytes" in mounted.log()
+
+
+# -- 3. owner, mode and times of symlinks ----------------------------------------------------
+
+
+def test_lchown_and_times_of_both_kinds_of_symlink_survive_a_remount(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    root = mounted.path
+    (root / "target").write_text("t")
+    os.symlink("target", root / "native")  # an OSS symlink
+    os.symlink("/etc/hostname", root / "absolute")  # an ossfs symlink (outside the bucket)
+    assert oss2_bucket.head_object("native").headers["x-oss-object-type"] == "Symlink"
+    for name in ("native", "absolute"):
+        run("chown", "-h", "123:456", str(root / name))
+        run("touch", "-h", "-m", "-d", "2001-02-03 04:05:06 UTC", str(root / name))
+    for name in ("native", "absolute"):
+        meta = (
+            stored_meta(oss2_bucket, name)
+            if name == "absolute"
+            else symlink_meta(oss2_bucket, name)
+        )
+        assert (meta["uid"], meta["gid"]) == ("123", "456"), name
+        assert stat.S_ISLNK(int(meta["mode"])), name
+        assert int(float(meta["mtime"])) == 981173106, name
+    os.rename(root / "native", root / "moved")  # a rename keeps the link's own metadata
+    again = remount(mount_ossmount, mounted)
+    for name, target in (("moved", "target"), ("absolute", "/etc/hostname")):
+        st = os.lstat(again.path / name)
+        assert stat.S_ISLNK(st.st_mode) and (st.st_uid, st.st_gid) == (123, 456), name
+        assert st.st_mtime == 981173106, name
+        assert os.readlink(again.path / name) == target
+
+
+def symlink_meta(bucket: oss2.Bucket, key: str) -> dict[str, str]:
+    """The x-oss-meta-* of an OSS symlink itself (GetSymlink; a HEAD describes its target)."""
+    headers = bucket.get_symlink(key).headers
+    prefix = "x-oss-meta-"
+    return {
+        name[len(prefix) :].lower(): value
+        for name, value in headers.items()
+        if name.lower().startswith(prefix)
+    }
+
+
+def test_rename_of_own_symlink_in_a_sticky_directory_after_remount(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    let_others_reach(mounted.path)
+    sticky = mounted.path / "tmp"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    run("ln", "-s", "somewhere", str(sticky / "link"), user=NOBODY)
+    run("ln", "-s", "/elsewhere", str(sticky / "abs"), user=NOBODY)
+    again = remount(mount_ossmount, mounted)
+    let_others_reach(again.path)
+    for name in ("link", "abs"):
+        assert os.lstat(again.path / "tmp" / name).st_uid == NOBODY
+        run(
+            "mv",
+            str(again.path / "tmp" / name),
+            str(again.path / "tmp" / (name + "2")),
+            user=NOBODY,
+        )
+    assert sorted(os.listdir(again.path / "tmp")) == ["abs2", "link2"]
+    assert symlink_meta(oss2_bucket, "tmp/link2")["uid"] == str(NOBODY)
