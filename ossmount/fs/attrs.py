@@ -26,6 +26,9 @@ META_MODE = "mode"
 META_UID = "uid"
 META_GID = "gid"
 META_MTIME = "mtime"
+# ossfs's names and format (epoch seconds, optional fraction), stored only once set.
+META_ATIME = "atime"
+META_CTIME = "ctime"
 META_SYMLINK_TARGET = "symlink-target"
 META_RDEV = "rdev"
 
@@ -101,6 +104,17 @@ class Attributes:
     exact: bool = False
     # Device number of a character or block device (x-oss-meta-rdev; 0 when absent).
     rdev: int = 0
+    # x-oss-meta-atime / x-oss-meta-ctime; None: the same as mtime (see st_atime_ns).
+    atime_ns: int | None = None
+    ctime_ns: int | None = None
+
+    @property
+    def st_atime_ns(self) -> int:
+        return self.mtime_ns if self.atime_ns is None else self.atime_ns
+
+    @property
+    def st_ctime_ns(self) -> int:
+        return self.mtime_ns if self.ctime_ns is None else self.ctime_ns
 
     @property
     def st_mode(self) -> int:
@@ -112,16 +126,26 @@ class Attributes:
 
 
 def parse_mtime_ns(value: str | None) -> int | None:
-    """Parse x-oss-meta-mtime (epoch seconds, optional fraction) into nanoseconds."""
+    """Parse x-oss-meta-mtime (or atime, ctime: epoch seconds, optional fraction, before 1970
+    with a minus sign) into nanoseconds."""
     if not value:
         return None
-    whole, _, fraction = value.strip().partition(".")
+    text = value.strip()
+    sign = -1 if text.startswith("-") else 1
+    whole, _, fraction = text.lstrip("-").partition(".")
     try:
         seconds = int(whole)
         nanos = int((fraction + "000000000")[:9]) if fraction else 0
     except ValueError:
         return None
-    return seconds * 1_000_000_000 + nanos
+    return sign * (seconds * 1_000_000_000 + nanos)
+
+
+def format_time_ns(time_ns: int) -> str:
+    """Nanoseconds since the epoch in ossfs's form: decimal seconds, a fraction if any."""
+    seconds, nanos = divmod(abs(time_ns), 1_000_000_000)
+    sign = "-" if time_ns < 0 else ""
+    return f"{sign}{seconds}.{nanos:09d}" if nanos else f"{sign}{seconds}"
 
 
 def _parse_int(value: str | None) -> int | None:
@@ -188,6 +212,8 @@ def attributes_from_info(
         symlink_target=target,
         exact=True,
         rdev=rdev or 0,
+        atime_ns=parse_mtime_ns(metadata.get(META_ATIME)),
+        ctime_ns=parse_mtime_ns(metadata.get(META_CTIME)),
     )
 
 
@@ -223,13 +249,16 @@ def directory_attributes(defaults: AttrDefaults, mtime_ns: int = 0) -> Attribute
 
 def posix_metadata(attrs: Attributes) -> dict[str, str]:
     """The x-oss-meta-* values (names without the prefix) that store ``attrs`` ossfs-style."""
-    seconds, nanos = divmod(attrs.mtime_ns, 1_000_000_000)
     metadata = {
         META_MODE: str(attrs.st_mode),
         META_UID: str(attrs.uid),
         META_GID: str(attrs.gid),
-        META_MTIME: f"{seconds}.{nanos:09d}" if nanos else str(seconds),
+        META_MTIME: format_time_ns(attrs.mtime_ns),
     }
+    if attrs.atime_ns is not None:
+        metadata[META_ATIME] = format_time_ns(attrs.atime_ns)
+    if attrs.ctime_ns is not None:
+        metadata[META_CTIME] = format_time_ns(attrs.ctime_ns)
     if attrs.kind is Kind.SYMLINK and attrs.symlink_target is not None:
         metadata[META_SYMLINK_TARGET] = attrs.symlink_target
     if attrs.kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE):

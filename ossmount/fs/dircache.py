@@ -715,6 +715,10 @@ class Namespace:
             entries.sort(key=lambda entry: entry.name)
         self._listings.put(DirSnapshot(prefix, tuple(entries), snapshot.taken_at))
 
+    def cached_listing(self, prefix: str) -> DirSnapshot | None:
+        """The complete listing of ``prefix`` if one is cached (no request)."""
+        return self._listings.get(prefix)
+
     def forget_listing(self, prefix: str) -> None:
         """Drop the cached listing of the directory ``prefix`` itself (``invalidate`` drops
         its parent's): after a directory is removed or renamed onto, its old listing must not

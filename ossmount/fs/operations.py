@@ -33,9 +33,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
+from cachetools import LRUCache
 
 from ossmount.fs.attrs import (
     KEY_MAX,
+    META_ATIME,
+    META_CTIME,
     META_GID,
     META_MODE,
     META_MTIME,
@@ -65,6 +68,8 @@ SelfT = TypeVar("SelfT", bound="OssFs")
 
 STATFS_BLOCKS = 1 << 40
 STATFS_FILES = 1 << 32
+# Directories whose in-memory mtime/ctime (entries changed through this mount) are remembered.
+DIRECTORY_TIMES_KEPT = 100_000
 
 
 def _errno_boundary(
@@ -144,6 +149,29 @@ def _new_attributes(
     )
 
 
+def _changed_attributes(
+    current: Attributes, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields
+) -> Attributes:
+    """``current`` with what a setattr sets, and ctime now. A time not set keeps its value:
+    an atime that was reading as mtime is pinned before mtime moves, and the reverse."""
+    now = time.time_ns()
+    return replace(
+        current,
+        permissions=stat.S_IMODE(attr.st_mode) if fields.update_mode else current.permissions,
+        uid=attr.st_uid if fields.update_uid else current.uid,
+        gid=attr.st_gid if fields.update_gid else current.gid,
+        mtime_ns=attr.st_mtime_ns if fields.update_mtime else current.mtime_ns,
+        atime_ns=(
+            attr.st_atime_ns
+            if fields.update_atime
+            else current.st_atime_ns
+            if fields.update_mtime
+            else current.atime_ns
+        ),
+        ctime_ns=now,
+    )
+
+
 def _fuse_error(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
@@ -190,6 +218,12 @@ class OssFs(pyfuse3.Operations):
         self._next_fh = 1
         # Per inode: the ETag whose data the kernel page cache may hold (keep_cache on open).
         self._kernel_cached_etag: dict[int, str] = {}
+        # Per directory key: when an entry of it last changed through this mount.
+        self._directory_changed_ns: LRUCache[str, int] = LRUCache(maxsize=DIRECTORY_TIMES_KEPT)
+        # Per directory key: its cached listing's entries and how many are directories.
+        self._subdirectory_counts: LRUCache[str, tuple[tuple[DirEntry, ...], int]] = LRUCache(
+            maxsize=DIRECTORY_TIMES_KEPT
+        )
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -207,18 +241,48 @@ class OssFs(pyfuse3.Operations):
         entry.entry_timeout = self.options.entry_timeout_s
         entry.attr_timeout = self.options.attr_timeout_s
         entry.st_mode = attrs.st_mode
-        # 1 for directories: "unknown number of subdirectories" to find/fts.
-        entry.st_nlink = 1
+        entry.st_nlink = self._link_count(inode)
         entry.st_uid = attrs.uid
         entry.st_gid = attrs.gid
         entry.st_rdev = attrs.rdev
         entry.st_size = attrs.size
         entry.st_blksize = self.options.block_size
         entry.st_blocks = attrs.st_blocks
-        entry.st_atime_ns = attrs.mtime_ns
+        entry.st_atime_ns = attrs.st_atime_ns
         entry.st_mtime_ns = attrs.mtime_ns
-        entry.st_ctime_ns = attrs.mtime_ns
+        entry.st_ctime_ns = attrs.st_ctime_ns
+        if inode.is_dir:
+            changed_ns = self._directory_changed_ns.get(inode.key)
+            if changed_ns is not None and changed_ns > attrs.mtime_ns:
+                entry.st_mtime_ns = changed_ns
+                entry.st_ctime_ns = max(changed_ns, attrs.st_ctime_ns)
         return entry
+
+    def _link_count(self, inode: Inode) -> int:
+        """0 for a file unlinked while open; 2 plus its subdirectories for a directory whose
+        complete listing is cached, else 1 ("unknown" to find/fts); 1 for everything else."""
+        if self.inodes.by_key(inode.key) is not inode:
+            return 0
+        if not inode.is_dir:
+            return 1
+        snapshot = self.namespace.cached_listing(inode.key)
+        if snapshot is None:
+            return 1
+        counted = self._subdirectory_counts.get(inode.key)
+        if counted is not None and counted[0] is snapshot.entries:
+            return 2 + counted[1]
+        count = sum(1 for entry in snapshot.entries if entry.attrs.kind is Kind.DIR)
+        # (Keyed by the entries tuple itself, which a changed listing replaces.)
+        self._subdirectory_counts[inode.key] = (snapshot.entries, count)
+        return 2 + count
+
+    def _directory_changed(self, directory: Inode) -> None:
+        """An entry of ``directory`` was created, removed or renamed: its mtime and ctime are
+        now. Kept in memory only (a marker put per create would cost a request), so that a
+        refresh of the directory's attributes from a listing does not move them back."""
+        now = time.time_ns()
+        self._directory_changed_ns[directory.key] = now
+        directory.attrs = replace(directory.attrs, mtime_ns=now, ctime_ns=now)
 
     def _new_fh(self) -> int:
         fh = self._next_fh
@@ -564,7 +628,7 @@ class OssFs(pyfuse3.Operations):
                 node.key, existing, truncate=truncate, append=bool(flags & os.O_APPEND)
             )
             if truncate:
-                node.attrs = replace(node.attrs, size=0, mtime_ns=time.time_ns())
+                node.attrs = replace(node.attrs, size=0, mtime_ns=time.time_ns(), ctime_ns=None)
         handle = FileHandle(
             node,
             None,
@@ -592,6 +656,7 @@ class OssFs(pyfuse3.Operations):
         metadata = posix_metadata(attrs)
         staged.set_metadata({field: metadata[field] for field in (META_MODE, META_UID, META_GID)})
         inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
+        self._directory_changed(parent)
         self.inodes.remember(inode)
         self.namespace.note_entry(key, inode.attrs)
         handle = FileHandle(inode, None, None, staged=staged, append=bool(flags & os.O_APPEND))
@@ -606,7 +671,7 @@ class OssFs(pyfuse3.Operations):
         # O_APPEND: at the end as the writer knows it (the kernel's idea of the size may lag).
         written = await staged.write(staged.size if handle.append else off, buf)
         node = handle.inode
-        node.attrs = replace(node.attrs, size=staged.size, mtime_ns=time.time_ns())
+        node.attrs = replace(node.attrs, size=staged.size, mtime_ns=time.time_ns(), ctime_ns=None)
         return written
 
     @_errno_boundary
@@ -639,29 +704,36 @@ class OssFs(pyfuse3.Operations):
         node = self._inode(inode)
         staging = self._writable()
         current = node.attrs
-        changed = replace(
-            current,
-            permissions=stat.S_IMODE(attr.st_mode) if fields.update_mode else current.permissions,
-            uid=attr.st_uid if fields.update_uid else current.uid,
-            gid=attr.st_gid if fields.update_gid else current.gid,
-            mtime_ns=attr.st_mtime_ns if fields.update_mtime else current.mtime_ns,
-        )
+        changed = _changed_attributes(current, attr, fields)
         names = [
             name
             for name, wanted in (
                 (META_MODE, fields.update_mode),
                 (META_UID, fields.update_uid),
                 (META_GID, fields.update_gid),
-                (META_MTIME, fields.update_mtime),
             )
             if wanted
         ]
+        if fields.update_size:
+            # Data changes: the upload's Last-Modified is the new mtime and ctime. (truncate(2)
+            # sends no time: the file system moves mtime when the size changes.)
+            if not fields.update_mtime and attr.st_size != current.size:
+                changed = replace(changed, mtime_ns=time.time_ns(), atime_ns=current.st_atime_ns)
+            changed = replace(changed, ctime_ns=None)
+        elif names or fields.update_mtime or fields.update_atime:
+            # Every change of metadata stores mtime too (else the copy's new Last-Modified
+            # would move it: chown must not), and the ctime of the change.
+            names += [META_MTIME, META_CTIME]
+            if changed.atime_ns is not None:
+                names.append(META_ATIME)
         if node.is_dir:
+            if fields.update_mtime:
+                self._directory_changed_ns.pop(node.key, None)
             await self._set_directory_attributes(node, changed, bool(names))
         elif node.kind is Kind.SYMLINK and current.object_type == "Symlink":
             if names:
                 await self._set_native_symlink_attributes(node, changed)
-        elif names or fields.update_size:  # (atime and ctime alone are not stored)
+        elif names or fields.update_size:
             metadata = {name: posix_metadata(changed)[name] for name in names}
             size = attr.st_size if fields.update_size else None
             await self._set_file_attributes(node, staging, fh, size, metadata)
@@ -671,6 +743,8 @@ class OssFs(pyfuse3.Operations):
                 uid=changed.uid,
                 gid=changed.gid,
                 mtime_ns=changed.mtime_ns,
+                atime_ns=changed.atime_ns,
+                ctime_ns=changed.ctime_ns,
             )
         return self._entry(node)
 
@@ -749,6 +823,7 @@ class OssFs(pyfuse3.Operations):
         self.namespace.note_entry(key, attrs)
         self.namespace.note_empty_directory(key)
         inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
+        self._directory_changed(parent)
         self.inodes.remember(inode)
         return self._entry(inode)
 
@@ -776,6 +851,7 @@ class OssFs(pyfuse3.Operations):
         attrs = replace(attrs, etag=put.etag, crc64=put.crc64)
         self.namespace.note_entry(key, attrs)
         inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
+        self._directory_changed(parent)
         self.inodes.remember(inode)
         return self._entry(inode)
 
@@ -808,6 +884,7 @@ class OssFs(pyfuse3.Operations):
         await client.delete_object(bucket, key)
         await client.delete_object(bucket, key[:-1] + FOLDER_SUFFIX)
         self.inodes.detach(key)
+        self._directory_changed(parent)
         self.namespace.note_entry(key, None)
         self.namespace.forget_listing(key)
 
@@ -826,6 +903,7 @@ class OssFs(pyfuse3.Operations):
         await staging.unlink(key)
         await self.namespace.client.delete_object(self.namespace.bucket, key)
         self.inodes.detach(key)
+        self._directory_changed(parent)
         self.namespace.note_entry(key, None)
         self.read_cache.invalidate(key)
 
@@ -865,6 +943,7 @@ class OssFs(pyfuse3.Operations):
             attrs = replace(attrs, etag=put.etag)
         self.namespace.note_entry(key, attrs)
         inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
+        self._directory_changed(parent)
         self.inodes.remember(inode)
         return self._entry(inode)
 
@@ -930,8 +1009,11 @@ class OssFs(pyfuse3.Operations):
                     crc64=new_info.crc64,
                     last_modified=new_info.last_modified,
                 )
+        self._directory_changed(old_parent)
+        self._directory_changed(new_parent)
         inode = self.inodes.by_key(old_key)
         if inode is not None:
+            inode.attrs = replace(inode.attrs, ctime_ns=time.time_ns())
             self.inodes.rename(inode, new_parent, new_name)
             self._kernel_cached_etag.pop(inode.ino, None)
         for key in (old_key, new_key):

@@ -851,8 +851,10 @@ class StagedFile:
         """After a data change, a stale x-oss-meta-mtime goes (the object's Last-Modified is
         then the mtime), unless utimens set one since."""
         stale = self._data_changed_ns is not None and not self._mtime_explicit
-        if stale and "mtime" in self._metadata:
-            del self._metadata["mtime"]
+        if stale and ("mtime" in self._metadata or "ctime" in self._metadata):
+            # (ctime too: the data change is the newer change of the two.)
+            self._metadata.pop("mtime", None)
+            self._metadata.pop("ctime", None)
             self._journal(metadata=self._metadata)
 
     async def _flush_locked(self) -> None:

@@ -17,17 +17,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import oss2
+import pytest
 
 from tests.mount.conftest import Mounted, MountFactory
 
 NOBODY = 65534
 
 
-def run(*command: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` (as ``user`` via setpriv when given); fails the test on a non-zero exit."""
+def attempt(*command: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` (as ``user`` via setpriv when given), whatever its exit status."""
     if user is not None:
         command = ("setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def run(*command: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` (as ``user`` when given); fails the test on a non-zero exit."""
+    result = attempt(*command, user=user)
     assert result.returncode == 0, f"{command}: {result.stderr}"
     return result
 
@@ -164,20 +170,8 @@ def test_unprivileged_mkfifo_obeys_directory_permissions(
     st = os.stat(shared / "mine")
     assert stat.S_ISFIFO(st.st_mode) and (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
     os.chmod(shared, 0o755)
-    refused = subprocess.run(
-        [
-            "setpriv",
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
-            "mkfifo",
-            str(shared / "theirs"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    refused = attempt("mkfifo", str(shared / "theirs"), user=NOBODY)
+
     assert refused.returncode != 0 and "Permission denied" in refused.stderr
     assert stored_meta(oss2_bucket, "shared/mine")["uid"] == str(NOBODY)
 
@@ -323,3 +317,136 @@ def test_rename_of_own_symlink_in_a_sticky_directory_after_remount(
         )
     assert sorted(os.listdir(again.path / "tmp")) == ["abs2", "link2"]
     assert symlink_meta(oss2_bucket, "tmp/link2")["uid"] == str(NOBODY)
+
+
+# -- 4. times --------------------------------------------------------------------------------
+
+Y2001 = 978310861  # 2001-01-01 01:01:01 UTC
+Y2002 = 1009846862  # 2002-01-01 01:01:02 UTC
+
+
+def times(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+
+
+def test_touch_a_and_m_store_atime_mtime_and_ctime(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    path = mounted.path / "f"
+    path.write_bytes(b"data")
+    run("touch", "-a", "-d", "2001-01-01 01:01:01 UTC", str(path))
+    atime, mtime, ctime = times(path)
+    assert atime == Y2001 * 10**9 and mtime > atime and ctime >= mtime
+    run("touch", "-m", "-d", "2002-01-01 01:01:02.25 UTC", str(path))  # atime is UTIME_OMIT
+    atime, mtime, ctime = times(path)
+    assert (atime, mtime) == (Y2001 * 10**9, Y2002 * 10**9 + 250_000_000)
+    assert ctime > mtime
+    meta = stored_meta(oss2_bucket, "f")
+    assert meta["atime"] == str(Y2001) and meta["mtime"] == f"{Y2002}.250000000"
+    assert parse_seconds(meta["ctime"]) * 10**9 == pytest.approx(ctime, abs=10**6)
+    with path.open("rb") as reader:
+        reader.read()  # noatime: a read leaves atime alone
+    assert times(path)[0] == Y2001 * 10**9
+    again = remount(mount_ossmount, mounted)
+    assert times(again.path / "f")[:2] == (Y2001 * 10**9, Y2002 * 10**9 + 250_000_000)
+    assert times(again.path / "f")[2] == pytest.approx(ctime, abs=10**6)
+
+
+def parse_seconds(value: str) -> float:
+    return float(value)
+
+
+def test_chown_chmod_truncate_move_ctime_and_only_truncate_moves_mtime(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    path = mounted.path / "f"
+    path.write_bytes(b"0123456789")
+    os.utime(path, ns=(Y2001 * 10**9, Y2001 * 10**9))
+    before = times(path)
+    run("chown", "12:34", str(path))
+    after_chown = times(path)
+    assert after_chown[:2] == before[:2] and after_chown[2] > before[2]
+    run("chmod", "0600", str(path))
+    after_chmod = times(path)
+    assert after_chmod[:2] == before[:2] and after_chmod[2] >= after_chown[2]
+    meta = stored_meta(oss2_bucket, "f")
+    assert meta["mtime"] == str(Y2001) and meta["atime"] == str(Y2001)
+    run("truncate", "-s", "4", str(path))
+    after_truncate = times(path)
+    assert after_truncate[0] == Y2001 * 10**9
+    assert after_truncate[1] > before[1] and after_truncate[2] >= after_chmod[2]
+    assert oss2_bucket.get_object("f").read() == b"0123"
+    again = remount(mount_ossmount, mounted)
+    st = os.stat(again.path / "f")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), st.st_size) == (12, 34, 0o600, 4)
+    assert st.st_atime_ns == Y2001 * 10**9 and st.st_mtime_ns > Y2001 * 10**9
+
+
+def test_directory_times_advance_when_entries_change(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    directory = mounted.path / "d"
+    directory.mkdir()
+    os.utime(directory, ns=(Y2001 * 10**9, Y2001 * 10**9))
+    assert times(directory)[1] == Y2001 * 10**9
+    steps: list[Callable[[], object]] = [
+        lambda: (directory / "new").write_bytes(b""),
+        lambda: os.mkfifo(directory / "fifo"),
+        lambda: os.rename(directory / "new", directory / "renamed"),
+        lambda: os.unlink(directory / "renamed"),
+        lambda: os.mkdir(directory / "sub"),
+        lambda: os.rmdir(directory / "sub"),
+    ]
+    last = times(directory)
+    for step in steps:
+        step()
+        now = times(directory)
+        assert now[1] > last[1] and now[2] >= now[1], step
+        last = now
+    # Kept in memory: OSS still has the time utimensat stored in the marker.
+    assert stored_meta(oss2_bucket, "d/")["mtime"] == str(Y2001)
+
+
+def test_unprivileged_touch_needs_ownership_for_explicit_times(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    let_others_reach(mounted.path)
+    path = mounted.path / "shared"
+    path.write_bytes(b"")
+    os.chmod(path, 0o666)
+    os.utime(path, ns=(Y2001 * 10**9, Y2001 * 10**9))
+    run("touch", str(path), user=NOBODY)  # UTIME_NOW: write permission is enough
+    assert times(path)[1] > Y2001 * 10**9
+    refused = attempt("touch", "-d", "2001-01-01", str(path), user=NOBODY)
+
+    assert refused.returncode != 0 and "Operation not permitted" in refused.stderr
+
+
+# -- 5. link counts --------------------------------------------------------------------------
+
+
+def test_link_counts(mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    root = mounted.path
+    (root / "d" / "a").mkdir(parents=True)
+    (root / "d" / "b").mkdir()
+    (root / "d" / "file").write_bytes(b"")
+    os.listdir(root / "d")
+    assert os.stat(root / "d").st_nlink == 4  # 2 + two subdirectories
+    assert os.stat(root / "d" / "a").st_nlink == 2
+    assert os.stat(root / "d" / "file").st_nlink == 1
+    os.rmdir(root / "d" / "b")
+    assert os.stat(root / "d").st_nlink == 3
+    with (root / "d" / "file").open("wb") as handle:
+        handle.write(b"open")
+        os.unlink(root / "d" / "file")
+        assert os.fstat(handle.fileno()).st_nlink == 0
+    expect_errno(errno.EPERM, lambda: os.link(root / "d" / "a", root / "d" / "c"))
+    (root / "x").write_bytes(b"")
+    expect_errno(errno.EPERM, lambda: os.link(root / "x", root / "y"))
+    assert not oss2_bucket.object_exists("y")
