@@ -450,3 +450,28 @@ def test_link_counts(mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket) -> 
     (root / "x").write_bytes(b"")
     expect_errno(errno.EPERM, lambda: os.link(root / "x", root / "y"))
     assert not oss2_bucket.object_exists("y")
+
+
+# -- 7. suid and sgid ------------------------------------------------------------------------
+
+
+def test_write_and_chown_clear_suid_and_sgid(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    let_others_reach(mounted.path)
+    root = mounted.path
+    for name in ("written", "chowned", "truncated", "kept"):
+        (root / name).write_bytes(b"#!/bin/sh\n")
+        os.chmod(root / name, 0o6777)
+    run("sh", "-c", f"echo more >> {root / 'written'}", user=NOBODY)
+    run("chown", "5:5", str(root / "chowned"))
+    run("truncate", "-s", "100", str(root / "truncated"), user=NOBODY)
+    run("sh", "-c", f"echo by root >> {root / 'kept'}")  # CAP_FSETID: the owner's bits stay
+    expected = {"written": 0o777, "chowned": 0o777, "truncated": 0o777, "kept": 0o6777}
+    for name, mode in expected.items():
+        assert stat.S_IMODE(os.stat(root / name).st_mode) == mode, name
+        assert int(stored_meta(oss2_bucket, name)["mode"]) == stat.S_IFREG | mode, name
+    again = remount(mount_ossmount, mounted)
+    for name, mode in expected.items():
+        assert stat.S_IMODE(os.stat(again.path / name).st_mode) == mode, name
