@@ -11,12 +11,16 @@ defaults and the object's Last-Modified, and are marked ``exact=False``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import json
 import logging
 import posixpath
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import quote, unquote
 
 from ossmount.oss.model import ObjectInfo, ObjectSummary
 
@@ -31,6 +35,10 @@ META_ATIME = "atime"
 META_CTIME = "ctime"
 META_SYMLINK_TARGET = "symlink-target"
 META_RDEV = "rdev"
+# Extended attributes, ossfs's form: URL-encoded JSON of name -> base64(value).
+META_XATTR = "xattr"
+# OSS's limit on an object's user metadata (names with their x-oss-meta- prefix, and values).
+USER_METADATA_MAX = 8 * 1024
 
 NAME_MAX = 255
 # OSS's limit on a key's length, in bytes.
@@ -107,6 +115,8 @@ class Attributes:
     # x-oss-meta-atime / x-oss-meta-ctime; None: the same as mtime (see st_atime_ns).
     atime_ns: int | None = None
     ctime_ns: int | None = None
+    # x-oss-meta-xattr as stored (see decode_xattrs), None when the object has none.
+    xattrs: str | None = None
 
     @property
     def st_atime_ns(self) -> int:
@@ -214,6 +224,7 @@ def attributes_from_info(
         rdev=rdev or 0,
         atime_ns=parse_mtime_ns(metadata.get(META_ATIME)),
         ctime_ns=parse_mtime_ns(metadata.get(META_CTIME)),
+        xattrs=metadata.get(META_XATTR),
     )
 
 
@@ -263,7 +274,37 @@ def posix_metadata(attrs: Attributes) -> dict[str, str]:
         metadata[META_SYMLINK_TARGET] = attrs.symlink_target
     if attrs.kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE):
         metadata[META_RDEV] = str(attrs.rdev)
+    if attrs.xattrs is not None:
+        metadata[META_XATTR] = attrs.xattrs
     return metadata
+
+
+def decode_xattrs(stored: str | None) -> dict[str, bytes]:
+    """Extended attributes from x-oss-meta-xattr (ossfs/s3fs form: the URL-encoded JSON object
+    ``{"name":"base64(value)"}``). A value that does not parse is logged and read as none."""
+    if not stored:
+        return {}
+    try:
+        decoded = json.loads(unquote(stored, errors="surrogateescape"))
+        if isinstance(decoded, dict):
+            return {str(name): base64.b64decode(value) for name, value in decoded.items()}
+        reason = f"a JSON {type(decoded).__name__}, not an object"
+    except (ValueError, TypeError, binascii.Error) as exc:
+        reason = str(exc)
+    log.warning("ignoring unreadable x-oss-meta-xattr %.80r: %s", stored, reason)
+    return {}
+
+
+def encode_xattrs(xattrs: Mapping[str, bytes]) -> str:
+    """The x-oss-meta-xattr value for ``xattrs`` (as ossfs writes it; "{}" once all removed)."""
+    document = {name: base64.b64encode(value).decode() for name, value in sorted(xattrs.items())}
+    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    return quote(text, safe="", errors="surrogateescape")
+
+
+def user_metadata_bytes(metadata: Mapping[str, str]) -> int:
+    """What ``metadata`` counts against OSS's 8 KB limit of user metadata."""
+    return sum(len(f"x-oss-meta-{name}") + len(value.encode()) for name, value in metadata.items())
 
 
 def native_symlink_path(link_key: str, target_key: str) -> str:

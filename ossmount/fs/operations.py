@@ -44,14 +44,19 @@ from ossmount.fs.attrs import (
     META_MTIME,
     META_SYMLINK_TARGET,
     META_UID,
+    META_XATTR,
     NAME_MAX,
+    USER_METADATA_MAX,
     Attributes,
     Kind,
     attributes_from_info,
+    decode_xattrs,
+    encode_xattrs,
     kind_of_mode,
     native_symlink_path,
     parse_mtime_ns,
     posix_metadata,
+    user_metadata_bytes,
 )
 from ossmount.fs.dircache import FOLDER_SUFFIX, DirEntry, DirSnapshot, Namespace
 from ossmount.fs.inodes import Inode, InodeTable
@@ -170,6 +175,13 @@ def _changed_attributes(
         ),
         ctime_ns=now,
     )
+
+
+def _check_xattr_name(name: bytes) -> None:
+    """POSIX ACLs are not implemented: their names give EOPNOTSUPP (not "no such attribute",
+    which would claim the ACL is empty)."""
+    if name.startswith(b"system.posix_acl_"):
+        raise _fuse_error(errno.EOPNOTSUPP)
 
 
 def _fuse_error(code: int) -> pyfuse3.FUSEError:
@@ -747,6 +759,87 @@ class OssFs(pyfuse3.Operations):
                 ctime_ns=changed.ctime_ns,
             )
         return self._entry(node)
+
+    # -- extended attributes -------------------------------------------------------------
+    # Stored as ossfs does, in one x-oss-meta-xattr header; read from the attributes a HEAD
+    # (or a listing's HEADs) brought, so getxattr and listxattr after `ls -l` cost no request.
+
+    async def _exact_attributes(self, node: Inode) -> Attributes:
+        """The node's attributes with its user metadata known (a HEAD if only listed)."""
+        if node.is_dir or self._staged_of(node) is not None:
+            return node.attrs
+        node = await self._refresh(node)
+        if not node.attrs.exact:
+            node.attrs_expire_at = 0.0
+            node = await self._refresh(node)
+        return node.attrs
+
+    @_errno_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        _check_xattr_name(name)
+        node = self._inode(inode)
+        if name.startswith(b"security."):
+            # Asked by `ls -l` for every name (security.selinux) and by the kernel before
+            # every write (security.capability): answered from the attributes at hand, so
+            # neither costs a request, also where a listing brought no user metadata.
+            attrs = node.attrs
+        else:
+            attrs = await self._exact_attributes(node)
+        value = decode_xattrs(attrs.xattrs).get(os.fsdecode(name))
+        if value is None:
+            raise _fuse_error(errno.ENODATA)
+        return value
+
+    @_errno_boundary
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        node = self._inode(inode)
+        return [
+            os.fsencode(name) for name in decode_xattrs((await self._exact_attributes(node)).xattrs)
+        ]
+
+    @_errno_boundary
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        # (pyfuse3 checks XATTR_CREATE and XATTR_REPLACE through getxattr before this.)
+        _check_xattr_name(name)
+        node = self._inode(inode)
+        xattrs = decode_xattrs((await self._exact_attributes(node)).xattrs)
+        xattrs[os.fsdecode(name)] = value
+        await self._store_xattrs(node, xattrs)
+
+    @_errno_boundary
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _check_xattr_name(name)
+        node = self._inode(inode)
+        xattrs = decode_xattrs((await self._exact_attributes(node)).xattrs)
+        if xattrs.pop(os.fsdecode(name), None) is None:
+            raise _fuse_error(errno.ENODATA)
+        await self._store_xattrs(node, xattrs)
+
+    async def _store_xattrs(self, node: Inode, xattrs: dict[str, bytes]) -> None:
+        """Store the node's whole set of extended attributes (and the ctime of the change)."""
+        staging = self._writable()
+        now = time.time_ns()
+        changed = replace(node.attrs, xattrs=encode_xattrs(xattrs), ctime_ns=now)
+        metadata = posix_metadata(changed)
+        if user_metadata_bytes(metadata) > USER_METADATA_MAX:
+            log.warning(
+                "setxattr on %r refused: its user metadata would be %d bytes, over OSS's limit "
+                "of %d (ENOSPC)",
+                node.key,
+                user_metadata_bytes(metadata),
+                USER_METADATA_MAX,
+            )
+            raise _fuse_error(errno.ENOSPC)
+        if node.is_dir:
+            await self._set_directory_attributes(node, changed, True)
+        elif node.kind is Kind.SYMLINK and changed.object_type == "Symlink":
+            await self._set_native_symlink_attributes(node, changed)
+        else:
+            stored = {name: metadata[name] for name in (META_XATTR, META_MTIME, META_CTIME)}
+            await self._set_file_attributes(node, staging, None, None, stored)
+            node.attrs = replace(node.attrs, xattrs=changed.xattrs, ctime_ns=now)
 
     async def _set_native_symlink_attributes(self, node: Inode, changed: Attributes) -> None:
         """An OSS symlink keeps its owner, mode and times in its own x-oss-meta-*: PutSymlink

@@ -8,6 +8,7 @@ does; steps that must run as an unprivileged user run under setpriv as nobody.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 import stat
@@ -15,6 +16,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import oss2
 import pytest
@@ -475,3 +477,95 @@ def test_write_and_chown_clear_suid_and_sgid(
     again = remount(mount_ossmount, mounted)
     for name, mode in expected.items():
         assert stat.S_IMODE(os.stat(again.path / name).st_mode) == mode, name
+
+
+# -- 8. extended attributes ------------------------------------------------------------------
+
+
+def test_setfattr_getfattr_in_ossfs_format(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    root = mounted.path
+    (root / "f").write_bytes(b"data")
+    (root / "d").mkdir()
+    run("setfattr", "-n", "user.color", "-v", "blue", str(root / "f"))
+    run("setfattr", "-n", "user.bin", "-v", "0x00ff10", str(root / "f"))
+    run("setfattr", "-n", "user.dir", "-v", "yes", str(root / "d"))
+    assert "user.color" in run("getfattr", "-d", str(root / "f")).stdout
+    stored = unquote(stored_meta(oss2_bucket, "f")["xattr"])
+    assert json.loads(stored) == {"user.bin": "AP8Q", "user.color": "Ymx1ZQ=="}
+    assert json.loads(unquote(stored_meta(oss2_bucket, "d/")["xattr"])) == {"user.dir": "eWVz"}
+    # XATTR_CREATE / XATTR_REPLACE, removal, a missing name
+    expect_errno(errno.EEXIST, lambda: os.setxattr(root / "f", "user.color", b"x", os.XATTR_CREATE))
+    expect_errno(errno.ENODATA, lambda: os.setxattr(root / "f", "user.no", b"x", os.XATTR_REPLACE))
+    os.setxattr(root / "f", "user.color", b"red", os.XATTR_REPLACE)
+    run("setfattr", "-x", "user.bin", str(root / "f"))
+    expect_errno(errno.ENODATA, lambda: os.getxattr(root / "f", "user.bin"))
+    expect_errno(errno.ENODATA, lambda: os.removexattr(root / "f", "user.bin"))
+    # Past OSS's 8 KB of user metadata: ENOSPC, and nothing changes.
+    expect_errno(errno.ENOSPC, lambda: os.setxattr(root / "f", "user.big", b"v" * 7000))
+    assert "over OSS's limit" in mounted.log()
+    # POSIX ACLs are not implemented.
+    refused = attempt("setfacl", "-m", "u:nobody:r", str(root / "f"))
+    assert refused.returncode != 0 and "Operation not supported" in refused.stderr
+    again = remount(mount_ossmount, mounted)
+    assert os.listxattr(again.path / "f") == ["user.color"]
+    assert os.getxattr(again.path / "f", "user.color") == b"red"
+    assert os.getxattr(again.path / "d", "user.dir") == b"yes"
+    assert (again.path / "f").read_bytes() == b"data"
+
+
+def test_xattrs_that_ossfs_wrote(mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket) -> None:
+    # ossfs puts the name unescaped in the JSON and URL-encodes the whole document.
+    ossfs_value = quote('{"user.from":"b3NzZnM="}', safe="")
+    oss2_bucket.put_object("old", b"x", headers={"x-oss-meta-xattr": ossfs_value})
+    mounted = mount_ossmount(["allow_other"])
+    assert os.getxattr(mounted.path / "old", "user.from") == b"ossfs"
+
+
+def test_rsync_ax_twice_and_cp_preserve_all(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    (source / "sub").mkdir(parents=True)
+    (source / "a").write_text("one\n")
+    (source / "sub" / "b").write_text("two\n")
+    os.symlink("a", source / "link")
+    os.mkfifo(source / "fifo")
+    os.setxattr(source / "a", "user.tag", b"hello")
+    os.setxattr(source / "sub", "user.dir", b"x")
+    os.chmod(source / "a", 0o640)
+    os.utime(source / "a", ns=(Y2001 * 10**9, Y2001 * 10**9))
+    mounted = mount_ossmount(["allow_other"])
+    target = f"{mounted.path}/copy/"
+    first = run("rsync", "-aXi", f"{source}/", target).stdout
+    assert ">f+++++++++ a" in first and "cS+++++++++ fifo" in first
+    assert run("rsync", "-aXi", f"{source}/", target).stdout == ""
+    again = remount(mount_ossmount, mounted)
+    assert run("rsync", "-aXi", f"{source}/", f"{again.path}/copy/").stdout == ""
+    assert os.getxattr(again.path / "copy" / "a", "user.tag") == b"hello"
+    run("cp", "-a", "--preserve=all", str(source), str(again.path / "cp"))
+    copied = os.stat(again.path / "cp" / "a")
+    assert stat.S_IMODE(copied.st_mode) == 0o640 and copied.st_mtime_ns == Y2001 * 10**9
+    assert os.getxattr(again.path / "cp" / "sub", "user.dir") == b"x"
+    assert json.loads(unquote(stored_meta(oss2_bucket, "cp/a")["xattr"])) == {
+        "user.tag": "aGVsbG8="
+    }
+
+
+def test_unprivileged_xattrs_follow_permissions(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    let_others_reach(mounted.path)
+    (mounted.path / "open").write_bytes(b"")
+    os.chmod(mounted.path / "open", 0o666)
+    (mounted.path / "closed").write_bytes(b"")
+    os.chmod(mounted.path / "closed", 0o644)
+    run("setfattr", "-n", "user.by", "-v", "nobody", str(mounted.path / "open"), user=NOBODY)
+    refused = attempt(
+        "setfattr", "-n", "user.by", "-v", "x", str(mounted.path / "closed"), user=NOBODY
+    )
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+    assert "user.by" in run("getfattr", "-d", str(mounted.path / "open"), user=NOBODY).stdout
