@@ -64,6 +64,7 @@ from ossmount.fs.reader import FileReader, ReadCache
 from ossmount.fs.writer import StagedFile, WriteStaging
 from ossmount.oss.errors import NotFound, OssError, PreconditionFailed
 from ossmount.oss.model import ObjectInfo
+from ossmount.oss.transfer import MAX_PART_SIZE, MAX_PARTS
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ SelfT = TypeVar("SelfT", bound="OssFs")
 
 STATFS_BLOCKS = 1 << 40
 STATFS_FILES = 1 << 32
+# OSS's largest object (10,000 parts of 5 GiB, 48.8 TiB): a larger file is EFBIG.
+MAX_FILE_SIZE = MAX_PARTS * MAX_PART_SIZE
 # Directories whose in-memory mtime/ctime (entries changed through this mount) are remembered.
 DIRECTORY_TIMES_KEPT = 100_000
 
@@ -681,7 +684,10 @@ class OssFs(pyfuse3.Operations):
             raise _fuse_error(errno.EBADF)
         staged = handle.staged
         # O_APPEND: at the end as the writer knows it (the kernel's idea of the size may lag).
-        written = await staged.write(staged.size if handle.append else off, buf)
+        offset = staged.size if handle.append else off
+        if offset + len(buf) > MAX_FILE_SIZE:
+            raise _fuse_error(errno.EFBIG)
+        written = await staged.write(offset, buf)
         node = handle.inode
         node.attrs = replace(node.attrs, size=staged.size, mtime_ns=time.time_ns(), ctime_ns=None)
         return written
@@ -715,6 +721,8 @@ class OssFs(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
         staging = self._writable()
+        if fields.update_size and attr.st_size > MAX_FILE_SIZE:
+            raise _fuse_error(errno.EFBIG)
         current = node.attrs
         changed = _changed_attributes(current, attr, fields)
         names = [

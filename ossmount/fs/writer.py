@@ -264,6 +264,9 @@ class StagedFile:
         self.remote_etag = remote_etag
         # Bytes of the local staging file that differ from the base object.
         self._changed = RangeSet()
+        # Local mode: holes of the staging file (truncate up, writes past the end), which take
+        # no disk and so no budget until written into.
+        self._holes = RangeSet()
         # True while the staged data or metadata differ from the object in OSS.
         self._dirty = dirty
         self._handles = 0
@@ -695,6 +698,7 @@ class StagedFile:
         self._append_crc = Crc64()
         self._part_crcs.clear()
         self._mode = MODE_STREAM
+        self._holes = RangeSet()
         self._changed = RangeSet()
         self._journal(mode=MODE_STREAM, size=0, base_key=None, base_etag=None, base_size=0)
         self._data_changed()
@@ -705,7 +709,7 @@ class StagedFile:
     def _staged_bytes_accounted(self) -> int:
         """Budget bytes this file holds: its local copy, or its part files on disk."""
         if self._mode == MODE_LOCAL:
-            return self.size
+            return self.size - self._holes.total()
         if self._mode == MODE_STREAM:
             return sum(
                 min(self._part_size, self.size - (n - 1) * self._part_size)
@@ -742,6 +746,7 @@ class StagedFile:
         self.size = info.size
         self.remote_etag = info.etag
         self._mode = MODE_LOCAL
+        self._holes = RangeSet()
         self._base_key = self.key
         self._base_etag = info.etag
         self._base_size = info.size
@@ -758,7 +763,9 @@ class StagedFile:
 
     async def _local_write(self, offset: int, data: bytes) -> None:
         end = offset + len(data)
-        grow = max(0, end - self.size)
+        # Budget: the bytes past the end, and those that fill holes; a gap stays a hole.
+        filled = _overlap(self._holes, offset, end)
+        grow = max(0, end - max(offset, self.size)) + filled
         await self._staging.budget.reserve(grow)
         try:
             fd = os.open(self._data_path(), os.O_WRONLY | os.O_CREAT, 0o600)
@@ -769,19 +776,23 @@ class StagedFile:
         except BaseException:
             self._staging.budget.release(grow)
             raise
+        self._holes.remove(offset, end)
         if offset > self.size:
             self._changed.add(self.size, offset)  # the hole reads as zeros
+            self._holes.add(self.size, offset)
         self._changed.add(offset, end)
         self.size = max(self.size, end)
         self._data_changed()
 
     async def _local_truncate(self, size: int) -> None:
-        if size > self.size:
-            await self._staging.budget.reserve(size - self.size)
+        # Growing makes a hole (sparse on disk): nothing to reserve until it is written.
         with open(self._data_path(), "r+b") as file:
             file.truncate(size)
+        if size > self.size:
+            self._holes.add(self.size, size)
         if size < self.size:
-            self._staging.budget.release(self.size - size)
+            self._staging.budget.release(self.size - size - _overlap(self._holes, size, self.size))
+            self._holes.remove(size, self.size)
             # Bytes past the cut no longer match the base, should the file grow again.
             self._changed.add(size, max(self.size, self._base_size))
         else:
@@ -1165,6 +1176,11 @@ class StagedFile:
         for path in self._staging.staging_dir.glob(f"{self._file_id}.*"):
             path.unlink(missing_ok=True)
         shutil.rmtree(self._staging.download_dir / str(self._file_id), ignore_errors=True)
+
+
+def _overlap(ranges: RangeSet, start: int, end: int) -> int:
+    """How many bytes of [start, end) are in ``ranges``."""
+    return max(0, end - start) - sum(high - low for low, high in ranges.gaps(start, end))
 
 
 def _combined_crc(parts: list[PartInfo]) -> int | None:

@@ -569,3 +569,34 @@ def test_unprivileged_xattrs_follow_permissions(
     )
     assert refused.returncode != 0 and "Permission denied" in refused.stderr
     assert "user.by" in run("getfattr", "-d", str(mounted.path / "open"), user=NOBODY).stdout
+
+
+# -- 6. truncate and sizes -------------------------------------------------------------------
+
+
+def test_truncate_to_huge_sizes(mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket) -> None:
+    mounted = mount_ossmount(["allow_other", "staging_budget=32m"])
+    path = mounted.path / "sparse"
+    path.write_bytes(b"head")
+    refused = attempt("truncate", "-s", "999999999999999", str(path))
+    assert refused.returncode != 0 and "File too large" in refused.stderr
+    expect_errno(errno.EFBIG, lambda: os.truncate(path, 49 * 2**40))  # past OSS's 48.8 TiB
+    # Holes take no staging budget: files of 128 MiB through a 32 MiB budget.
+    run("truncate", "-s", "128M", str(mounted.path / "by-path"))
+    assert oss2_bucket.head_object("by-path").content_length == 128 * 2**20
+    with path.open("r+b") as handle:
+        os.ftruncate(handle.fileno(), 128 * 2**20)
+        handle.seek(100 * 2**20)
+        handle.write(b"middle")
+        handle.flush()
+        assert os.fstat(handle.fileno()).st_size == 128 * 2**20
+        os.ftruncate(handle.fileno(), 120 * 2**20)
+    assert os.stat(path).st_size == 120 * 2**20
+    assert oss2_bucket.head_object("sparse").content_length == 120 * 2**20
+    ranged = oss2_bucket.get_object("sparse", byte_range=(100 * 2**20 - 2, 100 * 2**20 + 7))
+    assert ranged.read() == b"\0\0middle\0\0"
+    assert oss2_bucket.get_object("sparse", byte_range=(0, 5)).read() == b"head\0\0"
+    again = remount(mount_ossmount, mounted)
+    with (again.path / "sparse").open("rb") as handle:
+        handle.seek(100 * 2**20)
+        assert handle.read(6) == b"middle"
