@@ -11,12 +11,16 @@ defaults and the object's Last-Modified, and are marked ``exact=False``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import json
 import logging
 import posixpath
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import quote, unquote
 
 from ossmount.oss.model import ObjectInfo, ObjectSummary
 
@@ -26,9 +30,19 @@ META_MODE = "mode"
 META_UID = "uid"
 META_GID = "gid"
 META_MTIME = "mtime"
+# ossfs's names and format (epoch seconds, optional fraction), stored only once set.
+META_ATIME = "atime"
+META_CTIME = "ctime"
 META_SYMLINK_TARGET = "symlink-target"
+META_RDEV = "rdev"
+# Extended attributes, ossfs's form: URL-encoded JSON of name -> base64(value).
+META_XATTR = "xattr"
+# OSS's limit on an object's user metadata (names with their x-oss-meta- prefix, and values).
+USER_METADATA_MAX = 8 * 1024
 
 NAME_MAX = 255
+# OSS's limit on a key's length, in bytes.
+KEY_MAX = 1023
 BLOCK_UNIT = 512
 
 
@@ -36,9 +50,33 @@ class Kind(enum.Enum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
+    # Special files: zero-byte objects whose x-oss-meta-mode carries the type (as ossfs does).
+    FIFO = "fifo"
+    CHAR_DEVICE = "chr"
+    BLOCK_DEVICE = "blk"
+    SOCKET = "sock"
+
+    @property
+    def is_special(self) -> bool:
+        return self in _SPECIAL_KINDS
 
 
-_TYPE_BITS = {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
+_TYPE_BITS = {
+    Kind.FILE: stat.S_IFREG,
+    Kind.DIR: stat.S_IFDIR,
+    Kind.SYMLINK: stat.S_IFLNK,
+    Kind.FIFO: stat.S_IFIFO,
+    Kind.CHAR_DEVICE: stat.S_IFCHR,
+    Kind.BLOCK_DEVICE: stat.S_IFBLK,
+    Kind.SOCKET: stat.S_IFSOCK,
+}
+_KIND_OF_TYPE = {bits: kind for kind, bits in _TYPE_BITS.items()}
+_SPECIAL_KINDS = frozenset({Kind.FIFO, Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE, Kind.SOCKET})
+
+
+def kind_of_mode(mode: int) -> Kind | None:
+    """The kind of file an st_mode's type bits name, or None for unknown bits."""
+    return _KIND_OF_TYPE.get(stat.S_IFMT(mode))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +110,21 @@ class Attributes:
     object_type: str = ""
     symlink_target: str | None = None
     exact: bool = False
+    # Device number of a character or block device (x-oss-meta-rdev; 0 when absent).
+    rdev: int = 0
+    # x-oss-meta-atime / x-oss-meta-ctime; None: the same as mtime (see st_atime_ns).
+    atime_ns: int | None = None
+    ctime_ns: int | None = None
+    # x-oss-meta-xattr as stored (see decode_xattrs), None when the object has none.
+    xattrs: str | None = None
+
+    @property
+    def st_atime_ns(self) -> int:
+        return self.mtime_ns if self.atime_ns is None else self.atime_ns
+
+    @property
+    def st_ctime_ns(self) -> int:
+        return self.mtime_ns if self.ctime_ns is None else self.ctime_ns
 
     @property
     def st_mode(self) -> int:
@@ -83,16 +136,26 @@ class Attributes:
 
 
 def parse_mtime_ns(value: str | None) -> int | None:
-    """Parse x-oss-meta-mtime (epoch seconds, optional fraction) into nanoseconds."""
+    """Parse x-oss-meta-mtime (or atime, ctime: epoch seconds, optional fraction, before 1970
+    with a minus sign) into nanoseconds."""
     if not value:
         return None
-    whole, _, fraction = value.strip().partition(".")
+    text = value.strip()
+    sign = -1 if text.startswith("-") else 1
+    whole, _, fraction = text.lstrip("-").partition(".")
     try:
         seconds = int(whole)
         nanos = int((fraction + "000000000")[:9]) if fraction else 0
     except ValueError:
         return None
-    return seconds * 1_000_000_000 + nanos
+    return sign * (seconds * 1_000_000_000 + nanos)
+
+
+def format_time_ns(time_ns: int) -> str:
+    """Nanoseconds since the epoch in ossfs's form: decimal seconds, a fraction if any."""
+    seconds, nanos = divmod(abs(time_ns), 1_000_000_000)
+    sign = "-" if time_ns < 0 else ""
+    return f"{sign}{seconds}.{nanos:09d}" if nanos else f"{sign}{seconds}"
 
 
 def _parse_int(value: str | None) -> int | None:
@@ -107,12 +170,7 @@ def _parse_int(value: str | None) -> int | None:
 def _kind_from_mode(mode: int | None, default: Kind) -> Kind:
     if mode is None:
         return default
-    file_type = stat.S_IFMT(mode)
-    if file_type == stat.S_IFLNK:
-        return Kind.SYMLINK
-    if file_type == stat.S_IFDIR:
-        return Kind.DIR
-    return default
+    return kind_of_mode(mode) or default
 
 
 def attributes_from_info(
@@ -147,6 +205,9 @@ def attributes_from_info(
         size = 0
     uid = _parse_int(metadata.get(META_UID))
     gid = _parse_int(metadata.get(META_GID))
+    rdev = _parse_int(metadata.get(META_RDEV)) if kind.is_special else None
+    if kind.is_special:
+        size = 0
     return Attributes(
         kind=kind,
         size=size,
@@ -160,6 +221,10 @@ def attributes_from_info(
         object_type=info.object_type,
         symlink_target=target,
         exact=True,
+        rdev=rdev or 0,
+        atime_ns=parse_mtime_ns(metadata.get(META_ATIME)),
+        ctime_ns=parse_mtime_ns(metadata.get(META_CTIME)),
+        xattrs=metadata.get(META_XATTR),
     )
 
 
@@ -195,16 +260,51 @@ def directory_attributes(defaults: AttrDefaults, mtime_ns: int = 0) -> Attribute
 
 def posix_metadata(attrs: Attributes) -> dict[str, str]:
     """The x-oss-meta-* values (names without the prefix) that store ``attrs`` ossfs-style."""
-    seconds, nanos = divmod(attrs.mtime_ns, 1_000_000_000)
     metadata = {
         META_MODE: str(attrs.st_mode),
         META_UID: str(attrs.uid),
         META_GID: str(attrs.gid),
-        META_MTIME: f"{seconds}.{nanos:09d}" if nanos else str(seconds),
+        META_MTIME: format_time_ns(attrs.mtime_ns),
     }
+    if attrs.atime_ns is not None:
+        metadata[META_ATIME] = format_time_ns(attrs.atime_ns)
+    if attrs.ctime_ns is not None:
+        metadata[META_CTIME] = format_time_ns(attrs.ctime_ns)
     if attrs.kind is Kind.SYMLINK and attrs.symlink_target is not None:
         metadata[META_SYMLINK_TARGET] = attrs.symlink_target
+    if attrs.kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE):
+        metadata[META_RDEV] = str(attrs.rdev)
+    if attrs.xattrs is not None:
+        metadata[META_XATTR] = attrs.xattrs
     return metadata
+
+
+def decode_xattrs(stored: str | None) -> dict[str, bytes]:
+    """Extended attributes from x-oss-meta-xattr (ossfs/s3fs form: the URL-encoded JSON object
+    ``{"name":"base64(value)"}``). A value that does not parse is logged and read as none."""
+    if not stored:
+        return {}
+    try:
+        decoded = json.loads(unquote(stored, errors="surrogateescape"))
+        if isinstance(decoded, dict):
+            return {str(name): base64.b64decode(value) for name, value in decoded.items()}
+        reason = f"a JSON {type(decoded).__name__}, not an object"
+    except (ValueError, TypeError, binascii.Error) as exc:
+        reason = str(exc)
+    log.warning("ignoring unreadable x-oss-meta-xattr %.80r: %s", stored, reason)
+    return {}
+
+
+def encode_xattrs(xattrs: Mapping[str, bytes]) -> str:
+    """The x-oss-meta-xattr value for ``xattrs`` (as ossfs writes it; "{}" once all removed)."""
+    document = {name: base64.b64encode(value).decode() for name, value in sorted(xattrs.items())}
+    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    return quote(text, safe="", errors="surrogateescape")
+
+
+def user_metadata_bytes(metadata: Mapping[str, str]) -> int:
+    """What ``metadata`` counts against OSS's 8 KB limit of user metadata."""
+    return sum(len(f"x-oss-meta-{name}") + len(value.encode()) for name, value in metadata.items())
 
 
 def native_symlink_path(link_key: str, target_key: str) -> str:

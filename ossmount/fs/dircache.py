@@ -48,6 +48,7 @@ import trio
 from cachetools import LRUCache, TTLCache
 
 from ossmount.fs.attrs import (
+    KEY_MAX,
     AttrDefaults,
     Attributes,
     Kind,
@@ -156,7 +157,7 @@ class DirListing:
     (copy-on-write), so readdir never skips or repeats a name while the directory changes.
     """
 
-    __slots__ = ("_entries", "_snapshot", "prefix", "taken_at")
+    __slots__ = ("_entries", "_snapshot", "prefix", "subdirectories", "taken_at")
 
     def __init__(
         self,
@@ -170,6 +171,8 @@ class DirListing:
         self.taken_at = taken_at
         self._entries: dict[str, DirEntry] = {entry.name: entry for entry in entries}
         self._snapshot = snapshot
+        # Entries that are directories, kept as entries change (st_nlink of the directory).
+        self.subdirectories = sum(1 for entry in entries if entry.attrs.kind is Kind.DIR)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -178,11 +181,15 @@ class DirListing:
         return self._entries.get(name)
 
     def put(self, entry: DirEntry) -> None:
+        self.remove(entry.name)
         self._entries[entry.name] = entry
+        self.subdirectories += entry.attrs.kind is Kind.DIR
         self._snapshot = None
 
     def remove(self, name: str) -> None:
-        if self._entries.pop(name, None) is not None:
+        removed = self._entries.pop(name, None)
+        if removed is not None:
+            self.subdirectories -= removed.attrs.kind is Kind.DIR
             self._snapshot = None
 
     def snapshot(self) -> DirSnapshot:
@@ -606,15 +613,24 @@ class Namespace:
         return attrs
 
     async def _native_symlink_attributes(self, key: str, listed: Attributes) -> Attributes:
+        # GetSymlink describes the link itself: its target and its own x-oss-meta-* (owner,
+        # mode, times), which PutSymlink stored.
         async with self._head_limiter:
-            target = native_symlink_path(key, await self.client.get_symlink(self.bucket, key))
+            info = await self.client.get_symlink_info(self.bucket, key)
         attrs = replace(
-            listed, symlink_target=target, size=len(target.encode()), permissions=0o777, exact=True
+            attributes_from_info(info, self.defaults),
+            etag=listed.etag,
+            last_modified=listed.last_modified,
         )
         self._stats.put(key, attrs)
         return attrs
 
     async def _complete_symlink(self, key: str, info: ObjectInfo) -> Attributes:
+        if info.object_type == "Symlink":
+            # A HEAD followed the link: the link's own attributes come from GetSymlink.
+            return attributes_from_info(
+                await self.client.get_symlink_info(self.bucket, key), self.defaults
+            )
         attrs = attributes_from_info(info, self.defaults)
         if attrs.kind is Kind.SYMLINK and attrs.symlink_target is None:
             target = await self._fetch_symlink_target(key, attrs)
@@ -660,10 +676,7 @@ class Namespace:
             except NotFound as exc:
                 if exc.code == "SymlinkTargetNotExist":
                     # A dangling OSS symlink: the link exists, its target does not.
-                    target = await self.client.get_symlink(self.bucket, key)
-                    head_info = ObjectInfo(
-                        key, 0, "", self._dir_mtime_ns / 1e9, "Symlink", symlink_target=target
-                    )
+                    head_info = await self.client.get_symlink_info(self.bucket, key)
 
         async def head_folder_marker() -> None:
             nonlocal folder_info
@@ -680,10 +693,14 @@ class Namespace:
             first_below.extend(summary.key for summary in page.objects)
             first_below.extend(page.prefixes)
 
+        key_bytes = len(key.encode("utf-8", "surrogateescape"))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(head_file)
-            nursery.start_soon(head_folder_marker)
-            nursery.start_soon(list_below)
+            # (Keys longer than OSS allows cannot exist: a 1,023-byte name is no directory.)
+            if key_bytes + len(FOLDER_SUFFIX) <= KEY_MAX:
+                nursery.start_soon(head_folder_marker)
+            if key_bytes + 1 <= KEY_MAX:
+                nursery.start_soon(list_below)
 
         if first_below or folder_info is not None:
             if head_info is not None:
@@ -755,6 +772,10 @@ class Namespace:
         else:
             listing.put(DirEntry(name, attrs))
         self._listings.put(listing)
+
+    def cached_listing(self, prefix: str) -> DirListing | None:
+        """The complete listing of ``prefix`` if one is cached (no request)."""
+        return self._listings.get(prefix)
 
     def forget_listing(self, prefix: str) -> None:
         """Drop the cached listing of the directory ``prefix`` itself (``invalidate`` drops

@@ -134,7 +134,9 @@ class InodeTable:
         key = child_key(parent.key, name, attrs.kind)
         expire_at = self._clock() + ttl_s
         inode = self.by_key(key)
-        if inode is not None and inode.kind is attrs.kind:
+        # (A file that turns out to be a FIFO, say, keeps its key and number; only the kind
+        # changes, as when a listing's guess is replaced by a HEAD's answer.)
+        if inode is not None and inode.is_dir == (attrs.kind is Kind.DIR):
             if (
                 inode.attrs.etag is not None
                 and attrs.etag is not None

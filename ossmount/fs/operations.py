@@ -33,19 +33,30 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
+from cachetools import LRUCache
 
 from ossmount.fs.attrs import (
+    KEY_MAX,
+    META_ATIME,
+    META_CTIME,
     META_GID,
     META_MODE,
     META_MTIME,
     META_SYMLINK_TARGET,
     META_UID,
+    META_XATTR,
+    NAME_MAX,
+    USER_METADATA_MAX,
     Attributes,
     Kind,
     attributes_from_info,
+    decode_xattrs,
+    encode_xattrs,
+    kind_of_mode,
     native_symlink_path,
     parse_mtime_ns,
     posix_metadata,
+    user_metadata_bytes,
 )
 from ossmount.fs.dircache import FOLDER_SUFFIX, DirEntry, DirSnapshot, Namespace
 from ossmount.fs.inodes import Inode, InodeTable
@@ -53,6 +64,7 @@ from ossmount.fs.reader import FileReader, ReadCache
 from ossmount.fs.writer import StagedFile, WriteStaging
 from ossmount.oss.errors import NotFound, OssError, PreconditionFailed, group_failures
 from ossmount.oss.model import ObjectInfo
+from ossmount.oss.transfer import MAX_PART_SIZE, MAX_PARTS
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +74,10 @@ SelfT = TypeVar("SelfT", bound="OssFs")
 
 STATFS_BLOCKS = 1 << 40
 STATFS_FILES = 1 << 32
+# OSS's largest object (10,000 parts of 5 GiB, 48.8 TiB): a larger file is EFBIG.
+MAX_FILE_SIZE = MAX_PARTS * MAX_PART_SIZE
+# Directories whose in-memory mtime/ctime (entries changed through this mount) are remembered.
+DIRECTORY_TIMES_KEPT = 100_000
 
 
 def _fuse_error_for(operation: str, args: tuple[object, ...], exc: Exception) -> pyfuse3.FUSEError:
@@ -153,8 +169,48 @@ def _new_attributes(
     )
 
 
+def _changed_attributes(
+    current: Attributes, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields
+) -> Attributes:
+    """``current`` with what a setattr sets, and ctime now. A time not set keeps its value:
+    an atime that was reading as mtime is pinned before mtime moves, and the reverse."""
+    now = time.time_ns()
+    return replace(
+        current,
+        permissions=stat.S_IMODE(attr.st_mode) if fields.update_mode else current.permissions,
+        uid=attr.st_uid if fields.update_uid else current.uid,
+        gid=attr.st_gid if fields.update_gid else current.gid,
+        mtime_ns=attr.st_mtime_ns if fields.update_mtime else current.mtime_ns,
+        atime_ns=(
+            attr.st_atime_ns
+            if fields.update_atime
+            else current.st_atime_ns
+            if fields.update_mtime
+            else current.atime_ns
+        ),
+        ctime_ns=now,
+    )
+
+
+def _check_xattr_name(name: bytes) -> None:
+    """POSIX ACLs are not implemented: their names give EOPNOTSUPP (not "no such attribute",
+    which would claim the ACL is empty)."""
+    if name.startswith(b"system.posix_acl_"):
+        raise _fuse_error(errno.EOPNOTSUPP)
+
+
 def _fuse_error(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
+
+
+def _checked_name(parent: Inode, name: bytes, *, directory: bool = False) -> str:
+    """``name`` as text, or ENAMETOOLONG when it is over NAME_MAX bytes or its key (with the
+    trailing "/" of a directory) would be over OSS's 1,023-byte limit: such a key could not be
+    created, and a longer segment could never be listed."""
+    key_bytes = len(parent.key.encode("utf-8", "surrogateescape")) + len(name) + int(directory)
+    if len(name) > NAME_MAX or key_bytes > KEY_MAX:
+        raise _fuse_error(errno.ENAMETOOLONG)
+    return os.fsdecode(name)
 
 
 class OssFs(pyfuse3.Operations):
@@ -189,6 +245,8 @@ class OssFs(pyfuse3.Operations):
         self._next_fh = 1
         # Per inode: the ETag whose data the kernel page cache may hold (keep_cache on open).
         self._kernel_cached_etag: dict[int, str] = {}
+        # Per directory key: when an entry of it last changed through this mount.
+        self._directory_changed_ns: LRUCache[str, int] = LRUCache(maxsize=DIRECTORY_TIMES_KEPT)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -206,18 +264,40 @@ class OssFs(pyfuse3.Operations):
         entry.entry_timeout = self.options.entry_timeout_s
         entry.attr_timeout = self.options.attr_timeout_s
         entry.st_mode = attrs.st_mode
-        # 1 for directories: "unknown number of subdirectories" to find/fts.
-        entry.st_nlink = 1
+        entry.st_nlink = self._link_count(inode)
         entry.st_uid = attrs.uid
         entry.st_gid = attrs.gid
-        entry.st_rdev = 0
+        entry.st_rdev = attrs.rdev
         entry.st_size = attrs.size
         entry.st_blksize = self.options.block_size
         entry.st_blocks = attrs.st_blocks
-        entry.st_atime_ns = attrs.mtime_ns
+        entry.st_atime_ns = attrs.st_atime_ns
         entry.st_mtime_ns = attrs.mtime_ns
-        entry.st_ctime_ns = attrs.mtime_ns
+        entry.st_ctime_ns = attrs.st_ctime_ns
+        if inode.is_dir:
+            changed_ns = self._directory_changed_ns.get(inode.key)
+            if changed_ns is not None and changed_ns > attrs.mtime_ns:
+                entry.st_mtime_ns = changed_ns
+                entry.st_ctime_ns = max(changed_ns, attrs.st_ctime_ns)
         return entry
+
+    def _link_count(self, inode: Inode) -> int:
+        """0 for a file unlinked while open; 2 plus its subdirectories for a directory whose
+        complete listing is cached, else 1 ("unknown" to find/fts); 1 for everything else."""
+        if self.inodes.by_key(inode.key) is not inode:
+            return 0
+        if not inode.is_dir:
+            return 1
+        listing = self.namespace.cached_listing(inode.key)
+        return 1 if listing is None else 2 + listing.subdirectories
+
+    def _directory_changed(self, directory: Inode) -> None:
+        """An entry of ``directory`` was created, removed or renamed: its mtime and ctime are
+        now. Kept in memory only (a marker put per create would cost a request), so that a
+        refresh of the directory's attributes from a listing does not move them back."""
+        now = time.time_ns()
+        self._directory_changed_ns[directory.key] = now
+        directory.attrs = replace(directory.attrs, mtime_ns=now, ctime_ns=now)
 
     def _new_fh(self) -> int:
         fh = self._next_fh
@@ -246,12 +326,13 @@ class OssFs(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         if not parent.is_dir:
             raise _fuse_error(errno.ENOTDIR)
-        staged = self._staged_key(parent.key + os.fsdecode(name))
+        text = _checked_name(parent, name)
+        staged = self._staged_key(parent.key + text)
         if staged is not None:
             known = self.inodes.by_key(staged.key)
             attrs: Attributes | None = self._staged_attrs(staged, known.attrs if known else None)
         else:
-            attrs = await self.namespace.lookup(parent.key, os.fsdecode(name))
+            attrs = await self.namespace.lookup(parent.key, text)
         if attrs is None:
             if self.options.negative_timeout_s > 0:
                 # Inode 0 is a negative entry: the kernel itself remembers that the name is
@@ -261,7 +342,7 @@ class OssFs(pyfuse3.Operations):
                 negative.entry_timeout = self.options.negative_timeout_s
                 return negative
             raise _fuse_error(errno.ENOENT)
-        inode = self.inodes.upsert(parent, os.fsdecode(name), attrs, self.options.stat_cache_ttl_s)
+        inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
         self.inodes.remember(inode)
         return self._entry(inode)
 
@@ -588,7 +669,7 @@ class OssFs(pyfuse3.Operations):
                 node.key, existing, truncate=truncate, append=bool(flags & os.O_APPEND)
             )
             if truncate:
-                node.attrs = replace(node.attrs, size=0, mtime_ns=time.time_ns())
+                node.attrs = replace(node.attrs, size=0, mtime_ns=time.time_ns(), ctime_ns=None)
         handle = FileHandle(
             node,
             None,
@@ -609,13 +690,14 @@ class OssFs(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._dir_inode(parent_inode)
         staging = self._writable()
-        text = os.fsdecode(name)
+        text = _checked_name(parent, name)
         key = parent.key + text
         attrs = _new_attributes(Kind.FILE, stat.S_IMODE(mode) & ~ctx.umask, ctx)
         staged = await staging.open(key, None, truncate=True, exclusive=bool(flags & os.O_EXCL))
         metadata = posix_metadata(attrs)
         staged.set_metadata({field: metadata[field] for field in (META_MODE, META_UID, META_GID)})
         inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
+        self._directory_changed(parent)
         self.inodes.remember(inode)
         self.namespace.note_entry(key, inode.attrs)
         handle = FileHandle(inode, None, None, staged=staged, append=bool(flags & os.O_APPEND))
@@ -628,9 +710,12 @@ class OssFs(pyfuse3.Operations):
             raise _fuse_error(errno.EBADF)
         staged = handle.staged
         # O_APPEND: at the end as the writer knows it (the kernel's idea of the size may lag).
-        written = await staged.write(staged.size if handle.append else off, buf)
+        offset = staged.size if handle.append else off
+        if offset + len(buf) > MAX_FILE_SIZE:
+            raise _fuse_error(errno.EFBIG)
+        written = await staged.write(offset, buf)
         node = handle.inode
-        node.attrs = replace(node.attrs, size=staged.size, mtime_ns=time.time_ns())
+        node.attrs = replace(node.attrs, size=staged.size, mtime_ns=time.time_ns(), ctime_ns=None)
         return written
 
     @_errno_boundary
@@ -662,36 +747,39 @@ class OssFs(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
         staging = self._writable()
+        if fields.update_size and attr.st_size > MAX_FILE_SIZE:
+            raise _fuse_error(errno.EFBIG)
         current = node.attrs
-        mtime_ns = current.mtime_ns
-        if fields.update_mtime:
-            mtime_ns = attr.st_mtime_ns
-        elif fields.update_size:
-            mtime_ns = time.time_ns()  # truncate changes the data: mtime moves, as on any disk
-        changed = replace(
-            current,
-            permissions=stat.S_IMODE(attr.st_mode) if fields.update_mode else current.permissions,
-            uid=attr.st_uid if fields.update_uid else current.uid,
-            gid=attr.st_gid if fields.update_gid else current.gid,
-            mtime_ns=mtime_ns,
-        )
+        changed = _changed_attributes(current, attr, fields)
         names = [
             name
             for name, wanted in (
                 (META_MODE, fields.update_mode),
                 (META_UID, fields.update_uid),
                 (META_GID, fields.update_gid),
-                (META_MTIME, fields.update_mtime),
             )
             if wanted
         ]
+        if fields.update_size:
+            # Data changes: the upload's Last-Modified is the new mtime and ctime. (truncate(2)
+            # sends no time: the file system moves mtime when the size changes.)
+            if not fields.update_mtime and attr.st_size != current.size:
+                changed = replace(changed, mtime_ns=time.time_ns(), atime_ns=current.st_atime_ns)
+            changed = replace(changed, ctime_ns=None)
+        elif names or fields.update_mtime or fields.update_atime:
+            # Every change of metadata stores mtime too (else the copy's new Last-Modified
+            # would move it: chown must not), and the ctime of the change.
+            names += [META_MTIME, META_CTIME]
+            if changed.atime_ns is not None:
+                names.append(META_ATIME)
         if node.is_dir:
+            if fields.update_mtime:
+                self._directory_changed_ns.pop(node.key, None)
             await self._set_directory_attributes(node, changed, bool(names))
         elif node.kind is Kind.SYMLINK and current.object_type == "Symlink":
-            # An OSS symlink's own mode, owner and times are not stored (listings show its
-            # Last-Modified, HEAD describes its target); they hold until the inode is forgotten.
-            node.attrs = changed
-        elif names or fields.update_size:  # (atime and ctime alone are not stored)
+            if names:
+                await self._set_native_symlink_attributes(node, changed)
+        elif names or fields.update_size:
             metadata = {name: posix_metadata(changed)[name] for name in names}
             size = attr.st_size if fields.update_size else None
             await self._set_file_attributes(node, staging, fh, size, metadata)
@@ -701,8 +789,104 @@ class OssFs(pyfuse3.Operations):
                 uid=changed.uid,
                 gid=changed.gid,
                 mtime_ns=changed.mtime_ns,
+                atime_ns=changed.atime_ns,
+                ctime_ns=changed.ctime_ns,
             )
         return self._entry(node)
+
+    # -- extended attributes -------------------------------------------------------------
+    # Stored as ossfs does, in one x-oss-meta-xattr header; read from the attributes a HEAD
+    # (or a listing's HEADs) brought, so getxattr and listxattr after `ls -l` cost no request.
+
+    async def _exact_attributes(self, node: Inode) -> Attributes:
+        """The node's attributes with its user metadata known (a HEAD if only listed)."""
+        if node.is_dir or self._staged_of(node) is not None:
+            return node.attrs
+        node = await self._refresh(node)
+        if not node.attrs.exact:
+            node.attrs_expire_at = 0.0
+            node = await self._refresh(node)
+        return node.attrs
+
+    @_errno_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        _check_xattr_name(name)
+        node = self._inode(inode)
+        if name.startswith(b"security."):
+            # Asked by `ls -l` for every name (security.selinux) and by the kernel before
+            # every write (security.capability): answered from the attributes at hand, so
+            # neither costs a request, also where a listing brought no user metadata.
+            attrs = node.attrs
+        else:
+            attrs = await self._exact_attributes(node)
+        value = decode_xattrs(attrs.xattrs).get(os.fsdecode(name))
+        if value is None:
+            raise _fuse_error(errno.ENODATA)
+        return value
+
+    @_errno_boundary
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        node = self._inode(inode)
+        return [
+            os.fsencode(name) for name in decode_xattrs((await self._exact_attributes(node)).xattrs)
+        ]
+
+    @_errno_boundary
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        # (pyfuse3 checks XATTR_CREATE and XATTR_REPLACE through getxattr before this.)
+        _check_xattr_name(name)
+        node = self._inode(inode)
+        xattrs = decode_xattrs((await self._exact_attributes(node)).xattrs)
+        xattrs[os.fsdecode(name)] = value
+        await self._store_xattrs(node, xattrs)
+
+    @_errno_boundary
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _check_xattr_name(name)
+        node = self._inode(inode)
+        xattrs = decode_xattrs((await self._exact_attributes(node)).xattrs)
+        if xattrs.pop(os.fsdecode(name), None) is None:
+            raise _fuse_error(errno.ENODATA)
+        await self._store_xattrs(node, xattrs)
+
+    async def _store_xattrs(self, node: Inode, xattrs: dict[str, bytes]) -> None:
+        """Store the node's whole set of extended attributes (and the ctime of the change)."""
+        staging = self._writable()
+        now = time.time_ns()
+        changed = replace(node.attrs, xattrs=encode_xattrs(xattrs), ctime_ns=now)
+        metadata = posix_metadata(changed)
+        if user_metadata_bytes(metadata) > USER_METADATA_MAX:
+            log.warning(
+                "setxattr on %r refused: its user metadata would be %d bytes, over OSS's limit "
+                "of %d (ENOSPC)",
+                node.key,
+                user_metadata_bytes(metadata),
+                USER_METADATA_MAX,
+            )
+            raise _fuse_error(errno.ENOSPC)
+        if node.is_dir:
+            await self._set_directory_attributes(node, changed, True)
+        elif node.kind is Kind.SYMLINK and changed.object_type == "Symlink":
+            await self._set_native_symlink_attributes(node, changed)
+        else:
+            stored = {name: metadata[name] for name in (META_XATTR, META_MTIME, META_CTIME)}
+            await self._set_file_attributes(node, staging, None, None, stored)
+            node.attrs = replace(node.attrs, xattrs=changed.xattrs, ctime_ns=now)
+
+    async def _set_native_symlink_attributes(self, node: Inode, changed: Attributes) -> None:
+        """An OSS symlink keeps its owner, mode and times in its own x-oss-meta-*: PutSymlink
+        again, same target, new metadata (a symlink cannot be copied onto itself)."""
+        client, bucket = self.namespace.client, self.namespace.bucket
+        link = await client.get_symlink_info(bucket, node.key)
+        metadata = {**link.metadata, **posix_metadata(changed)}
+        metadata.pop(META_SYMLINK_TARGET, None)
+        put = await client.put_symlink(
+            bucket, node.key, link.symlink_target or "", metadata=metadata
+        )
+        node.attrs = replace(changed, etag=put.etag)
+        self.namespace.note_entry(node.key, node.attrs)
 
     async def _set_directory_attributes(
         self, node: Inode, changed: Attributes, store: bool
@@ -757,7 +941,7 @@ class OssFs(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self._dir_inode(parent_inode)
         self._writable()
-        text = os.fsdecode(name)
+        text = _checked_name(parent, name, directory=True)
         key = parent.key + text + "/"
         attrs = _new_attributes(Kind.DIR, stat.S_IMODE(mode) & ~ctx.umask, ctx)
         await self.namespace.client.put_object(
@@ -766,8 +950,46 @@ class OssFs(pyfuse3.Operations):
         self.namespace.note_entry(key, attrs)
         self.namespace.note_empty_directory(key)
         inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
+        self._directory_changed(parent)
         self.inodes.remember(inode)
         return self._entry(inode)
+
+    @_errno_boundary
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """mkfifo, mknod and bind() of a Unix socket: a zero-byte object whose x-oss-meta-mode
+        carries the file type (ossfs's form), plus x-oss-meta-rdev for devices. A FIFO or a
+        socket works between local processes through the kernel; nothing of it is in OSS."""
+        parent = self._dir_inode(parent_inode)
+        self._writable()
+        kind = kind_of_mode(mode)
+        if kind is None or kind is Kind.DIR or kind is Kind.SYMLINK:
+            raise _fuse_error(errno.EINVAL)
+        text = _checked_name(parent, name)
+        key = parent.key + text
+        attrs = replace(
+            _new_attributes(kind, stat.S_IMODE(mode) & ~ctx.umask, ctx),
+            rdev=rdev if kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE) else 0,
+        )
+        put = await self.namespace.client.put_object(
+            self.namespace.bucket, key, b"", metadata=posix_metadata(attrs)
+        )
+        attrs = replace(attrs, etag=put.etag, crc64=put.crc64)
+        self.namespace.note_entry(key, attrs)
+        inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
+        self._directory_changed(parent)
+        self.inodes.remember(inode)
+        return self._entry(inode)
+
+    @_errno_boundary
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """Hard links cannot exist in OSS: EPERM, what POSIX gives a file system without them
+        (after ENAMETOOLONG for a name that could not exist either)."""
+        _checked_name(self._dir_inode(new_parent_inode), new_name)
+        raise _fuse_error(errno.EPERM)
 
     async def _directory_is_empty(self, prefix: str) -> bool:
         """True when nothing but the directory's own marker is under ``prefix``."""
@@ -789,6 +1011,7 @@ class OssFs(pyfuse3.Operations):
         await client.delete_object(bucket, key)
         await client.delete_object(bucket, key[:-1] + FOLDER_SUFFIX)
         self.inodes.detach(key)
+        self._directory_changed(parent)
         self.namespace.note_entry(key, None)
         self.namespace.forget_listing(key)
 
@@ -801,6 +1024,7 @@ class OssFs(pyfuse3.Operations):
         async with staging.removing(key):
             await self.namespace.client.delete_object(self.namespace.bucket, key)
         self.inodes.detach(key)
+        self._directory_changed(parent)
         self.namespace.note_entry(key, None)
         self.read_cache.invalidate(key)
 
@@ -831,6 +1055,8 @@ class OssFs(pyfuse3.Operations):
         key = posixpath.normpath(posixpath.join(posixpath.dirname(link_key), target))
         if key in (".", "..") or key.startswith("../"):
             return None
+        if len(key.encode("utf-8", "surrogateescape")) > KEY_MAX:
+            return None  # (stored as an ossfs symlink instead, the target in the body)
         return key if native_symlink_path(link_key, key) == target else None
 
     @_errno_boundary
@@ -839,7 +1065,7 @@ class OssFs(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self._dir_inode(parent_inode)
         self._writable()
-        text = os.fsdecode(name)
+        text = _checked_name(parent, name)
         key = parent.key + text
         target_text = os.fsdecode(target)
         attrs = _new_attributes(Kind.SYMLINK, 0o777, ctx, symlink_target=target_text)
@@ -856,6 +1082,7 @@ class OssFs(pyfuse3.Operations):
             attrs = replace(attrs, etag=put.etag)
         self.namespace.note_entry(key, attrs)
         inode = self.inodes.upsert(parent, text, attrs, self.options.stat_cache_ttl_s)
+        self._directory_changed(parent)
         self.inodes.remember(inode)
         return self._entry(inode)
 
@@ -881,7 +1108,8 @@ class OssFs(pyfuse3.Operations):
         staging = self._writable()
         old_parent = self._dir_inode(parent_inode_old)
         new_parent = self._dir_inode(parent_inode_new)
-        old_name, new_name = os.fsdecode(name_old), os.fsdecode(name_new)
+        old_name = os.fsdecode(name_old)
+        new_name = _checked_name(new_parent, name_new)
         source = await self._attributes_at(old_parent, old_name)
         if source is None:
             raise _fuse_error(errno.ENOENT)
@@ -893,6 +1121,7 @@ class OssFs(pyfuse3.Operations):
             new_key = new_parent.key + new_name + "/"
             if new_key.startswith(old_key):
                 raise _fuse_error(errno.EINVAL)
+            _checked_name(new_parent, name_new, directory=True)
             if target is not None and target.kind is not Kind.DIR:
                 raise _fuse_error(errno.ENOTDIR)
             if target is not None and not await self._directory_is_empty(new_key):
@@ -926,8 +1155,11 @@ class OssFs(pyfuse3.Operations):
                 )
             for key in (old_key, new_key):
                 self.read_cache.invalidate(key)
+        self._directory_changed(old_parent)
+        self._directory_changed(new_parent)
         inode = self.inodes.by_key(old_key)
         if inode is not None:
+            inode.attrs = replace(inode.attrs, ctime_ns=time.time_ns())
             if inode.kind is Kind.FILE:
                 inode.attrs = replace(
                     inode.attrs,

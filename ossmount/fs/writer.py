@@ -273,6 +273,9 @@ class StagedFile:
         self.remote_etag = remote_etag
         # Bytes of the local staging file that differ from the base object.
         self._changed = RangeSet()
+        # Local mode: holes of the staging file (truncate up, writes past the end), which take
+        # no disk and so no budget until written into.
+        self._holes = RangeSet()
         # True while the staged data or metadata differ from the object in OSS.
         self._dirty = dirty
         self._handles = 0
@@ -718,6 +721,7 @@ class StagedFile:
         self._append_crc = Crc64()
         self._part_crcs.clear()
         self._mode = MODE_STREAM
+        self._holes = RangeSet()
         self._changed = RangeSet()
         self._journal(mode=MODE_STREAM, size=0, base_key=None, base_etag=None, base_size=0)
         self._data_changed()
@@ -728,7 +732,7 @@ class StagedFile:
     def _staged_bytes_accounted(self) -> int:
         """Budget bytes this file holds: its local copy, or its part files on disk."""
         if self._mode == MODE_LOCAL:
-            return self.size
+            return self.size - self._holes.total()
         if self._mode == MODE_STREAM:
             return sum(
                 min(self._part_size, self.size - (n - 1) * self._part_size)
@@ -765,6 +769,7 @@ class StagedFile:
         self.size = info.size
         self.remote_etag = info.etag
         self._mode = MODE_LOCAL
+        self._holes = RangeSet()
         self._base_key = self.key
         self._base_etag = info.etag
         self._base_size = info.size
@@ -781,7 +786,9 @@ class StagedFile:
 
     async def _local_write(self, offset: int, data: bytes) -> None:
         end = offset + len(data)
-        grow = max(0, end - self.size)
+        # Budget: the bytes past the end, and those that fill holes; a gap stays a hole.
+        filled = _overlap(self._holes, offset, end)
+        grow = max(0, end - max(offset, self.size)) + filled
         await self._staging.budget.reserve(grow)
         try:
             fd = os.open(self._data_path(), os.O_WRONLY | os.O_CREAT, 0o600)
@@ -792,19 +799,23 @@ class StagedFile:
         except BaseException:
             self._staging.budget.release(grow)
             raise
+        self._holes.remove(offset, end)
         if offset > self.size:
             self._changed.add(self.size, offset)  # the hole reads as zeros
+            self._holes.add(self.size, offset)
         self._changed.add(offset, end)
         self.size = max(self.size, end)
         self._data_changed()
 
     async def _local_truncate(self, size: int) -> None:
-        if size > self.size:
-            await self._staging.budget.reserve(size - self.size)
+        # Growing makes a hole (sparse on disk): nothing to reserve until it is written.
         with open(self._data_path(), "r+b") as file:
             file.truncate(size)
+        if size > self.size:
+            self._holes.add(self.size, size)
         if size < self.size:
-            self._staging.budget.release(self.size - size)
+            self._staging.budget.release(self.size - size - _overlap(self._holes, size, self.size))
+            self._holes.remove(size, self.size)
             # Bytes past the cut no longer match the base, should the file grow again.
             self._changed.add(size, max(self.size, self._base_size))
         else:
@@ -874,8 +885,10 @@ class StagedFile:
         """After a data change, a stale x-oss-meta-mtime goes (the object's Last-Modified is
         then the mtime), unless utimens set one since."""
         stale = self._data_changed_ns is not None and not self._mtime_explicit
-        if stale and "mtime" in self._metadata:
-            del self._metadata["mtime"]
+        if stale and ("mtime" in self._metadata or "ctime" in self._metadata):
+            # (ctime too: the data change is the newer change of the two.)
+            self._metadata.pop("mtime", None)
+            self._metadata.pop("ctime", None)
             self._journal(metadata=self._metadata)
 
     async def _flush_locked(self) -> None:
@@ -1193,6 +1206,11 @@ class StagedFile:
         for path in self._staging.staging_dir.glob(f"{self._file_id}.*"):
             path.unlink(missing_ok=True)
         shutil.rmtree(self._staging.download_dir / str(self._file_id), ignore_errors=True)
+
+
+def _overlap(ranges: RangeSet, start: int, end: int) -> int:
+    """How many bytes of [start, end) are in ``ranges``."""
+    return max(0, end - start) - sum(high - low for low, high in ranges.gaps(start, end))
 
 
 def _combined_crc(parts: list[PartInfo]) -> int | None:
@@ -1531,10 +1549,16 @@ class WriteStaging:
         new_etag: str | None = None
         try:
             if object_type == "Symlink":
-                # (A HEAD would describe the target; the link's own user metadata is not kept.)
-                target = await client.get_symlink(self.bucket, old_key)
-                target = moved_symlink_target(old_key, new_key, target)
-                await client.put_symlink(self.bucket, new_key, target, forbid_overwrite=no_replace)
+                # (A HEAD would describe the target; GetSymlink gives the link's own metadata.)
+                link = await client.get_symlink_info(self.bucket, old_key)
+                target = moved_symlink_target(old_key, new_key, link.symlink_target or "")
+                await client.put_symlink(
+                    self.bucket,
+                    new_key,
+                    target,
+                    metadata=link.metadata,
+                    forbid_overwrite=no_replace,
+                )
             elif size <= COPY_OBJECT_LIMIT:
                 try:
                     result = await client.copy_object(

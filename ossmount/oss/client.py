@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.client import HTTPResponse
 from http.cookiejar import CookieJar
 from pathlib import Path
@@ -991,6 +991,18 @@ class OssClient:
                 request_id=response.headers.get("x-oss-request-id"),
             )
         return unquote(target)
+
+    async def get_symlink_info(self, bucket: str, key: str) -> ObjectInfo:
+        """The symlink object itself: its target key (``symlink_target``), and its own ETag,
+        Last-Modified and user metadata (a HEAD describes the target instead)."""
+        response, _ = await self._request("GET", bucket, key, params={"symlink": ""})
+        headers = _lower_headers(response)
+        if "x-oss-symlink-target" not in headers:
+            raise OssProtocolError(
+                f"GetSymlink {key}: answer without x-oss-symlink-target",
+                request_id=headers.get("x-oss-request-id"),
+            )
+        return replace(_object_info(key, headers, size=0), object_type="Symlink")
 
     # --- listing -----------------------------------------------------------------------------
 

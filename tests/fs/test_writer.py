@@ -922,3 +922,30 @@ async def test_chmod_while_streaming_and_budget_returns_to_zero(
     assert await _in_thread(_get, oss2_bucket, "existing") == (
         original[:10] + b"x" + original[11 : 2 * PART]
     )
+
+
+async def test_holes_take_no_budget_until_written(
+    oss_server: RunningServer, oss2_bucket: oss2.Bucket, tmp_path: Path
+) -> None:
+    """Growing by truncate or by a write past the end leaves a sparse hole: it counts against
+    the budget only once written into, and what a cut or the release gives back matches."""
+    async with (
+        _client(oss_server) as client,
+        open_staging(client, tmp_path / "state", disk_budget_bytes=4 * PART) as staging,
+    ):
+        staged = await staging.open("sparse", None, truncate=True)
+        await staged.write(0, b"head")
+        await staged.truncate(64 * PART)  # 16 times the budget
+        assert staging.budget.used == 4
+        await staged.write(10 * PART, b"x" * 100)  # fills 100 bytes of the hole
+        await staged.write(70 * PART, b"tail")  # past the end: a new hole before it
+        assert staging.budget.used == 4 + 100 + 4
+        await staged.write(10 * PART + 50, b"y" * 100)  # half in the filled bytes, half hole
+        assert staging.budget.used == 4 + 150 + 4
+        await staged.truncate(10 * PART + 120)  # the cut gives back the written bytes only
+        assert staging.budget.used == 4 + 120
+        await staged.flush()
+        await staged.release()
+        assert staging.budget.used == 0
+    expected = b"head" + bytes(10 * PART - 4) + b"x" * 50 + b"y" * 70
+    assert await _in_thread(_get, oss2_bucket, "sparse") == expected
