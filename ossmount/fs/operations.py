@@ -760,10 +760,17 @@ class OssFs(pyfuse3.Operations):
             )
             if wanted
         ]
-        if fields.update_size:
+        if fields.update_size and attr.st_size == current.size and not fields.update_mtime:
+            # truncate(2) to the same size still moves mtime and ctime (as Linux file systems
+            # do) but uploads no data: store the times.
+            now_ns = time.time_ns()
+            changed = replace(changed, mtime_ns=now_ns, ctime_ns=now_ns)
+            changed = replace(changed, atime_ns=current.st_atime_ns)
+            names += [META_MTIME, META_CTIME]
+        elif fields.update_size:
             # Data changes: the upload's Last-Modified is the new mtime and ctime. (truncate(2)
             # sends no time: the file system moves mtime when the size changes.)
-            if not fields.update_mtime and attr.st_size != current.size:
+            if not fields.update_mtime:
                 changed = replace(changed, mtime_ns=time.time_ns(), atime_ns=current.st_atime_ns)
             changed = replace(changed, ctime_ns=None)
         elif names or fields.update_mtime or fields.update_atime:
@@ -792,6 +799,9 @@ class OssFs(pyfuse3.Operations):
                 atime_ns=changed.atime_ns,
                 ctime_ns=changed.ctime_ns,
             )
+            if self.inodes.by_key(node.key) is node:
+                # The cached listing too: readdirplus hands its attributes to the kernel.
+                self.namespace.note_entry(node.key, node.attrs)
         return self._entry(node)
 
     # -- extended attributes -------------------------------------------------------------
