@@ -314,3 +314,34 @@ def test_build_entries_properties(keys: list[str]) -> None:
     for entry in entries:
         below = entry.name + "/" in prefixes or entry.name + "_$folder$" in keys
         assert (entry.attrs.kind is Kind.DIR) == below, entry
+
+
+def test_dir_listing_changes_in_place_and_snapshots_never_change() -> None:
+    entries = build_entries("d/", [summary(f"d/f{i}") for i in range(3)], ["d/sub/"], DEFAULTS)
+    listing = DirListing("d/", entries, 0.0)
+    assert listing.subdirectories == 1
+    opened = listing.snapshot()
+    assert listing.snapshot() is opened  # no change, no new sort
+    new_file = build_entries("d/", [summary("d/a-new")], [], DEFAULTS)[0]
+    listing.put(new_file)
+    listing.remove("f1")
+    listing.remove("sub")
+    # A directory handle keeps reading what it opened: nothing skipped or repeated.
+    assert [entry.name for entry in opened.entries] == ["f0", "f1", "f2", "sub"]
+    assert [entry.name for entry in listing.snapshot().entries] == ["a-new", "f0", "f2"]
+    assert listing.find("f1") is None and listing.find("a-new") is new_file
+    assert listing.subdirectories == 0
+    assert len(listing) == 3
+
+
+def test_listing_cache_counts_a_listing_that_grew_in_place() -> None:
+    cache = ListingCache(ttl_s=10, max_entries=10, clock=lambda: 0.0)
+    small = DirListing("a/", [], 0.0)
+    other = DirListing("b/", build_entries("b/", [summary("b/x")], [], DEFAULTS), 0.0)
+    cache.put(small)
+    cache.put(other)
+    for i in range(8):
+        small.put(build_entries("a/", [summary(f"a/f{i}")], [], DEFAULTS)[0])
+        cache.put(small)  # stored again: its new size counts, the older listing goes
+    assert cache.get("a/") is small
+    assert cache.get("b/") is None

@@ -111,3 +111,31 @@ def test_cancellation_is_never_transient() -> None:
                 raise
 
     trio.run(main)
+
+
+async def test_first_failure_raises_the_failure_not_a_group() -> None:
+    async def fails() -> None:
+        raise errors.NoSuchKey("gone", code="NoSuchKey", status=404)
+
+    async def waits() -> None:
+        await trio.sleep_forever()
+
+    with pytest.raises(errors.NoSuchKey), errors.first_failure():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waits)
+            nursery.start_soon(fails)
+
+
+async def test_first_failure_lets_cancellation_through() -> None:
+    with trio.move_on_after(0.01) as scope:
+        with errors.first_failure():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep_forever)
+    assert scope.cancelled_caught
+
+
+def test_group_failures_flattens_and_drops_cancelled() -> None:
+    first, second = ValueError("a"), KeyError("b")
+    group = BaseExceptionGroup("outer", [first, BaseExceptionGroup("inner", [second])])
+    assert errors.group_failures(group) == [first, second]
+    assert errors.group_failures(first) == [first]
