@@ -1167,6 +1167,9 @@ class OssFs(pyfuse3.Operations):
                 self.read_cache.invalidate(key)
         self._directory_changed(old_parent)
         self._directory_changed(new_parent)
+        # The replaced file's inode (open handles keep it) leaves the name even when the kernel
+        # does not know the moved one: a lookup of the name must not find the old file.
+        self.inodes.detach(new_key)
         inode = self.inodes.by_key(old_key)
         if inode is not None:
             inode.attrs = replace(inode.attrs, ctime_ns=time.time_ns())

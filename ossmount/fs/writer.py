@@ -85,7 +85,7 @@ from typing import IO, TYPE_CHECKING
 
 import trio
 
-from ossmount.fs.attrs import native_symlink_path
+from ossmount.fs.attrs import format_time_ns, native_symlink_path
 from ossmount.fs.journal import (
     MODE_LOCAL,
     MODE_REMOTE,
@@ -1478,7 +1478,13 @@ class WriteStaging:
             else:
                 info = await self.client.head_object(self.bucket, old_key)
                 await self._move_key(
-                    old_key, new_key, info.size, info.etag, info.object_type, no_replace=no_replace
+                    old_key,
+                    new_key,
+                    info.size,
+                    info.etag,
+                    info.object_type,
+                    no_replace=no_replace,
+                    keep_mtime_of=info,
                 )
                 new_info = await self.client.head_object(self.bucket, new_key)
         self.rename(old_key, new_key, new_info.etag if new_info is not None else None)
@@ -1540,13 +1546,23 @@ class WriteStaging:
         object_type: str,
         *,
         no_replace: bool = False,
+        keep_mtime_of: ObjectInfo | None = None,
     ) -> str | None:
         """Copy one object to ``new_key`` (checked by CRC-64 where the server says), then
         delete it; -> the copy's ETag (None for a symlink). A source that vanished meanwhile
         (moved by an earlier attempt) is skipped (None); one that changed since it was listed
-        is copied as it is now."""
+        is copied as it is now. ``keep_mtime_of``: the source's HEAD; when it stores no mtime,
+        the copy stores the source's Last-Modified as its mtime (a rename does not change a
+        file's mtime, but OSS gives the copy a new Last-Modified)."""
         client = self.client
         new_etag: str | None = None
+        metadata: dict[str, str] | None = None
+        headers: dict[str, str] = {}
+        if keep_mtime_of is not None and "mtime" not in keep_mtime_of.metadata:
+            mtime_ns = int(keep_mtime_of.last_modified * 1_000_000_000)
+            metadata = {**keep_mtime_of.metadata, "mtime": format_time_ns(mtime_ns)}
+            if keep_mtime_of.content_type:
+                headers["Content-Type"] = keep_mtime_of.content_type
         try:
             if object_type == "Symlink":
                 # (A HEAD would describe the target; GetSymlink gives the link's own metadata.)
@@ -1566,6 +1582,8 @@ class WriteStaging:
                         old_key,
                         self.bucket,
                         new_key,
+                        metadata=metadata,
+                        headers=headers,
                         if_match=etag or None,
                         forbid_overwrite=no_replace,
                     )

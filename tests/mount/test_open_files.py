@@ -258,3 +258,18 @@ def test_a_file_unlinked_while_open_stays_gone_after_its_directory_moves(
         os.close(writer)
     assert os.listdir(root / "d1") == []
     assert object_bytes(oss2_bucket, "d1/f2") is None
+
+
+def test_rename_keeps_the_mtime_of_a_file_with_none_stored(
+    mounted: Mounted, oss2_bucket: oss2.Bucket
+) -> None:
+    """OSS gives the copy a new Last-Modified: the rename stores the old one as the mtime."""
+    oss2_bucket.put_object("plain", b"no x-oss-meta-mtime", headers={"Content-Type": "text/x-a"})
+    before = os.stat(mounted.path / "plain").st_mtime
+    subprocess.run(["sleep", "1.5"], check=True)
+    os.rename(mounted.path / "plain", mounted.path / "moved")
+    head = oss2_bucket.head_object("moved")
+    assert float(head.headers["x-oss-meta-mtime"]) == before
+    assert head.headers["Content-Type"] == "text/x-a"
+    subprocess.run(["sleep", "1.2"], check=True)  # the kernel's attributes expire
+    assert os.stat(mounted.path / "moved").st_mtime == before
