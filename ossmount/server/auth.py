@@ -122,8 +122,14 @@ class Verifier:
                 extra={"OSSAccessKeyId": credentials.access_key_id},
             )
 
-    def verify(self, request: SignedRequest, now: float | None = None) -> Principal:
-        """The principal of a correctly signed request; raises OssServerError otherwise."""
+    def verify(
+        self, request: SignedRequest, now: float | None = None, region: str | None = None
+    ) -> Principal:
+        """The principal of a correctly signed request; raises OssServerError otherwise.
+
+        `region`: the region the server serves; a V4 signature scoped to any other is refused
+        (as OSS does). None accepts every region.
+        """
         now = time.time() if now is None else now
         authorization = request.headers.get("authorization")
         params = request.params
@@ -131,12 +137,12 @@ class Verifier:
             if authorization.startswith("OSS "):
                 return self._verify_v1_header(request, authorization, now)
             if authorization.startswith(V4_ALGORITHM):
-                return self._verify_v4_header(request, authorization, now)
+                return self._verify_v4_header(request, authorization, now, region)
             raise invalid_argument("Authorization header is invalid.", "Authorization", "")
         if "Signature" in params or "OSSAccessKeyId" in params:
             return self._verify_v1_url(request, now)
         if params.get("x-oss-signature-version") == V4_ALGORITHM or "x-oss-signature" in params:
-            return self._verify_v4_url(request, now)
+            return self._verify_v4_url(request, now, region)
         return ANONYMOUS
 
     # --- V1 ------------------------------------------------------------------------------
@@ -178,13 +184,20 @@ class Verifier:
     # --- V4 ------------------------------------------------------------------------------
 
     def _verify_v4_header(
-        self, request: SignedRequest, authorization: str, now: float
+        self, request: SignedRequest, authorization: str, now: float, region: str | None
     ) -> Principal:
         try:
             parsed = parse_v4_authorization(authorization)
         except ValueError as exc:
             raise invalid_argument(f"Authorization header is invalid: {exc}") from None
         credentials = self._lookup(parsed.access_key_id)
+        if region is not None and parsed.region != region:
+            raise OssServerError(
+                400,
+                "InvalidArgument",
+                "Invalid signing region in Authorization header.",
+                ec="0002-00000226",
+            )
         self._check_token(credentials, request.headers.get("x-oss-security-token"))
         timestamp = request.headers.get("x-oss-date", "")
         epoch = _parse_v4_timestamp(timestamp)
@@ -207,7 +220,9 @@ class Verifier:
             raise _signature_mismatch(string_to_sign, parsed.access_key_id)
         return Principal(parsed.access_key_id)
 
-    def _verify_v4_url(self, request: SignedRequest, now: float) -> Principal:
+    def _verify_v4_url(
+        self, request: SignedRequest, now: float, served_region: str | None
+    ) -> Principal:
         params = dict(request.params)
         signature = params.pop("x-oss-signature", None) or ""
         try:
@@ -217,6 +232,8 @@ class Verifier:
         except ValueError:
             raise _access_denied("Presigned URL has a malformed x-oss-credential.") from None
         credentials = self._lookup(access_key_id)
+        if served_region is not None and region != served_region:
+            raise _access_denied("The signing region in credential is invalid.")
         timestamp = params.get("x-oss-date") or ""
         epoch = _parse_v4_timestamp(timestamp)
         expires = params.get("x-oss-expires") or ""

@@ -8,8 +8,12 @@ of files; file slices go out with `os.sendfile` (zero copy) unless a bandwidth c
 an injected reset needs to see the bytes.
 
 One `Connection` per accepted socket; requests on it are handled one after another
-(keep-alive). A request whose body was not read to the end closes the connection after the
-response, because the unread bytes would be taken for the next request.
+(keep-alive). A request is answered as soon as its handler is done, whether or not its body
+came: a client may declare a body it never sends (a presigned GET signed with a
+Content-Length), and a request rejected before its body is needed must not wait for it. What
+is left of the body after the answer is drained before the next request if it is small and
+the method carries bodies (PUT, POST); otherwise the answer says `Connection: close` and the
+connection is closed, gracefully (see `_linger_close`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,16 @@ RECEIVE_SIZE = 1 << 20
 SENDFILE_CHUNK = 8 << 20
 # A peer that neither sends nor takes a byte for this long is dropped.
 STALL_TIMEOUT_S = 120.0
+# The unread rest of a body that is drained after the answer (instead of closing): at most this
+# many bytes, arriving within this many seconds.
+DRAIN_LIMIT = 1 << 20
+DRAIN_TIMEOUT_S = 10.0
+# After answering and shutting down its side, a closing connection reads (and drops) what the
+# peer still sends for at most this long, so that the peer reads the answer before the close
+# (closing with unread bytes would reset the connection and could destroy the answer).
+LINGER_TIMEOUT_S = 2.0
+# Methods whose body OSS ignores: answered without waiting for a declared body.
+BODILESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 T = TypeVar("T")
 _TOKEN_CHARS = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -180,6 +194,12 @@ class Connection:
             if not await self._fill():
                 raise PeerGoneError("connection closed inside a chunked body")
 
+    def take_buffered(self, max_bytes: int) -> int:
+        """Drop up to `max_bytes` of what is already buffered (no socket read); -> how many."""
+        count = min(max_bytes, len(self._buffer))
+        del self._buffer[:count]
+        return count
+
     async def receive(self, max_bytes: int) -> bytes:
         """Up to `max_bytes` from the buffer, or else straight from the socket."""
         if self._buffer:
@@ -282,6 +302,20 @@ class Body:
         self.complete = not chunked and not content_length
         self.continue_pending = expect_continue and not self.complete
         self.reset_after: int | None = None  # fault injection: abort after this many bytes
+
+    def drop_buffered(self) -> None:
+        """Count what of the rest of a Content-Length body already arrived as read, without
+        waiting for more."""
+        if self.complete or self.chunked or self.continue_pending or self.reset_after is not None:
+            return
+        count = self._conn.take_buffered(self._remaining)
+        self.received += count
+        self._remaining -= count
+        self.complete = self._remaining == 0
+
+    def leftover_fits(self, limit: int) -> bool:
+        """Whether the unread rest is at most `limit` bytes, as far as is known."""
+        return self.declared_length is None or self.declared_length - self.received <= limit
 
     async def _allowance(self, max_bytes: int) -> int:
         """How many bytes the next raw read may take; 0 once the body is complete."""
@@ -517,22 +551,31 @@ async def serve_connection(
             except ProtocolError as exc:
                 await _send_error_and_close(conn, on_bad_request(exc.status, str(exc)))
                 return
+            body = request.body
             try:
                 close = wants_close(request)
-                if not request.body.complete:
-                    # Small leftovers are cheaper to drain than a new connection; a body the
-                    # client holds back (100-continue) is never sent, so close instead.
-                    close = (
-                        close
-                        or request.body.continue_pending
-                        or not await _drain(request.body, 1 << 20)
-                    )
+                body.drop_buffered()
+                # Answered now; a small leftover of a PUT or POST is drained afterwards (cheaper
+                # than a new connection). Anything else closes: a body held back for
+                # 100-continue, a large one, or one declared on a GET, HEAD or DELETE, which may
+                # never come (and, kept alive, would swallow the next request).
+                drain_after = not body.complete and not close
+                if drain_after and (
+                    request.method in BODILESS_METHODS
+                    or body.continue_pending
+                    or not body.leftover_fits(DRAIN_LIMIT)
+                ):
+                    close, drain_after = True, False
                 await conn.send_all(encode_head(response, close))
                 if not response.head_only and response.status != 304:
                     await _send_body(conn, response, response.reset_at)
             finally:
                 response.finish()
             if close:
+                if not body.complete:
+                    await _linger_close(conn)
+                return
+            if drain_after and not await _drain(body, DRAIN_LIMIT):
                 return
     except PeerGoneError as exc:
         log.debug("connection from %s ended: %s", peer, exc)
@@ -544,17 +587,34 @@ async def serve_connection(
 
 
 async def _drain(body: Body, limit: int) -> bool:
-    if body.declared_length is not None and body.declared_length - body.received > limit:
+    """Read the rest of the body (at most `limit` bytes, within DRAIN_TIMEOUT_S); -> whether
+    it ended, so that the connection can serve the next request."""
+    if not body.leftover_fits(limit):
         return False
     drained = 0
-    try:
-        while data := await body.receive_some():
-            drained += len(data)
-            if drained > limit:
-                return False
-    except ProtocolError:
-        return False
-    return True
+    ended = False
+    with trio.move_on_after(DRAIN_TIMEOUT_S):
+        try:
+            while data := await body.receive_some():
+                drained += len(data)
+                if drained > limit:
+                    return False
+        except ProtocolError:
+            return False
+        ended = True
+    return ended
+
+
+async def _linger_close(conn: Connection) -> None:
+    """Close after an answer with a body still unread: shut our side down (the peer sees the
+    end of the answer) and drop what the peer still sends, until it closes, DRAIN_LIMIT bytes
+    or LINGER_TIMEOUT_S, so that our close does not reset the connection under the answer."""
+    with contextlib.suppress(OSError):
+        conn.sock.shutdown(socket.SHUT_WR)
+    dropped = conn.take_buffered(DRAIN_LIMIT)
+    with trio.move_on_after(LINGER_TIMEOUT_S), contextlib.suppress(OSError):
+        while dropped < DRAIN_LIMIT and (data := await conn.sock.recv(65536)):
+            dropped += len(data)
 
 
 async def _send_body(conn: Connection, response: Response, reset_at: int | None) -> None:

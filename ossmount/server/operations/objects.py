@@ -34,6 +34,7 @@ from ossmount.server.protocol import (
     object_headers,
     parse_range,
     set_header,
+    tags_from_header,
     write_headers,
     xml_response,
 )
@@ -104,6 +105,7 @@ async def put_object(server: ServerContext, call: Call) -> Response:
     bucket, key = call.require_bucket(), call.require_key()
     headers, metadata = object_attributes(call.headers, key)
     acl, storage_class = object_acl_and_class(call.headers)
+    tags = tags_from_header(call.headers)
     server.check_forbid_overwrite(call, bucket, key)
     blob = await server.receive_blob(call.request.body, MAX_OBJECT_SIZE)
     try:
@@ -125,6 +127,7 @@ async def put_object(server: ServerContext, call: Call) -> Response:
         metadata=metadata,
         acl=acl,
         storage_class=storage_class,
+        tags=tags,
     )
     server.commit_new(call, record)
     return Response(200, write_headers(record, blob.md5))
@@ -160,14 +163,18 @@ async def _append(
             "Position is not equal to file length",
             headers={"x-oss-next-append-position": str(expected)},
         )
+    # The first append creates the object with its attributes and tags; later appends keep
+    # them and ignore those they carry (as OSS does).
     if current is None:
         headers, metadata = object_attributes(call.headers, key)
         acl, storage_class = object_acl_and_class(call.headers)
+        tags = tags_from_header(call.headers)
         data_file = store.new_append_file()
         previous_crc, previous_etag = 0, ""
     else:
         headers, metadata = current.headers, current.metadata
         acl, storage_class = current.acl, current.storage_class
+        tags = current.tags
         assert current.data_file is not None
         data_file = current.data_file
         previous_crc, previous_etag = current.crc64, current.etag
@@ -205,6 +212,7 @@ async def _append(
         metadata=metadata,
         acl=acl,
         storage_class=storage_class,
+        tags=tags,
     )
     store.commit_object(record)
     response_headers = write_headers(record, None)
@@ -256,6 +264,7 @@ async def put_symlink(server: ServerContext, call: Call) -> Response:
         raise OssServerError(400, "InvalidObjectName", "The symlink target is too long.")
     headers, metadata = object_attributes(call.headers, key)
     acl, storage_class = object_acl_and_class(call.headers)
+    tags = tags_from_header(call.headers)
     etag = md5_etag(md5_digest(target.encode("utf-8", errors="surrogateescape")))
     record = ObjectRecord(
         bucket=bucket,
@@ -271,6 +280,7 @@ async def put_symlink(server: ServerContext, call: Call) -> Response:
         symlink_target=target,
         acl=acl,
         storage_class=storage_class,
+        tags=tags,
     )
     server.commit_new(call, record)
     return Response(200, [("ETag", etag), ("x-oss-hash-crc64ecma", "0")])
