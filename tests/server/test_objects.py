@@ -301,3 +301,30 @@ def test_batch_delete_quiet_and_content_md5(oss2_bucket: oss2.Bucket, raw: RawCl
     assert "<Deleted>" not in response.text
     assert not oss2_bucket.object_exists("q1")
     assert not oss2_bucket.object_exists("q2")
+
+
+def test_batch_delete_of_keys_with_control_characters(bucket: oss2.Bucket) -> None:
+    # oss2 writes these keys raw into the Delete document (a form feed is not XML 1.0); OSS
+    # takes them, so the server does too.
+    keys = ["中文!@#$%^&*()-=文件\x0c-2.txt", "bell\x07and\x01", "cr\rlf\n", "<hello>&"]
+    for key in keys:
+        bucket.put_object(key, b"x")
+    result = bucket.batch_delete_objects(keys)
+    assert sorted(result.deleted_keys) == sorted(keys)
+    assert list(oss2.ObjectIteratorV2(bucket)) == []
+
+
+def test_control_characters_do_not_relax_the_xml_parser(raw: RawClient) -> None:
+    for body in (
+        b'<!DOCTYPE d [<!ENTITY e "x">]><Delete><Object><Key>\x0c&e;</Key></Object></Delete>',
+        b"<Delete><Object><Key>\x0c</Key></Object>",  # not closed
+        b"<Delete><Object><Key>a\x0c<b></Key></Object></Delete>",
+    ):
+        response = raw.request("POST", None, params={"delete": ""}, content=body)
+        assert response.status_code == 400, body
+        assert "<Code>MalformedXML</Code>" in response.text
+
+
+def test_keys_cannot_start_with_a_backslash(bucket: oss2.Bucket) -> None:
+    with pytest.raises(oss2.exceptions.InvalidObjectName):
+        bucket.put_object("\\invalid-object-name", b"x")
