@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import functools
 import re
 import uuid
 from collections.abc import Callable
@@ -107,6 +108,11 @@ def tags_from_header(headers: dict[str, str]) -> dict[str, str]:
 
 
 def http_date(epoch_s: float) -> str:
+    return _http_date_second(int(epoch_s))
+
+
+@functools.lru_cache(maxsize=256)
+def _http_date_second(epoch_s: int) -> str:
     return formatdate(epoch_s, usegmt=True)
 
 

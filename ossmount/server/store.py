@@ -406,6 +406,7 @@ class Store:
         # are no longer indexed and go once the last reader is done.
         self._pins: dict[str, int] = {}
         self._doomed: set[str] = set()
+        self._buckets: dict[str, BucketRecord] = {}
         self._remove_orphans()
 
     def close(self) -> None:
@@ -534,16 +535,25 @@ class Store:
             "INSERT OR IGNORE INTO buckets (name, created, acl, storage_class) VALUES (?,?,?,?)",
             (name, time.time(), acl, storage_class),
         )
+        self._buckets.pop(name, None)
         return cursor.rowcount == 1
 
     def get_bucket(self, name: str) -> BucketRecord | None:
+        # Every request looks its bucket up; buckets change only through this class, which
+        # forgets its copy of one whenever it writes it.
+        if name in self._buckets:
+            return self._buckets[name]
         row = self._db.execute(
             "SELECT name, created, acl, storage_class FROM buckets WHERE name = ?", (name,)
         ).fetchone()
-        return BucketRecord(*row) if row else None
+        record = BucketRecord(*row) if row else None
+        if record is not None:
+            self._buckets[name] = record
+        return record
 
     def set_bucket_acl(self, name: str, acl: str) -> None:
         self._db.execute("UPDATE buckets SET acl = ? WHERE name = ?", (acl, name))
+        self._buckets.pop(name, None)
 
     def list_buckets(self, prefix: str, marker: str, limit: int) -> list[BucketRecord]:
         upper = prefix_upper_bound(prefix)
@@ -569,6 +579,7 @@ class Store:
         with self._transaction():
             self._db.execute("DELETE FROM live_channels WHERE bucket = ?", (name,))
             self._db.execute("DELETE FROM buckets WHERE name = ?", (name,))
+        self._buckets.pop(name, None)
 
     def bucket_usage(self, name: str) -> tuple[int, int]:
         """(object count, total bytes)."""

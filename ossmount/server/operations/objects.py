@@ -107,13 +107,7 @@ async def put_object(server: ServerContext, call: Call) -> Response:
     acl, storage_class = object_acl_and_class(call.headers)
     tags = tags_from_header(call.headers)
     server.check_forbid_overwrite(call, bucket, key)
-    blob = await server.receive_blob(call.request.body, MAX_OBJECT_SIZE)
-    try:
-        check_md5(call, blob)
-        data_file = await trio.to_thread.run_sync(server.store.install_object_file, blob.temp_path)
-    except BaseException:
-        blob.temp_path.unlink(missing_ok=True)
-        raise
+    blob, data_file = await server.receive_object_file(call.request.body, MAX_OBJECT_SIZE)
     record = ObjectRecord(
         bucket=bucket,
         key=key,
@@ -129,6 +123,11 @@ async def put_object(server: ServerContext, call: Call) -> Response:
         storage_class=storage_class,
         tags=tags,
     )
+    try:
+        check_md5(call, blob)
+    except OssServerError:
+        server.store.discard_files(record)
+        raise
     server.commit_new(call, record)
     return Response(200, write_headers(record, blob.md5))
 
