@@ -5,6 +5,7 @@ request (4 KiB GETs and PUTs on one kept-alive connection).
     .venv/bin/python scripts/bench_server.py [--size-mib 1024] [--keys 100000] [--runs 3]
                                              [--direct-io] [--small-requests 3000]
     .venv/bin/python scripts/bench_server.py --small-only [--small-requests 3000]
+                                             [--compare-python OTHER-VENV/bin/python --runs 3]
 
 The server runs as its own process (`ossmount server`); curl uses presigned V1 URLs. Figures
 are the best of --runs; "server CPU" is the CPU time (user + system) the server process spent
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -158,12 +160,24 @@ def main() -> None:
     parser.add_argument(
         "--small-only", action="store_true", help="only the small requests (no big file)"
     )
+    parser.add_argument(
+        "--compare-python",
+        metavar="PYTHON",
+        help="with --small-only: also measure the server of another virtualenv's python "
+        "(an older version installed there), alternating with this one",
+    )
     options = parser.parse_args()
     if options.small_only:
-        with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch:
-            options_io = ["--direct-io"] if options.direct_io else []
-            with server_process(Path(scratch) / "root", *options_io) as server:
-                small_requests(server.endpoint, server.process.pid, options.small_requests)
+        pythons = [sys.executable]
+        if options.compare_python:
+            pythons = [options.compare_python, sys.executable] * options.runs
+        for python in pythons:
+            print(f"server: {python}")
+            with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch:
+                options_io = ["--direct-io"] if options.direct_io else []
+                root = Path(scratch) / "root"
+                with server_process(root, *options_io, python=python) as server:
+                    small_requests(server.endpoint, server.process.pid, options.small_requests)
         return
     size = options.size_mib << 20
     with tempfile.TemporaryDirectory(prefix="bench-server-") as scratch:

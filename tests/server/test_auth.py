@@ -216,3 +216,31 @@ def test_v4_signatures_of_another_region(oss_server: RunningServer, region: str)
     with pytest.raises(AccessDenied) as caught:
         elsewhere.get_object_with_url(url)
     assert caught.value.message == "The signing region in credential is invalid."
+
+
+def test_v2_signatures_headers_and_urls(oss_server: RunningServer) -> None:
+    bucket = oss2.Bucket(oss2.AuthV2(TEST_AK, TEST_SK), oss_server.endpoint, TEST_BUCKET)
+    bucket.put_object("v2/key with spaces+plus", b"v2 data", headers={"x-oss-meta-a": "b"})
+    assert bucket.get_object("v2/key with spaces+plus", byte_range=(0, 1)).read() == b"v2"
+    listed = bucket.list_objects(prefix="v2/", delimiter="/", max_keys=10)
+    assert [item.key for item in listed.object_list] == ["v2/key with spaces+plus"]
+    bucket.put_object_acl("v2/key with spaces+plus", oss2.OBJECT_ACL_PUBLIC_READ)  # ?acl
+    headers = {"Content-Length": "7", "custom-header": "abc"}
+    url = bucket.sign_url(
+        "PUT", "v2/url", 600, headers=headers, additional_headers={"custom-header"}
+    )
+    assert "x-oss-signature-version=OSS2" in url
+    bucket.put_object_with_url(url, b"by url!", headers=headers)
+    get_url = bucket.sign_url("GET", "v2/url", 600)
+    assert bucket.get_object_with_url(get_url).read() == b"by url!"
+    # A header the URL was signed with must come with the same value.
+    with pytest.raises(SignatureDoesNotMatch):
+        bucket.put_object_with_url(url, b"by url!", headers={**headers, "custom-header": "x"})
+
+    wrong = oss2.Bucket(oss2.AuthV2(TEST_AK, "wrong"), oss_server.endpoint, TEST_BUCKET)
+    with pytest.raises(SignatureDoesNotMatch):
+        wrong.get_object("v2/url")
+    stale = bucket.sign_url("GET", "v2/url", -10)
+    with pytest.raises(AccessDenied) as caught:
+        bucket.get_object_with_url(stale)
+    assert caught.value.message == "Request has expired."
