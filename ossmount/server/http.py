@@ -25,7 +25,7 @@ import os
 import re
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TypeVar
@@ -97,6 +97,8 @@ class Response:
     reset_at: int | None = None
     # The Content-Length to announce when no body is sent (HEAD).
     declared_length: int | None = None
+    # A body of unknown length, sent with chunked transfer coding (a compressed GET).
+    chunks: AsyncGenerator[bytes, None] | None = None
 
     @property
     def content_length(self) -> int:
@@ -512,7 +514,9 @@ def encode_head(response: Response, close: bool) -> bytes:
         reason = "Unknown"
     lines = [f"HTTP/1.1 {response.status} {reason}"]
     lines.extend(f"{name}: {value}" for name, value in response.headers)
-    if response.status != 304:
+    if response.chunks is not None and not response.head_only:
+        lines.append("Transfer-Encoding: chunked")
+    elif response.status != 304:
         lines.append(f"Content-Length: {response.content_length}")
     if close:
         lines.append("Connection: close")
@@ -625,6 +629,10 @@ async def _send_response(conn: Connection, response: Response, close: bool) -> N
     if response.head_only or response.status == 304:
         await conn.send_all(head)
         return
+    if response.chunks is not None:
+        await conn.send_all(head)
+        await _send_chunked(conn, response.chunks)
+        return
     small = _small_body(conn, response)
     if small is not None:
         # One send for head and body: a small GET costs one syscall instead of an open,
@@ -633,6 +641,17 @@ async def _send_response(conn: Connection, response: Response, close: bool) -> N
         return
     await conn.send_all(head)
     await _send_body(conn, response, response.reset_at)
+
+
+async def _send_chunked(conn: Connection, chunks: AsyncGenerator[bytes, None]) -> None:
+    try:
+        async for chunk in chunks:
+            if chunk:
+                await conn.throttle.take(len(chunk))
+                await conn.send_all(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+    finally:
+        await chunks.aclose()
+    await conn.send_all(b"0\r\n\r\n")
 
 
 def _small_body(conn: Connection, response: Response) -> bytes | None:

@@ -56,6 +56,46 @@ STORAGE_CLASSES = frozenset({"Standard", "IA", "Archive", "ColdArchive", "DeepCo
 META_NAME = re.compile(r"^[a-z0-9-]+$")
 
 
+# HTTP compression, as OSS does it: a whole GET (no Range) of an object of at least 1 KiB
+# whose Content-Type is text or one of these, to a client that accepts gzip, goes out
+# gzip-compressed with chunked transfer coding.
+GZIP_MIN_SIZE = 1024
+GZIP_APPLICATION_TYPES = frozenset(
+    {
+        "application/javascript",
+        "application/x-javascript",
+        "application/json",
+        "application/xml",
+        "application/rss+xml",
+    }
+)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    for item in accept_encoding.split(","):
+        coding, _, parameters = item.partition(";")
+        if coding.strip().lower() != "gzip":
+            continue
+        quality = parameters.strip().lower()
+        return not (quality.startswith("q=") and quality[2:].strip("0. ") == "")
+    return False
+
+
+def should_gzip(
+    request_headers: dict[str, str], response_headers: list[tuple[str, str]], size: int
+) -> bool:
+    """Whether a GET answer of `size` bytes with `response_headers` goes out gzip-compressed."""
+    if size < GZIP_MIN_SIZE or "range" in request_headers:
+        return False
+    if not accepts_gzip(request_headers.get("accept-encoding", "")):
+        return False
+    fields = {name.lower(): value for name, value in response_headers}
+    if fields.get("content-encoding", "").strip():
+        return False  # stored already encoded
+    media_type = fields.get("content-type", "").split(";")[0].strip().lower()
+    return media_type.startswith("text/") or media_type in GZIP_APPLICATION_TYPES
+
+
 MAX_TAGS = 10
 MAX_TAG_KEY_CHARS = 128
 MAX_TAG_VALUE_CHARS = 256

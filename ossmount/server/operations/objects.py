@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import time
+import zlib
+from collections.abc import AsyncGenerator
 from urllib.parse import quote, unquote
 
 import trio
@@ -34,6 +37,7 @@ from ossmount.server.protocol import (
     object_headers,
     parse_range,
     set_header,
+    should_gzip,
     tags_from_header,
     write_headers,
     xml_response,
@@ -91,11 +95,37 @@ def _read_object(server: ServerContext, call: Call, head: bool) -> Response:
     # Lookup and pin happen with no checkpoint in between (see Store.pin).
     files = store.object_files(record)
     store.pin(files)
-    segments = [
-        FileSegment(path, first, count)
-        for path, first, count in store.object_slices(record, offset, length)
-    ]
+    slices = store.object_slices(record, offset, length)
+    if status == 200 and should_gzip(call.headers, headers, length):
+        headers.append(("Content-Encoding", "gzip"))
+        return Response(200, headers, chunks=_gzipped(slices), release=lambda: store.unpin(files))
+    segments = [FileSegment(path, first, count) for path, first, count in slices]
     return Response(status, headers, segments=segments, release=lambda: store.unpin(files))
+
+
+GZIP_READ = 1 << 20
+
+
+async def _gzipped(slices: list[tuple[str, int, int]]) -> AsyncGenerator[bytes, None]:
+    """The gzip stream of the file slices, read and compressed a MiB at a time in a worker
+    thread."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip framing
+
+    def compress(path: str, offset: int, count: int) -> bytes:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, count, offset)
+        finally:
+            os.close(fd)
+        if len(data) != count:
+            raise OSError(f"{path} shrank while being sent")
+        return compressor.compress(data)
+
+    for path, first, count in slices:
+        for start in range(first, first + count, GZIP_READ):
+            size = min(GZIP_READ, first + count - start)
+            yield await trio.to_thread.run_sync(compress, path, start, size)
+    yield compressor.flush()
 
 
 # --- write ---------------------------------------------------------------------------------------
