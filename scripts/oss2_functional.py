@@ -1,7 +1,7 @@
 """Run oss2's own functional tests (from its source distribution) against `ossmount server`.
 
     .venv/bin/python scripts/oss2_functional.py [--auth v1|v4|both] [--cache DIR]
-                                                [--timeout-s 120] [TEST ...] [-- PYTEST-ARGS]
+                                                [--timeout-s 300] [TEST ...] [-- PYTEST-ARGS]
 
 Downloads the oss2 sdist with pip (once, into --cache, by default ~/.cache/ossmount-oss2),
 starts `ossmount server` on a free port with a throw-away root, points oss2's tests at it
@@ -109,7 +109,7 @@ def main() -> int:
     parser.add_argument("--auth", choices=("v1", "v4", "both"), default="both")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "ossmount-oss2")
     parser.add_argument(
-        "--timeout-s", type=int, default=120, help="per test (pytest-timeout), default 120"
+        "--timeout-s", type=int, default=300, help="per test (pytest-timeout), default 300"
     )
     parser.add_argument("tests", nargs="*", help="files or node ids under the sdist's tests/")
     argv = sys.argv[1:]
