@@ -55,12 +55,15 @@ class ServerProcess:
 
 
 @contextmanager
-def server_process(root: Path, *options: str) -> Iterator[ServerProcess]:
+def server_process(
+    root: Path, *options: str, python: str = sys.executable
+) -> Iterator[ServerProcess]:
     """``ossmount server`` with its data in ``root`` as a child process (so that it does not
     share the benchmark's GIL), serving BUCKET to the bench key until the block exits.
-    ``options``: more command-line options, e.g. ``--direct-io``."""
+    ``options``: more command-line options, e.g. ``--direct-io``; ``python``: the interpreter
+    (another virtualenv's, to measure another version of the server)."""
     command = [
-        sys.executable, "-m", "ossmount.cli", "server", "--root", str(root), "--port", "0",
+        python, "-m", "ossmount.cli", "server", "--root", str(root), "--port", "0",
         "--access-key-id", AK, "--access-key-secret", SK, "--bucket", BUCKET, *options,
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)

@@ -30,7 +30,8 @@ from ossmount.server.xmlio import leaf, node
 log = logging.getLogger(__name__)
 
 # Sub-resources this server does not implement: answered with NotImplemented, never mistaken
-# for a plain GET/PUT of the bucket or object.
+# for a plain GET/PUT of the bucket or object. Some are implemented in one place only
+# (IMPLEMENTED_SUBRESOURCES), and stay NotImplemented elsewhere.
 UNSUPPORTED_SUBRESOURCES = frozenset(
     {
         "cors",
@@ -51,6 +52,7 @@ UNSUPPORTED_SUBRESOURCES = frozenset(
         "qos",
         "requestPayment",
         "live",
+        "vod",
         "comp",
         "x-oss-process",
         "callback",
@@ -62,6 +64,32 @@ UNSUPPORTED_SUBRESOURCES = frozenset(
         "select",
     }
 )
+# (sub-resource, on an object?, method or None for any) -> implemented there, with the
+# sub-resources it brings along (live channels take ?comp=stat and ?comp=history).
+IMPLEMENTED_SUBRESOURCES: dict[tuple[str, bool, str | None], frozenset[str]] = {
+    ("live", False, "GET"): frozenset({"live"}),
+    ("live", True, None): frozenset({"live", "comp"}),
+    ("vod", True, "GET"): frozenset({"vod"}),
+    ("vod", True, "POST"): frozenset({"vod"}),
+    ("tagging", True, None): frozenset({"tagging"}),
+    ("versioning", False, "GET"): frozenset({"versioning"}),
+}
+SUBRESOURCE_NOTES = {
+    "versioning": " Versioning is never enabled here (GetBucketVersioning answers so).",
+    "live": " Live channels are stored and listed, but RTMP ingest is not implemented.",
+}
+
+
+def unsupported_subresource(params: dict[str, str | None], on_object: bool, method: str) -> str:
+    """The first sub-resource of the request this server does not implement there, or ""."""
+    unsupported = set(UNSUPPORTED_SUBRESOURCES.intersection(params))
+    for name in list(unsupported):
+        implemented = IMPLEMENTED_SUBRESOURCES.get(
+            (name, on_object, method)
+        ) or IMPLEMENTED_SUBRESOURCES.get((name, on_object, None))
+        if implemented:
+            unsupported -= implemented
+    return min(unsupported) if unsupported else ""
 
 
 @dataclass
@@ -205,10 +233,14 @@ class App:
         params: dict[str, str | None] = dict(request.query)
         call = Call(request, bucket, key, params)
         method = request.method
-        unsupported = UNSUPPORTED_SUBRESOURCES.intersection(params)
+        unsupported = unsupported_subresource(params, bool(key), method)
         if unsupported:
+            where = "an object" if key else "a bucket"
             raise OssServerError(
-                501, "NotImplemented", f"This server does not implement ?{min(unsupported)}."
+                501,
+                "NotImplemented",
+                f"This server does not implement {method} ?{unsupported} on {where}."
+                + SUBRESOURCE_NOTES.get(unsupported, ""),
             )
         if bucket is None:
             if method == "GET":
@@ -219,6 +251,10 @@ class App:
             if len(key.encode("utf-8", errors="surrogateescape")) > MAX_KEY_BYTES:
                 raise OssServerError(
                     400, "InvalidObjectName", "The object name is too long.", ec="0016-00000014"
+                )
+            if key.startswith("\\"):
+                raise OssServerError(
+                    400, "InvalidObjectName", "The object name cannot start with a backslash."
                 )
             call.operation = self._object_operation(method, params, request.headers)
         else:
@@ -235,6 +271,8 @@ class App:
                 ("location", "GetBucketLocation"),
                 ("uploads", "ListMultipartUploads"),
                 ("stat", "GetBucketStat"),
+                ("live", "ListLiveChannel"),
+                ("versioning", "GetBucketVersioning"),
             ],
             "PUT": [("acl", "PutBucketAcl")],
             "POST": [("delete", "DeleteMultipleObjects")],
@@ -253,6 +291,19 @@ class App:
     def _object_operation(
         method: str, params: dict[str, str | None], headers: dict[str, str]
     ) -> str:
+        if "live" in params:
+            return App._live_channel_operation(method, params)
+        if "tagging" in params:
+            tagging = {
+                "GET": "GetObjectTagging",
+                "PUT": "PutObjectTagging",
+                "DELETE": "DeleteObjectTagging",
+            }
+            if method not in tagging:
+                raise _method_not_allowed(method)
+            return tagging[method]
+        if "vod" in params:
+            return "GetVodPlaylist" if method == "GET" else "PostVodPlaylist"
         if method == "GET":
             if "acl" in params:
                 return "GetObjectAcl"
@@ -283,6 +334,22 @@ class App:
             raise invalid_argument("POST to an object needs ?uploads, ?uploadId or ?append.")
         if method == "DELETE":
             return "AbortMultipartUpload" if "uploadId" in params else "DeleteObject"
+        raise _method_not_allowed(method)
+
+    @staticmethod
+    def _live_channel_operation(method: str, params: dict[str, str | None]) -> str:
+        if method == "PUT":
+            return "PutLiveChannelStatus" if "status" in params else "PutLiveChannel"
+        if method == "DELETE":
+            return "DeleteLiveChannel"
+        if method == "GET":
+            comp = params.get("comp")
+            if comp is None:
+                return "GetLiveChannelInfo"
+            by_comp = {"stat": "GetLiveChannelStat", "history": "GetLiveChannelHistory"}
+            if comp in by_comp:
+                return by_comp[comp]
+            raise invalid_argument("comp must be stat or history", "comp", comp)
         raise _method_not_allowed(method)
 
     # --- authorization -----------------------------------------------------------------------
@@ -325,7 +392,7 @@ class App:
             params=call.params,
             headers=call.headers,
         )
-        call.principal = self.verifier.verify(signed)
+        call.principal = self.verifier.verify(signed, region=self.server.region)
         if not call.principal.anonymous:
             return
         bucket = self.store.get_bucket(call.bucket) if call.bucket else None

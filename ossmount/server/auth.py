@@ -7,7 +7,13 @@ The server recomputes the signature with the same pure functions the client sign
 - ``Authorization: OSS4-HMAC-SHA256 Credential=AK/date/region/oss/aliyun_v4_request, ...``,
 - a V1 presigned URL (``OSSAccessKeyId``, ``Expires`` as epoch seconds, ``Signature``),
 - a V4 presigned URL (``x-oss-credential``, ``x-oss-date``, ``x-oss-expires`` seconds,
-  ``x-oss-signature``).
+  ``x-oss-signature``),
+- and V2, which oss2 still offers (AuthV2): ``Authorization: OSS2 AccessKeyId:AK,
+  [AdditionalHeaders:a;b,]Signature:sig`` (HMAC-SHA256 of V1's fields, the x-oss-* and
+  additional headers, and the resource with every query parameter), or a V2 presigned URL
+  (``x-oss-signature-version=OSS2``, ``x-oss-access-key-id``, ``x-oss-expires`` as an epoch
+  second, ``x-oss-signature``). ossmount's client never signs V2, so its canonical string is
+  here rather than in ossmount.oss.signer.
 
 Anything else is anonymous; whether an anonymous request may proceed is the bucket ACL's call
 (app.py). Header-signed requests must be dated within 15 minutes of the server clock.
@@ -15,13 +21,18 @@ Anything else is anonymous; whether an anonymous request may proceed is the buck
 
 from __future__ import annotations
 
+import base64
 import calendar
+import datetime
+import functools
+import hashlib
 import hmac
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_tz
+from urllib.parse import quote
 
 from ossmount.oss.signer import (
     V4_ALGORITHM,
@@ -32,7 +43,7 @@ from ossmount.oss.signer import (
     v1_signature,
     v1_string_to_sign,
     v4_canonical_request,
-    v4_signature,
+    v4_signing_key,
     v4_string_to_sign,
 )
 from ossmount.server.errors import OssServerError, invalid_argument
@@ -40,6 +51,18 @@ from ossmount.server.errors import OssServerError, invalid_argument
 log = logging.getLogger(__name__)
 
 MAX_CLOCK_SKEW_S = 15 * 60
+V2_VERSION = "OSS2"
+# A V4 signing key depends on the secret, the day and the region only: the last few are kept,
+# which saves four HMACs a request.
+_cached_signing_key = functools.lru_cache(maxsize=64)(v4_signing_key)
+
+
+def _v4_signature(secret: str, timestamp: str, region: str, string_to_sign: str) -> str:
+    """signer.v4_signature, with the signing key from the cache."""
+    key = _cached_signing_key(secret, timestamp[:8], region)
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
 V4_MAX_EXPIRES_S = 7 * 24 * 3600
 
 
@@ -122,21 +145,31 @@ class Verifier:
                 extra={"OSSAccessKeyId": credentials.access_key_id},
             )
 
-    def verify(self, request: SignedRequest, now: float | None = None) -> Principal:
-        """The principal of a correctly signed request; raises OssServerError otherwise."""
+    def verify(
+        self, request: SignedRequest, now: float | None = None, region: str | None = None
+    ) -> Principal:
+        """The principal of a correctly signed request; raises OssServerError otherwise.
+
+        `region`: the region the server serves; a V4 signature scoped to any other is refused
+        (as OSS does). None accepts every region.
+        """
         now = time.time() if now is None else now
         authorization = request.headers.get("authorization")
         params = request.params
         if authorization is not None:
             if authorization.startswith("OSS "):
                 return self._verify_v1_header(request, authorization, now)
+            if authorization.startswith(V2_VERSION + " "):
+                return self._verify_v2_header(request, authorization, now)
             if authorization.startswith(V4_ALGORITHM):
-                return self._verify_v4_header(request, authorization, now)
+                return self._verify_v4_header(request, authorization, now, region)
             raise invalid_argument("Authorization header is invalid.", "Authorization", "")
         if "Signature" in params or "OSSAccessKeyId" in params:
             return self._verify_v1_url(request, now)
+        if params.get("x-oss-signature-version") == V2_VERSION:
+            return self._verify_v2_url(request, now)
         if params.get("x-oss-signature-version") == V4_ALGORITHM or "x-oss-signature" in params:
-            return self._verify_v4_url(request, now)
+            return self._verify_v4_url(request, now, region)
         return ANONYMOUS
 
     # --- V1 ------------------------------------------------------------------------------
@@ -175,16 +208,65 @@ class Verifier:
             raise _signature_mismatch(string_to_sign, access_key_id)
         return Principal(access_key_id)
 
+    # --- V2 ------------------------------------------------------------------------------
+
+    def _verify_v2_header(
+        self, request: SignedRequest, authorization: str, now: float
+    ) -> Principal:
+        fields = {}
+        for item in authorization[len(V2_VERSION) + 1 :].split(","):
+            name, sep, value = item.strip().partition(":")
+            if not sep:
+                raise invalid_argument("Authorization header is invalid.", "Authorization", "")
+            fields[name] = value
+        access_key_id = fields.get("AccessKeyId", "")
+        signature = fields.get("Signature", "")
+        if not access_key_id or not signature:
+            raise invalid_argument("Authorization header is invalid.", "Authorization", "")
+        credentials = self._lookup(access_key_id)
+        self._check_token(credentials, request.headers.get("x-oss-security-token"))
+        self._check_date(request.headers.get("x-oss-date") or request.headers.get("date"), now)
+        additional = _v2_additional_headers(fields.get("AdditionalHeaders", ""))
+        date = request.headers.get("date", "")
+        string_to_sign = v2_string_to_sign(request, request.params, additional, date)
+        _check_v2_signature(credentials, string_to_sign, signature, access_key_id)
+        return Principal(access_key_id)
+
+    def _verify_v2_url(self, request: SignedRequest, now: float) -> Principal:
+        params = dict(request.params)
+        signature = params.pop("x-oss-signature", None) or ""
+        access_key_id = params.get("x-oss-access-key-id") or ""
+        expires = params.get("x-oss-expires") or ""
+        if not access_key_id or not signature or not expires.isdigit():
+            raise _access_denied(
+                "Presigned URL lacks x-oss-access-key-id, x-oss-expires or x-oss-signature."
+            )
+        credentials = self._lookup(access_key_id)
+        if int(expires) < now:
+            raise _access_denied("Request has expired.")
+        self._check_token(credentials, params.get("security-token"))
+        additional = _v2_additional_headers(params.get("x-oss-additional-headers") or "")
+        string_to_sign = v2_string_to_sign(request, params, additional, expires)
+        _check_v2_signature(credentials, string_to_sign, signature, access_key_id)
+        return Principal(access_key_id)
+
     # --- V4 ------------------------------------------------------------------------------
 
     def _verify_v4_header(
-        self, request: SignedRequest, authorization: str, now: float
+        self, request: SignedRequest, authorization: str, now: float, region: str | None
     ) -> Principal:
         try:
             parsed = parse_v4_authorization(authorization)
         except ValueError as exc:
             raise invalid_argument(f"Authorization header is invalid: {exc}") from None
         credentials = self._lookup(parsed.access_key_id)
+        if region is not None and parsed.region != region:
+            raise OssServerError(
+                400,
+                "InvalidArgument",
+                "Invalid signing region in Authorization header.",
+                ec="0002-00000226",
+            )
         self._check_token(credentials, request.headers.get("x-oss-security-token"))
         timestamp = request.headers.get("x-oss-date", "")
         epoch = _parse_v4_timestamp(timestamp)
@@ -200,14 +282,16 @@ class Verifier:
             parsed.additional_headers,
         )
         string_to_sign = v4_string_to_sign(canonical, timestamp, parsed.region)
-        expected = v4_signature(
+        expected = _v4_signature(
             credentials.access_key_secret, timestamp, parsed.region, string_to_sign
         )
         if not hmac.compare_digest(expected.encode(), parsed.signature.encode()):
             raise _signature_mismatch(string_to_sign, parsed.access_key_id)
         return Principal(parsed.access_key_id)
 
-    def _verify_v4_url(self, request: SignedRequest, now: float) -> Principal:
+    def _verify_v4_url(
+        self, request: SignedRequest, now: float, served_region: str | None
+    ) -> Principal:
         params = dict(request.params)
         signature = params.pop("x-oss-signature", None) or ""
         try:
@@ -217,6 +301,8 @@ class Verifier:
         except ValueError:
             raise _access_denied("Presigned URL has a malformed x-oss-credential.") from None
         credentials = self._lookup(access_key_id)
+        if served_region is not None and region != served_region:
+            raise _access_denied("The signing region in credential is invalid.")
         timestamp = params.get("x-oss-date") or ""
         epoch = _parse_v4_timestamp(timestamp)
         expires = params.get("x-oss-expires") or ""
@@ -238,7 +324,7 @@ class Verifier:
             request.method, request.bucket, request.key, params, request.headers, additional
         )
         string_to_sign = v4_string_to_sign(canonical, timestamp, region)
-        expected = v4_signature(credentials.access_key_secret, timestamp, region, string_to_sign)
+        expected = _v4_signature(credentials.access_key_secret, timestamp, region, string_to_sign)
         if not hmac.compare_digest(expected.encode(), signature.encode()):
             raise _signature_mismatch(string_to_sign, access_key_id)
         return Principal(access_key_id)
@@ -254,9 +340,79 @@ class Verifier:
         _check_clock_skew(epoch, now)
 
 
+def _v2_additional_headers(value: str) -> tuple[str, ...]:
+    return tuple(sorted({name.strip().lower() for name in value.split(";") if name.strip()}))
+
+
+def _v2_uri_encode(text: str) -> str:
+    """Everything but letters, digits and ``-_.~`` percent-encoded ('/' too), as oss2 does."""
+    return quote(text.encode("utf-8", errors="surrogateescape"), safe="")
+
+
+def v2_string_to_sign(
+    request: SignedRequest,
+    params: Mapping[str, str | None],
+    additional_headers: tuple[str, ...],
+    date: str,
+) -> str:
+    """The V2 string to sign: V1's first fields, the x-oss-* and additional headers (lower-case
+    names, sorted), the additional header names, and the encoded resource with every query
+    parameter (sorted by encoded name)."""
+    headers = request.headers
+    signed = sorted(
+        (name, value)
+        for name, value in headers.items()
+        if name.startswith("x-oss-") or name in additional_headers
+    )
+    canonical_headers = "".join(f"{name}:{value}\n" for name, value in signed)
+    path = f"/{request.bucket}/{request.key or ''}" if request.bucket else "/"
+    query = sorted(
+        (_v2_uri_encode(name), _v2_uri_encode(value or "")) for name, value in params.items()
+    )
+    resource = _v2_uri_encode(path)
+    if query:
+        resource += "?" + "&".join(f"{name}={value}" if value else name for name, value in query)
+    return "\n".join(
+        [
+            request.method,
+            headers.get("content-md5", ""),
+            headers.get("content-type", ""),
+            date,
+            canonical_headers + ";".join(additional_headers),
+            resource,
+        ]
+    )
+
+
+def _check_v2_signature(
+    credentials: Credentials, string_to_sign: str, signature: str, access_key_id: str
+) -> None:
+    digest = hmac.new(
+        credentials.access_key_secret.encode(), string_to_sign.encode(), hashlib.sha256
+    ).digest()
+    expected = base64.b64encode(digest).decode()
+    if not hmac.compare_digest(expected.encode(), signature.encode()):
+        raise _signature_mismatch(string_to_sign, access_key_id)
+
+
 def _parse_v4_timestamp(value: str) -> float | None:
+    """Epoch seconds of ``20240101T000000Z``; None if it is not one (by hand: strptime cost
+    more than the rest of a V4 check)."""
+    digits = value[:8] + value[9:15]
+    if len(value) != 16 or value[8] != "T" or value[15] != "Z":
+        return None
+    if not digits.isascii() or not digits.isdigit():
+        return None
     try:
-        parsed = time.strptime(value, "%Y%m%dT%H%M%SZ")
+        moment = datetime.datetime(
+            int(value[0:4]),
+            int(value[4:6]),
+            int(value[6:8]),
+            int(value[9:11]),
+            int(value[11:13]),
+            int(value[13:15]),
+            tzinfo=datetime.UTC,
+        )
     except ValueError:
         return None
-    return float(calendar.timegm(parsed))
+    return moment.timestamp()

@@ -37,7 +37,13 @@ def no_such_bucket(bucket: str) -> OssServerError:
 
 
 def no_such_key(key: str) -> OssServerError:
-    return OssServerError(404, "NoSuchKey", "The specified key does not exist.", extra={"Key": key})
+    return OssServerError(
+        404,
+        "NoSuchKey",
+        "The specified key does not exist.",
+        extra={"Key": key},
+        ec="0026-00000001",
+    )
 
 
 def invalid_argument(message: str, name: str = "", value: str = "") -> OssServerError:

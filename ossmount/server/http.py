@@ -8,8 +8,12 @@ of files; file slices go out with `os.sendfile` (zero copy) unless a bandwidth c
 an injected reset needs to see the bytes.
 
 One `Connection` per accepted socket; requests on it are handled one after another
-(keep-alive). A request whose body was not read to the end closes the connection after the
-response, because the unread bytes would be taken for the next request.
+(keep-alive). A request is answered as soon as its handler is done, whether or not its body
+came: a client may declare a body it never sends (a presigned GET signed with a
+Content-Length), and a request rejected before its body is needed must not wait for it. What
+is left of the body after the answer is drained before the next request if it is small and
+the method carries bodies (PUT, POST); otherwise the answer says `Connection: close` and the
+connection is closed, gracefully (see `_linger_close`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TypeVar
@@ -34,12 +39,26 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 8 * 1024
 RECEIVE_SIZE = 1 << 20
 SENDFILE_CHUNK = 8 << 20
+# File bodies up to this size are read (from the page cache, as a rule) and sent with the head.
+SMALL_RESPONSE = 64 * 1024
 # A peer that neither sends nor takes a byte for this long is dropped.
 STALL_TIMEOUT_S = 120.0
+# The unread rest of a body that is drained after the answer (instead of closing): at most this
+# many bytes, arriving within this many seconds.
+DRAIN_LIMIT = 1 << 20
+DRAIN_TIMEOUT_S = 10.0
+# After answering and shutting down its side, a closing connection reads (and drops) what the
+# peer still sends for at most this long, so that the peer reads the answer before the close
+# (closing with unread bytes would reset the connection and could destroy the answer).
+LINGER_TIMEOUT_S = 2.0
+# Methods whose body OSS ignores: answered without waiting for a declared body.
+BODILESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 T = TypeVar("T")
-_TOKEN_CHARS = frozenset(
-    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
+# What a request target and a header value may not hold (searched by regex: a loop over the
+# bytes in Python cost more than the rest of the head's parsing).
+_BAD_TARGET_BYTE = re.compile(rb"[\x00-\x20\x7f-\xff]")
+_BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+\Z")
 
 
 class ProtocolError(Exception):
@@ -78,6 +97,8 @@ class Response:
     reset_at: int | None = None
     # The Content-Length to announce when no body is sent (HEAD).
     declared_length: int | None = None
+    # A body of unknown length, sent with chunked transfer coding (a compressed GET).
+    chunks: AsyncGenerator[bytes, None] | None = None
 
     @property
     def content_length(self) -> int:
@@ -179,6 +200,12 @@ class Connection:
                 raise ProtocolError("line too long")
             if not await self._fill():
                 raise PeerGoneError("connection closed inside a chunked body")
+
+    def take_buffered(self, max_bytes: int) -> int:
+        """Drop up to `max_bytes` of what is already buffered (no socket read); -> how many."""
+        count = min(max_bytes, len(self._buffer))
+        del self._buffer[:count]
+        return count
 
     async def receive(self, max_bytes: int) -> bytes:
         """Up to `max_bytes` from the buffer, or else straight from the socket."""
@@ -282,6 +309,20 @@ class Body:
         self.complete = not chunked and not content_length
         self.continue_pending = expect_continue and not self.complete
         self.reset_after: int | None = None  # fault injection: abort after this many bytes
+
+    def drop_buffered(self) -> None:
+        """Count what of the rest of a Content-Length body already arrived as read, without
+        waiting for more."""
+        if self.complete or self.chunked or self.continue_pending or self.reset_after is not None:
+            return
+        count = self._conn.take_buffered(self._remaining)
+        self.received += count
+        self._remaining -= count
+        self.complete = self._remaining == 0
+
+    def leftover_fits(self, limit: int) -> bool:
+        """Whether the unread rest is at most `limit` bytes, as far as is known."""
+        return self.declared_length is None or self.declared_length - self.received <= limit
 
     async def _allowance(self, max_bytes: int) -> int:
         """How many bytes the next raw read may take; 0 once the body is complete."""
@@ -403,16 +444,16 @@ def parse_head(head: bytes, conn: Connection, peer: str) -> Request:
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
         raise ProtocolError("malformed request line")
     method_bytes, target_bytes, version_bytes = parts
-    if not method_bytes or not set(method_bytes) <= _TOKEN_CHARS:
+    if not _TOKEN.match(method_bytes):
         raise ProtocolError("malformed method")
-    if not target_bytes or any(byte <= 0x20 or byte >= 0x7F for byte in target_bytes):
+    if not target_bytes or _BAD_TARGET_BYTE.search(target_bytes):
         raise ProtocolError("malformed request target")
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name or not set(name) <= _TOKEN_CHARS:
+        if not colon or not _TOKEN.match(name):
             raise ProtocolError("malformed header field")
-        if any(byte < 0x20 and byte != 0x09 for byte in value) or b"\x7f" in value:
+        if _BAD_VALUE_BYTE.search(value):
             raise ProtocolError("control character in header value")
         key = name.decode("ascii").lower()
         text = value.strip(b" \t").decode("utf-8", errors="surrogateescape")
@@ -473,7 +514,9 @@ def encode_head(response: Response, close: bool) -> bytes:
         reason = "Unknown"
     lines = [f"HTTP/1.1 {response.status} {reason}"]
     lines.extend(f"{name}: {value}" for name, value in response.headers)
-    if response.status != 304:
+    if response.chunks is not None and not response.head_only:
+        lines.append("Transfer-Encoding: chunked")
+    elif response.status != 304:
         lines.append(f"Content-Length: {response.content_length}")
     if close:
         lines.append("Connection: close")
@@ -517,22 +560,29 @@ async def serve_connection(
             except ProtocolError as exc:
                 await _send_error_and_close(conn, on_bad_request(exc.status, str(exc)))
                 return
+            body = request.body
             try:
                 close = wants_close(request)
-                if not request.body.complete:
-                    # Small leftovers are cheaper to drain than a new connection; a body the
-                    # client holds back (100-continue) is never sent, so close instead.
-                    close = (
-                        close
-                        or request.body.continue_pending
-                        or not await _drain(request.body, 1 << 20)
-                    )
-                await conn.send_all(encode_head(response, close))
-                if not response.head_only and response.status != 304:
-                    await _send_body(conn, response, response.reset_at)
+                body.drop_buffered()
+                # Answered now; a small leftover of a PUT or POST is drained afterwards (cheaper
+                # than a new connection). Anything else closes: a body held back for
+                # 100-continue, a large one, or one declared on a GET, HEAD or DELETE, which may
+                # never come (and, kept alive, would swallow the next request).
+                drain_after = not body.complete and not close
+                if drain_after and (
+                    request.method in BODILESS_METHODS
+                    or body.continue_pending
+                    or not body.leftover_fits(DRAIN_LIMIT)
+                ):
+                    close, drain_after = True, False
+                await _send_response(conn, response, close)
             finally:
                 response.finish()
             if close:
+                if not body.complete:
+                    await _linger_close(conn)
+                return
+            if drain_after and not await _drain(body, DRAIN_LIMIT):
                 return
     except PeerGoneError as exc:
         log.debug("connection from %s ended: %s", peer, exc)
@@ -544,17 +594,86 @@ async def serve_connection(
 
 
 async def _drain(body: Body, limit: int) -> bool:
-    if body.declared_length is not None and body.declared_length - body.received > limit:
+    """Read the rest of the body (at most `limit` bytes, within DRAIN_TIMEOUT_S); -> whether
+    it ended, so that the connection can serve the next request."""
+    if not body.leftover_fits(limit):
         return False
     drained = 0
+    ended = False
+    with trio.move_on_after(DRAIN_TIMEOUT_S):
+        try:
+            while data := await body.receive_some():
+                drained += len(data)
+                if drained > limit:
+                    return False
+        except ProtocolError:
+            return False
+        ended = True
+    return ended
+
+
+async def _linger_close(conn: Connection) -> None:
+    """Close after an answer with a body still unread: shut our side down (the peer sees the
+    end of the answer) and drop what the peer still sends, until it closes, DRAIN_LIMIT bytes
+    or LINGER_TIMEOUT_S, so that our close does not reset the connection under the answer."""
+    with contextlib.suppress(OSError):
+        conn.sock.shutdown(socket.SHUT_WR)
+    dropped = conn.take_buffered(DRAIN_LIMIT)
+    with trio.move_on_after(LINGER_TIMEOUT_S), contextlib.suppress(OSError):
+        while dropped < DRAIN_LIMIT and (data := await conn.sock.recv(65536)):
+            dropped += len(data)
+
+
+async def _send_response(conn: Connection, response: Response, close: bool) -> None:
+    head = encode_head(response, close)
+    if response.head_only or response.status == 304:
+        await conn.send_all(head)
+        return
+    if response.chunks is not None:
+        await conn.send_all(head)
+        await _send_chunked(conn, response.chunks)
+        return
+    small = _small_body(conn, response)
+    if small is not None:
+        # One send for head and body: a small GET costs one syscall instead of an open,
+        # a send, a sendfile and a close.
+        await conn.send_all(head + small)
+        return
+    await conn.send_all(head)
+    await _send_body(conn, response, response.reset_at)
+
+
+async def _send_chunked(conn: Connection, chunks: AsyncGenerator[bytes, None]) -> None:
     try:
-        while data := await body.receive_some():
-            drained += len(data)
-            if drained > limit:
-                return False
-    except ProtocolError:
-        return False
-    return True
+        async for chunk in chunks:
+            if chunk:
+                await conn.throttle.take(len(chunk))
+                await conn.send_all(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+    finally:
+        await chunks.aclose()
+    await conn.send_all(b"0\r\n\r\n")
+
+
+def _small_body(conn: Connection, response: Response) -> bytes | None:
+    """The whole body if it is small enough to go out with the head (None otherwise, or when
+    a bandwidth cap or an injected reset needs to see the bytes go)."""
+    if response.reset_at is not None or conn.throttle.active:
+        return None
+    if not response.segments:
+        return response.body
+    if response.content_length > SMALL_RESPONSE:
+        return None
+    pieces = []
+    for segment in response.segments:
+        fd = os.open(segment.path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, segment.length, segment.offset)
+        finally:
+            os.close(fd)
+        if len(data) != segment.length:
+            raise PeerGoneError("file shrank while being sent")
+        pieces.append(data)
+    return b"".join(pieces)
 
 
 async def _send_body(conn: Connection, response: Response, reset_at: int | None) -> None:

@@ -49,6 +49,43 @@ async def receive_blob(
         raise
 
 
+async def receive_object_file(
+    store: Store, body: Body, limit: int, *, direct_io: bool
+) -> tuple[Blob, str]:
+    """Receive a body into a fsynced file installed in data/: its checksums and data file name.
+
+    A small body is read whole on the event loop, then written, fsynced and installed in one
+    trip to a worker thread (a trip costs about as much CPU as the rest of a small PUT).
+    """
+    if body.declared_length is None or body.declared_length > SMALL_BODY:
+        blob = await receive_blob(store, body, limit, direct_io=direct_io)
+        try:
+            data_file = await trio.to_thread.run_sync(store.install_object_file, blob.temp_path)
+        except BaseException:
+            blob.temp_path.unlink(missing_ok=True)
+            raise
+        return blob, data_file
+    if body.declared_length > limit:
+        raise _entity_too_large()
+    data = await body.read_all(limit)
+
+    def write_and_install() -> tuple[Blob, str]:
+        writer = store.new_writer()
+        try:
+            writer.write(data)
+            blob = writer.finish()
+        except BaseException:
+            writer.discard()
+            raise
+        try:
+            return blob, store.install_object_file(blob.temp_path)
+        except BaseException:
+            blob.temp_path.unlink(missing_ok=True)
+            raise
+
+    return await trio.to_thread.run_sync(write_and_install)
+
+
 async def _pump(body: Body, writer: BlobWriter, limit: int) -> None:
     """Socket -> two worker threads, one hashing MD5, one computing CRC-64 and writing.
 

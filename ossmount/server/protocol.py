@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import base64
 import calendar
+import functools
 import re
 import uuid
 from collections.abc import Callable
 from email.utils import formatdate, parsedate_tz
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from ossmount.server import xmlio
 from ossmount.server.errors import OssServerError, invalid_argument
@@ -55,7 +56,103 @@ STORAGE_CLASSES = frozenset({"Standard", "IA", "Archive", "ColdArchive", "DeepCo
 META_NAME = re.compile(r"^[a-z0-9-]+$")
 
 
+# HTTP compression, as OSS does it: a whole GET (no Range) of an object of at least 1 KiB
+# whose Content-Type is text or one of these, to a client that accepts gzip, goes out
+# gzip-compressed with chunked transfer coding.
+GZIP_MIN_SIZE = 1024
+GZIP_APPLICATION_TYPES = frozenset(
+    {
+        "application/javascript",
+        "application/x-javascript",
+        "application/json",
+        "application/xml",
+        "application/rss+xml",
+    }
+)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    for item in accept_encoding.split(","):
+        coding, _, parameters = item.partition(";")
+        if coding.strip().lower() != "gzip":
+            continue
+        quality = parameters.strip().lower()
+        return not (quality.startswith("q=") and quality[2:].strip("0. ") == "")
+    return False
+
+
+def should_gzip(
+    request_headers: dict[str, str], response_headers: list[tuple[str, str]], size: int
+) -> bool:
+    """Whether a GET answer of `size` bytes with `response_headers` goes out gzip-compressed."""
+    if size < GZIP_MIN_SIZE or "range" in request_headers:
+        return False
+    if not accepts_gzip(request_headers.get("accept-encoding", "")):
+        return False
+    fields = {name.lower(): value for name, value in response_headers}
+    if fields.get("content-encoding", "").strip():
+        return False  # stored already encoded
+    media_type = fields.get("content-type", "").split(";")[0].strip().lower()
+    return media_type.startswith("text/") or media_type in GZIP_APPLICATION_TYPES
+
+
+MAX_TAGS = 10
+MAX_TAG_KEY_CHARS = 128
+MAX_TAG_VALUE_CHARS = 256
+_TAG_PUNCTUATION = frozenset(" +-=._:/")
+
+
+def _tag_text_ok(text: str) -> bool:
+    return all(char.isalnum() or char in _TAG_PUNCTUATION for char in text)
+
+
+def check_tags(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """The tag set of `pairs` as OSS allows it: at most 10 tags, distinct keys of 1-128 and
+    values of 0-256 characters, each letters, digits, spaces and ``+ - = . _ : /``.
+    InvalidTag otherwise."""
+    if len(pairs) > MAX_TAGS:
+        raise invalid_tag(f"An object can have at most {MAX_TAGS} tags.")
+    tags: dict[str, str] = {}
+    for key, value in pairs:
+        if not 1 <= len(key) <= MAX_TAG_KEY_CHARS or not _tag_text_ok(key):
+            raise invalid_tag(
+                "A tag key holds 1 to 128 letters, digits, spaces or + - = . _ : / characters."
+            )
+        if len(value) > MAX_TAG_VALUE_CHARS or not _tag_text_ok(value):
+            raise invalid_tag(
+                "A tag value holds 0 to 256 letters, digits, spaces or + - = . _ : / characters."
+            )
+        if key in tags:
+            raise invalid_tag(f"The tag key {key!r} is given twice.")
+        tags[key] = value
+    return tags
+
+
+def invalid_tag(message: str) -> OssServerError:
+    return OssServerError(400, "InvalidTag", message)
+
+
+def tags_from_header(headers: dict[str, str]) -> dict[str, str]:
+    """The tags of an `x-oss-tagging: k1=v1&k2=v2` header (percent-encoded); {} without it."""
+    value = headers.get("x-oss-tagging", "")
+    pairs: list[tuple[str, str]] = []
+    for item in value.split("&"):
+        if not item:
+            continue
+        key, _, tag_value = item.partition("=")
+        try:
+            pairs.append((unquote(key, errors="strict"), unquote(tag_value, errors="strict")))
+        except UnicodeDecodeError:
+            raise invalid_tag("x-oss-tagging is not percent-encoded UTF-8.") from None
+    return check_tags(pairs)
+
+
 def http_date(epoch_s: float) -> str:
+    return _http_date_second(int(epoch_s))
+
+
+@functools.lru_cache(maxsize=256)
+def _http_date_second(epoch_s: int) -> str:
     return formatdate(epoch_s, usegmt=True)
 
 
@@ -280,6 +377,8 @@ def object_headers(link: ObjectRecord, record: ObjectRecord) -> list[tuple[str, 
     )
     if record.object_type == "Appendable":
         headers.append(("x-oss-next-append-position", str(record.size)))
+    if link.tags:
+        headers.append(("x-oss-tagging-count", str(len(link.tags))))
     headers.extend((f"x-oss-meta-{name}", value) for name, value in link.metadata.items())
     return headers
 

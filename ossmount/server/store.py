@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS objects (
     acl TEXT NOT NULL,
     storage_class TEXT NOT NULL,
     segments TEXT,
+    tags TEXT,
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS uploads (
@@ -98,6 +99,18 @@ CREATE TABLE IF NOT EXISTS parts (
     crc64 TEXT NOT NULL,
     mtime REAL NOT NULL,
     PRIMARY KEY (upload_id, part_number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS live_channels (
+    bucket TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    status TEXT NOT NULL,
+    target_type TEXT NOT NULL,
+    frag_duration INTEGER NOT NULL,
+    frag_count INTEGER NOT NULL,
+    playlist_name TEXT NOT NULL,
+    mtime REAL NOT NULL,
+    PRIMARY KEY (bucket, name)
 ) WITHOUT ROWID;
 """
 
@@ -130,6 +143,8 @@ class ObjectRecord:
     # A multipart object's data: its part files in order, as (path under the root, size);
     # data_file is None then.
     segments: tuple[tuple[str, int], ...] = ()
+    # Object tagging (PutObjectTagging, x-oss-tagging): tag key -> value, in order.
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +165,21 @@ class PartRecord:
     size: int
     etag: str
     crc64: int
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class LiveChannelRecord:
+    """A live channel's configuration (RTMP ingest is not implemented: it stays Idle)."""
+
+    bucket: str
+    name: str
+    description: str
+    status: str  # enabled | disabled
+    target_type: str  # HLS
+    frag_duration: int
+    frag_count: int
+    playlist_name: str
     mtime: float
 
 
@@ -370,10 +400,13 @@ class Store:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
         if "segments" not in columns:  # an index written before multipart segments
             self._db.execute("ALTER TABLE objects ADD COLUMN segments TEXT")
+        if "tags" not in columns:  # an index written before object tagging
+            self._db.execute("ALTER TABLE objects ADD COLUMN tags TEXT")
         # Files that a response is still reading (path -> readers), and those among them that
         # are no longer indexed and go once the last reader is done.
         self._pins: dict[str, int] = {}
         self._doomed: set[str] = set()
+        self._buckets: dict[str, BucketRecord] = {}
         self._remove_orphans()
 
     def close(self) -> None:
@@ -502,16 +535,25 @@ class Store:
             "INSERT OR IGNORE INTO buckets (name, created, acl, storage_class) VALUES (?,?,?,?)",
             (name, time.time(), acl, storage_class),
         )
+        self._buckets.pop(name, None)
         return cursor.rowcount == 1
 
     def get_bucket(self, name: str) -> BucketRecord | None:
+        # Every request looks its bucket up; buckets change only through this class, which
+        # forgets its copy of one whenever it writes it.
+        if name in self._buckets:
+            return self._buckets[name]
         row = self._db.execute(
             "SELECT name, created, acl, storage_class FROM buckets WHERE name = ?", (name,)
         ).fetchone()
-        return BucketRecord(*row) if row else None
+        record = BucketRecord(*row) if row else None
+        if record is not None:
+            self._buckets[name] = record
+        return record
 
     def set_bucket_acl(self, name: str, acl: str) -> None:
         self._db.execute("UPDATE buckets SET acl = ? WHERE name = ?", (acl, name))
+        self._buckets.pop(name, None)
 
     def list_buckets(self, prefix: str, marker: str, limit: int) -> list[BucketRecord]:
         upper = prefix_upper_bound(prefix)
@@ -533,7 +575,11 @@ class Store:
         return has_object is None and has_upload is None
 
     def delete_bucket(self, name: str) -> None:
-        self._db.execute("DELETE FROM buckets WHERE name = ?", (name,))
+        """Delete the bucket and its live channels (they hold no data)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM live_channels WHERE bucket = ?", (name,))
+            self._db.execute("DELETE FROM buckets WHERE name = ?", (name,))
+        self._buckets.pop(name, None)
 
     def bucket_usage(self, name: str) -> tuple[int, int]:
         """(object count, total bytes)."""
@@ -546,7 +592,7 @@ class Store:
 
     _OBJECT_COLUMNS = (
         "bucket, key, data_file, size, etag, crc64, mtime, object_type, headers, metadata,"
-        " symlink_target, acl, storage_class, segments"
+        " symlink_target, acl, storage_class, segments, tags"
     )
 
     @staticmethod
@@ -566,6 +612,7 @@ class Store:
             acl,
             storage_class,
             segments,
+            tags,
         ) = row
         return ObjectRecord(
             bucket=str(bucket),
@@ -584,6 +631,7 @@ class Store:
             segments=tuple((str(path), int(size)) for path, size in json.loads(str(segments)))
             if segments
             else (),
+            tags=json.loads(str(tags)) if tags else {},
         )
 
     def get_object(self, bucket: str, key: str) -> ObjectRecord | None:
@@ -601,7 +649,7 @@ class Store:
         previous = self.get_object(record.bucket, record.key)
         self._db.execute(
             f"INSERT OR REPLACE INTO objects ({self._OBJECT_COLUMNS})"  # noqa: S608
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 record.bucket,
                 record.key,
@@ -617,6 +665,7 @@ class Store:
                 record.acl,
                 record.storage_class,
                 json.dumps(record.segments) if record.segments else None,
+                json.dumps(record.tags) if record.tags else None,
             ),
         )
         return previous
@@ -703,6 +752,57 @@ class Store:
                     break
             if not jumped and seen < want:
                 return entries, False
+
+    # --- live channels -------------------------------------------------------------------
+
+    _CHANNEL_COLUMNS = (
+        "bucket, name, description, status, target_type, frag_duration, frag_count,"
+        " playlist_name, mtime"
+    )
+
+    def put_live_channel(self, channel: LiveChannelRecord) -> None:
+        """Create the channel, or replace its configuration."""
+        self._db.execute(
+            f"INSERT OR REPLACE INTO live_channels ({self._CHANNEL_COLUMNS})"  # noqa: S608
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                channel.bucket,
+                channel.name,
+                channel.description,
+                channel.status,
+                channel.target_type,
+                channel.frag_duration,
+                channel.frag_count,
+                channel.playlist_name,
+                channel.mtime,
+            ),
+        )
+
+    def get_live_channel(self, bucket: str, name: str) -> LiveChannelRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._CHANNEL_COLUMNS} FROM live_channels"  # noqa: S608
+            " WHERE bucket = ? AND name = ?",
+            (bucket, name),
+        ).fetchone()
+        return LiveChannelRecord(*row) if row else None
+
+    def list_live_channels(
+        self, bucket: str, prefix: str, marker: str, limit: int
+    ) -> list[LiveChannelRecord]:
+        """Up to `limit` channels whose names start with `prefix` and sort after `marker`."""
+        bound_sql, bound = _below("name", prefix_upper_bound(prefix))
+        rows = self._db.execute(
+            f"SELECT {self._CHANNEL_COLUMNS} FROM live_channels"  # noqa: S608
+            f" WHERE bucket = ? AND name > ? AND name >= ? {bound_sql} ORDER BY name LIMIT ?",
+            (bucket, marker, prefix, *bound, limit),
+        ).fetchall()
+        return [LiveChannelRecord(*row) for row in rows]
+
+    def delete_live_channel(self, bucket: str, name: str) -> bool:
+        cursor = self._db.execute(
+            "DELETE FROM live_channels WHERE bucket = ? AND name = ?", (bucket, name)
+        )
+        return cursor.rowcount == 1
 
     # --- appends -------------------------------------------------------------------------
 

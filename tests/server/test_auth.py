@@ -185,3 +185,62 @@ def test_presigned_url_signs_the_headers_it_was_made_for(
     head = bucket.head_object("signed-headers")
     assert head.headers["Content-Type"] == "text/x-signed"
     assert head.headers["x-oss-meta-origin"] == "presigned"
+
+
+def test_presigned_v4_put_without_a_region(oss_server: RunningServer) -> None:
+    # oss2 signs a URL with an empty region when the bucket has none; OSS refuses it at once.
+    no_region = oss2.Bucket(oss2.AuthV4(TEST_AK, TEST_SK), oss_server.endpoint, TEST_BUCKET)
+    headers = {"Content-Length": "9"}
+    url = no_region.sign_url("PUT", "v4.txt", 600, slash_safe=True, headers=headers)
+    with pytest.raises(AccessDenied) as caught:
+        no_region.put_object_with_url(url, "Hello OSS", headers=headers)
+    assert caught.value.status == 403
+    assert caught.value.message == "The signing region in credential is invalid."
+    assert oss_server.store.get_object(TEST_BUCKET, "v4.txt") is None
+
+
+@pytest.mark.parametrize("region", ["cn-hangzhou-test-1", "cn-shanghai"])
+def test_v4_signatures_of_another_region(oss_server: RunningServer, region: str) -> None:
+    elsewhere = oss2.Bucket(
+        oss2.AuthV4(TEST_AK, TEST_SK), oss_server.endpoint, TEST_BUCKET, region=region
+    )
+    with pytest.raises(ServerError) as caught:
+        elsewhere.put_object("k", b"x")
+    assert (caught.value.status, caught.value.code) == (400, "InvalidArgument")
+    assert caught.value.message == "Invalid signing region in Authorization header."
+    assert caught.value.ec == "0002-00000226"
+    with pytest.raises(ServerError) as caught:
+        elsewhere.head_object("k")  # HEAD: the error comes in x-oss-err
+    assert caught.value.ec == "0002-00000226"
+    url = elsewhere.sign_url("GET", "k", 600)
+    with pytest.raises(AccessDenied) as caught:
+        elsewhere.get_object_with_url(url)
+    assert caught.value.message == "The signing region in credential is invalid."
+
+
+def test_v2_signatures_headers_and_urls(oss_server: RunningServer) -> None:
+    bucket = oss2.Bucket(oss2.AuthV2(TEST_AK, TEST_SK), oss_server.endpoint, TEST_BUCKET)
+    bucket.put_object("v2/key with spaces+plus", b"v2 data", headers={"x-oss-meta-a": "b"})
+    assert bucket.get_object("v2/key with spaces+plus", byte_range=(0, 1)).read() == b"v2"
+    listed = bucket.list_objects(prefix="v2/", delimiter="/", max_keys=10)
+    assert [item.key for item in listed.object_list] == ["v2/key with spaces+plus"]
+    bucket.put_object_acl("v2/key with spaces+plus", oss2.OBJECT_ACL_PUBLIC_READ)  # ?acl
+    headers = {"Content-Length": "7", "custom-header": "abc"}
+    url = bucket.sign_url(
+        "PUT", "v2/url", 600, headers=headers, additional_headers={"custom-header"}
+    )
+    assert "x-oss-signature-version=OSS2" in url
+    bucket.put_object_with_url(url, b"by url!", headers=headers)
+    get_url = bucket.sign_url("GET", "v2/url", 600)
+    assert bucket.get_object_with_url(get_url).read() == b"by url!"
+    # A header the URL was signed with must come with the same value.
+    with pytest.raises(SignatureDoesNotMatch):
+        bucket.put_object_with_url(url, b"by url!", headers={**headers, "custom-header": "x"})
+
+    wrong = oss2.Bucket(oss2.AuthV2(TEST_AK, "wrong"), oss_server.endpoint, TEST_BUCKET)
+    with pytest.raises(SignatureDoesNotMatch):
+        wrong.get_object("v2/url")
+    stale = bucket.sign_url("GET", "v2/url", -10)
+    with pytest.raises(AccessDenied) as caught:
+        bucket.get_object_with_url(stale)
+    assert caught.value.message == "Request has expired."

@@ -60,3 +60,15 @@ def test_bucket_stat(bucket: oss2.Bucket) -> None:
     stat = bucket.get_bucket_stat()
     assert stat.object_count == 2
     assert stat.storage_size_in_bytes == 8
+
+
+def test_versioning_is_never_enabled(bucket: oss2.Bucket, raw: RawClient) -> None:
+    assert bucket.get_bucket_versioning().status is None
+    assert bucket.get_bucket_info().versioning_status in (None, "")
+    config = oss2.models.BucketVersioningConfig(oss2.BUCKET_VERSIONING_ENABLE)
+    with pytest.raises(oss2.exceptions.ServerError) as caught:
+        bucket.put_bucket_versioning(config)
+    assert (caught.value.status, caught.value.code) == (501, "NotImplemented")
+    assert "Versioning is never enabled here" in caught.value.message
+    response = raw.request("GET", None, params={"versions": ""})
+    assert response.status_code == 501

@@ -82,3 +82,87 @@ async def test_open_server_lets_the_callers_exception_through(tmp_path: Path) ->
     with pytest.raises(KeyError):
         async with open_server(server_config(tmp_path / "root")):
             raise KeyError("from the caller")
+
+
+def _read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """(head, body) of one answer with a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk
+        body += chunk
+    return head, body
+
+
+def test_presigned_get_with_a_declared_body_that_never_comes(
+    bucket: oss2.Bucket,
+) -> None:
+    # The URL is signed with Content-Length: 9 among its headers; requests sends that header
+    # with a GET and no body. The server must not wait for the 9 bytes (the client would time
+    # out: 5 s here, where OSS answers at once).
+    bucket.timeout = 5  # seconds, for connecting and for each read
+    bucket.put_object("k", b"Hello OSS")
+    headers = {"Content-Length": "9", "custom-header": "abc"}
+    url = bucket.sign_url("GET", "k", 600, slash_safe=True, headers=headers)
+    result = bucket.get_object_with_url(url, byte_range=(1, 3), headers=headers)
+    assert result.read() == b"ell"
+    # ... and the connection is closed after the answer, not kept to swallow the next request.
+    assert result.resp.response.headers["Connection"] == "close"
+    assert bucket.get_object("k").read() == b"Hello OSS"
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"DELETE"])
+def test_bodiless_methods_are_answered_without_their_declared_body(
+    oss_server: RunningServer, method: bytes
+) -> None:
+    oss_server.store.set_bucket_acl(TEST_BUCKET, "public-read-write")
+    with socket.create_connection(("127.0.0.1", oss_server.port), timeout=10) as sock:
+        sock.sendall(
+            method + b" /test-bucket/absent HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n"
+        )
+        head, _ = _read_answer(sock) if method != b"HEAD" else (sock.recv(65536), b"")
+        assert head.startswith(b"HTTP/1.1 404" if method != b"DELETE" else b"HTTP/1.1 204"), head
+        assert b"Connection: close" in head
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(65536) == b""  # the server closed its side
+
+
+def test_rejected_put_is_answered_before_its_body_and_keeps_the_connection(
+    oss_server: RunningServer,
+) -> None:
+    # Unsigned PUT to a private bucket: refused before the body is needed, so answered before
+    # it comes; the small body that follows is drained and the connection serves on.
+    with socket.create_connection(("127.0.0.1", oss_server.port), timeout=10) as sock:
+        sock.sendall(b"PUT /test-bucket/k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        head, body = _read_answer(sock)
+        assert head.startswith(b"HTTP/1.1 403"), head
+        assert b"AccessDenied" in body and b"Connection: close" not in head
+        sock.sendall(b"hello" + b"GET /test-bucket/k HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = _read_answer(sock)
+        assert head.startswith(b"HTTP/1.1 403"), head
+    assert oss_server.store.get_object(TEST_BUCKET, "k") is None
+
+
+def test_rejected_put_whose_body_never_comes_is_answered(oss_server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", oss_server.port), timeout=10) as sock:
+        sock.sendall(b"PUT /missing-bucket/k HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n")
+        head, body = _read_answer(sock)
+        assert head.startswith(b"HTTP/1.1 40"), head
+        assert b"<Error>" in body
+
+
+def test_a_large_rejected_body_closes_the_connection(oss_server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", oss_server.port), timeout=10) as sock:
+        sock.sendall(b"PUT /test-bucket/k HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
+        head, _ = _read_answer(sock)
+        assert head.startswith(b"HTTP/1.1 403") and b"Connection: close" in head
+        sock.sendall(os.urandom(1 << 16))  # still sending: read and dropped, no reset
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass

@@ -4,7 +4,7 @@
 an `async (ServerContext, Call) -> Response` function.
 """
 
-from ossmount.server.operations import buckets, copy, listing, multipart, objects
+from ossmount.server.operations import buckets, copy, listing, live, multipart, objects, tagging
 from ossmount.server.operations.common import Call, Operation, ServerContext
 
 OPERATIONS: dict[str, Operation] = {
@@ -38,6 +38,19 @@ OPERATIONS: dict[str, Operation] = {
     "AbortMultipartUpload": multipart.abort_multipart_upload,
     "ListParts": multipart.list_parts,
     "ListMultipartUploads": multipart.list_multipart_uploads,
+    "GetBucketVersioning": buckets.get_bucket_versioning,
+    "ListLiveChannel": live.list_live_channels,
+    "PutLiveChannel": live.put_live_channel,
+    "PutLiveChannelStatus": live.put_live_channel_status,
+    "GetLiveChannelInfo": live.get_live_channel_info,
+    "GetLiveChannelStat": live.get_live_channel_stat,
+    "GetLiveChannelHistory": live.get_live_channel_history,
+    "DeleteLiveChannel": live.delete_live_channel,
+    "GetVodPlaylist": live.vod_playlist,
+    "PostVodPlaylist": live.vod_playlist,
+    "GetObjectTagging": tagging.get_object_tagging,
+    "PutObjectTagging": tagging.put_object_tagging,
+    "DeleteObjectTagging": tagging.delete_object_tagging,
 }
 
 __all__ = ["OPERATIONS", "Call", "Operation", "ServerContext"]

@@ -150,3 +150,9 @@ async def get_bucket_stat(server: ServerContext, call: Call) -> Response:
         leaf("StandardObjectCount", count),
     )
     return xml_response(body)
+
+
+async def get_bucket_versioning(server: ServerContext, call: Call) -> Response:
+    """Versioning is never enabled here: the configuration has no Status (as for a bucket
+    whose versioning was never switched on)."""
+    return xml_response(node("VersioningConfiguration"))

@@ -14,7 +14,7 @@ import trio
 from ossmount.server.auth import Principal
 from ossmount.server.errors import OssServerError, invalid_argument, no_such_bucket, no_such_key
 from ossmount.server.http import Body, Request, Response
-from ossmount.server.ingest import receive_blob
+from ossmount.server.ingest import receive_blob, receive_object_file
 from ossmount.server.protocol import url_encoder
 from ossmount.server.store import Blob, BlobWriter, BucketRecord, ObjectRecord, Store
 from ossmount.server.xmlio import leaf
@@ -97,6 +97,10 @@ class ServerContext:
     async def receive_blob(self, body: Body, limit: int, writer: BlobWriter | None = None) -> Blob:
         """Receive a request body into a fsynced temp file (see ingest.py)."""
         return await receive_blob(self.store, body, limit, direct_io=self.direct_io, writer=writer)
+
+    async def receive_object_file(self, body: Body, limit: int) -> tuple[Blob, str]:
+        """Receive a request body into a fsynced file in data/ (see ingest.py)."""
+        return await receive_object_file(self.store, body, limit, direct_io=self.direct_io)
 
     def check_forbid_overwrite(self, call: Call, bucket: str, key: str) -> None:
         if call.headers.get("x-oss-forbid-overwrite", "").lower() != "true":

@@ -16,6 +16,7 @@ from ossmount.server.protocol import (
     check_conditions,
     object_acl_and_class,
     object_attributes,
+    tags_from_header,
     xml_response,
 )
 from ossmount.server.store import ObjectRecord
@@ -38,6 +39,14 @@ async def copy_object(server: ServerContext, call: Call) -> Response:
         headers, metadata = object_attributes(call.headers, key)
     else:
         headers, metadata = dict(source.headers), dict(source.metadata)
+    tag_directive = call.headers.get("x-oss-tagging-directive", "COPY").upper()
+    if tag_directive not in ("COPY", "REPLACE"):
+        raise invalid_argument(
+            "x-oss-tagging-directive must be COPY or REPLACE",
+            "x-oss-tagging-directive",
+            tag_directive,
+        )
+    tags = tags_from_header(call.headers) if tag_directive == "REPLACE" else dict(source.tags)
     acl, storage_class = object_acl_and_class(call.headers)
     server.check_forbid_overwrite(call, bucket, key)
     data_file, segments = await _copy_data(server, source)
@@ -55,6 +64,7 @@ async def copy_object(server: ServerContext, call: Call) -> Response:
         metadata=metadata,
         acl=acl,
         storage_class=storage_class,
+        tags=tags,
     )
     server.commit_new(call, record)
     body = node(

@@ -5,6 +5,7 @@ its part files in one index transaction and moves no data."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 from urllib.parse import quote
@@ -31,6 +32,7 @@ from ossmount.server.protocol import (
     invalid_range,
     object_acl_and_class,
     object_attributes,
+    tags_from_header,
     xml_response,
 )
 from ossmount.server.store import (
@@ -67,6 +69,9 @@ async def initiate_multipart_upload(server: ServerContext, call: Call) -> Respon
     server.check_forbid_overwrite(call, bucket, key)
     headers["x-oss-object-acl"] = acl
     headers["x-oss-storage-class"] = storage_class
+    tags = tags_from_header(call.headers)
+    if tags:
+        headers["x-oss-tagging"] = json.dumps(tags)
     if call.headers.get("x-oss-forbid-overwrite", "").lower() == "true":
         headers["x-oss-forbid-overwrite"] = "true"
     upload = server.store.create_upload(bucket, key, headers, metadata)
@@ -222,6 +227,7 @@ async def complete_multipart_upload(server: ServerContext, call: Call) -> Respon
     headers = dict(upload.headers)
     acl = headers.pop("x-oss-object-acl", "default")
     storage_class = headers.pop("x-oss-storage-class", "Standard")
+    tags = json.loads(headers.pop("x-oss-tagging", "{}"))
     headers.pop("x-oss-forbid-overwrite", None)
     record = ObjectRecord(
         bucket=bucket,
@@ -237,6 +243,7 @@ async def complete_multipart_upload(server: ServerContext, call: Call) -> Respon
         metadata=dict(upload.metadata),
         acl=acl,
         storage_class=storage_class,
+        tags=tags,
     )
     # The parts were fsynced as they arrived: completing moves no data, it is one index
     # transaction (object in, upload out).

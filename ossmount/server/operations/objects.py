@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import time
+import zlib
+from collections.abc import AsyncGenerator
 from urllib.parse import quote, unquote
 
 import trio
@@ -34,6 +37,8 @@ from ossmount.server.protocol import (
     object_headers,
     parse_range,
     set_header,
+    should_gzip,
+    tags_from_header,
     write_headers,
     xml_response,
 )
@@ -90,11 +95,37 @@ def _read_object(server: ServerContext, call: Call, head: bool) -> Response:
     # Lookup and pin happen with no checkpoint in between (see Store.pin).
     files = store.object_files(record)
     store.pin(files)
-    segments = [
-        FileSegment(path, first, count)
-        for path, first, count in store.object_slices(record, offset, length)
-    ]
+    slices = store.object_slices(record, offset, length)
+    if status == 200 and should_gzip(call.headers, headers, length):
+        headers.append(("Content-Encoding", "gzip"))
+        return Response(200, headers, chunks=_gzipped(slices), release=lambda: store.unpin(files))
+    segments = [FileSegment(path, first, count) for path, first, count in slices]
     return Response(status, headers, segments=segments, release=lambda: store.unpin(files))
+
+
+GZIP_READ = 1 << 20
+
+
+async def _gzipped(slices: list[tuple[str, int, int]]) -> AsyncGenerator[bytes, None]:
+    """The gzip stream of the file slices, read and compressed a MiB at a time in a worker
+    thread."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip framing
+
+    def compress(path: str, offset: int, count: int) -> bytes:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, count, offset)
+        finally:
+            os.close(fd)
+        if len(data) != count:
+            raise OSError(f"{path} shrank while being sent")
+        return compressor.compress(data)
+
+    for path, first, count in slices:
+        for start in range(first, first + count, GZIP_READ):
+            size = min(GZIP_READ, first + count - start)
+            yield await trio.to_thread.run_sync(compress, path, start, size)
+    yield compressor.flush()
 
 
 # --- write ---------------------------------------------------------------------------------------
@@ -104,14 +135,9 @@ async def put_object(server: ServerContext, call: Call) -> Response:
     bucket, key = call.require_bucket(), call.require_key()
     headers, metadata = object_attributes(call.headers, key)
     acl, storage_class = object_acl_and_class(call.headers)
+    tags = tags_from_header(call.headers)
     server.check_forbid_overwrite(call, bucket, key)
-    blob = await server.receive_blob(call.request.body, MAX_OBJECT_SIZE)
-    try:
-        check_md5(call, blob)
-        data_file = await trio.to_thread.run_sync(server.store.install_object_file, blob.temp_path)
-    except BaseException:
-        blob.temp_path.unlink(missing_ok=True)
-        raise
+    blob, data_file = await server.receive_object_file(call.request.body, MAX_OBJECT_SIZE)
     record = ObjectRecord(
         bucket=bucket,
         key=key,
@@ -125,7 +151,13 @@ async def put_object(server: ServerContext, call: Call) -> Response:
         metadata=metadata,
         acl=acl,
         storage_class=storage_class,
+        tags=tags,
     )
+    try:
+        check_md5(call, blob)
+    except OssServerError:
+        server.store.discard_files(record)
+        raise
     server.commit_new(call, record)
     return Response(200, write_headers(record, blob.md5))
 
@@ -160,14 +192,18 @@ async def _append(
             "Position is not equal to file length",
             headers={"x-oss-next-append-position": str(expected)},
         )
+    # The first append creates the object with its attributes and tags; later appends keep
+    # them and ignore those they carry (as OSS does).
     if current is None:
         headers, metadata = object_attributes(call.headers, key)
         acl, storage_class = object_acl_and_class(call.headers)
+        tags = tags_from_header(call.headers)
         data_file = store.new_append_file()
         previous_crc, previous_etag = 0, ""
     else:
         headers, metadata = current.headers, current.metadata
         acl, storage_class = current.acl, current.storage_class
+        tags = current.tags
         assert current.data_file is not None
         data_file = current.data_file
         previous_crc, previous_etag = current.crc64, current.etag
@@ -205,6 +241,7 @@ async def _append(
         metadata=metadata,
         acl=acl,
         storage_class=storage_class,
+        tags=tags,
     )
     store.commit_object(record)
     response_headers = write_headers(record, None)
@@ -256,6 +293,7 @@ async def put_symlink(server: ServerContext, call: Call) -> Response:
         raise OssServerError(400, "InvalidObjectName", "The symlink target is too long.")
     headers, metadata = object_attributes(call.headers, key)
     acl, storage_class = object_acl_and_class(call.headers)
+    tags = tags_from_header(call.headers)
     etag = md5_etag(md5_digest(target.encode("utf-8", errors="surrogateescape")))
     record = ObjectRecord(
         bucket=bucket,
@@ -271,6 +309,7 @@ async def put_symlink(server: ServerContext, call: Call) -> Response:
         symlink_target=target,
         acl=acl,
         storage_class=storage_class,
+        tags=tags,
     )
     server.commit_new(call, record)
     return Response(200, [("ETag", etag), ("x-oss-hash-crc64ecma", "0")])
