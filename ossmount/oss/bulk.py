@@ -74,8 +74,8 @@ from ossmount.oss.client import _object_info, _parse_content_range
 from ossmount.oss.crc64 import crc64
 from ossmount.oss.errors import (
     IntegrityError,
-    OssConnectionError,
     OssProtocolError,
+    connection_error,
     error_from_response,
 )
 from ossmount.oss.http1 import HEAD_LIMIT, ResponseHead, parse_response_head, request_bytes
@@ -290,7 +290,7 @@ class _Exchange:
             self._post(_End())
         except OSError as exc:
             if not self._stopped:
-                self._post(_Failure(OssConnectionError(f"{self._what}: {exc!r}")))
+                self._post(_Failure(connection_error(self._what, exc)))
         except Exception as exc:  # an OssError, or a bug: either way the consumer raises it
             self._post(_Failure(exc))
         finally:
@@ -442,7 +442,9 @@ class BulkGetter:
     def supports(client: OssClient) -> bool:
         """True when the client's requests can go over plain sockets: an http endpoint and no
         test transport."""
-        return client.uses_network and client.endpoint.startswith("http://")
+        return (
+            client.uses_network and client.endpoint.startswith("http://") and client.proxy is None
+        )
 
     def close(self) -> None:
         """Close the idle connections (running GETs close theirs when they end)."""

@@ -48,6 +48,7 @@ from ossmount.oss.errors import (
     OssError,
     OssProtocolError,
     PositionNotEqualToLength,
+    connection_error,
     error_from_response,
 )
 from ossmount.oss.http1 import HeadConnections
@@ -63,6 +64,7 @@ from ossmount.oss.model import (
     PartInfo,
     PutResult,
 )
+from ossmount.oss.network import proxy_for, tls_context
 from ossmount.oss.retry import RetryPolicy
 from ossmount.oss.signer import (
     BUCKET_EXTENSION,
@@ -442,8 +444,11 @@ class OssClient:
         retry: RetryPolicy | None = None,
         timeout_s: float = 60,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: str | Path | None = None,
     ) -> None:
-        """``transport`` replaces httpx's network transport (unit tests use httpx.MockTransport)."""
+        """``transport`` replaces httpx's network transport (unit tests use httpx.MockTransport).
+        ``ca_file``: the certificates to trust instead of the defaults (see
+        :mod:`ossmount.oss.network`, which also picks the proxy from the environment)."""
         if "://" not in endpoint:
             endpoint = "https://" + endpoint
         url = httpx.URL(endpoint)
@@ -456,6 +461,10 @@ class OssClient:
         self.retry = retry if retry is not None else RetryPolicy()
         #: False when ``transport`` replaces the network (then only httpx can reach the server).
         self.uses_network = transport is None
+        #: TLS context of https endpoints (certificates always verified), None for http.
+        self.tls_context = tls_context(ca_file) if url.scheme == "https" else None
+        #: The proxy every request goes through (from HTTPS_PROXY/HTTP_PROXY/NO_PROXY).
+        self.proxy = proxy_for(self.endpoint)
         self._credentials = credentials
         self.signature_version = signature_version
         auth: httpx.Auth | None
@@ -486,7 +495,10 @@ class OssClient:
             # a network timeout.
             timeout=httpx.Timeout(timeout_s, pool=None),
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            # The environment was read once, above (certificates and proxy), for every transport.
             trust_env=False,
+            verify=self.tls_context if self.tls_context is not None else True,
+            proxy=self.proxy.url if self.proxy is not None else None,
             follow_redirects=False,
             cookies=_NoCookieJar(),
             transport=transport,
@@ -495,7 +507,7 @@ class OssClient:
         # exact metadata sends one per file, and through httpx each cost six times the CPU.
         self._heads = (
             HeadConnections(timeout_s=timeout_s, max_idle=max_connections)
-            if self.uses_network and url.scheme == "http"
+            if self.uses_network and url.scheme == "http" and self.proxy is None
             else None
         )
 
@@ -599,7 +611,7 @@ class OssClient:
         try:
             response = await self._http.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise OssConnectionError(f"{method} {self._describe(bucket, key)}: {exc!r}") from exc
+            raise connection_error(f"{method} {self._describe(bucket, key)}", exc) from exc
         try:
             if response.status_code >= 300:
                 body = b"" if method == "HEAD" else await response.aread()
@@ -610,7 +622,7 @@ class OssClient:
                 await response.aread()
         except httpx.TransportError as exc:
             await response.aclose()
-            raise OssConnectionError(f"{method} {self._describe(bucket, key)}: {exc!r}") from exc
+            raise connection_error(f"{method} {self._describe(bucket, key)}", exc) from exc
         except BaseException:
             await response.aclose()
             raise
@@ -734,7 +746,7 @@ class OssClient:
             try:
                 head = await heads.head(request)
             except (OSError, trio.TooSlowError) as exc:
-                raise OssConnectionError(f"HEAD {self._describe(bucket, key)}: {exc!r}") from exc
+                raise connection_error(f"HEAD {self._describe(bucket, key)}", exc) from exc
             if head.status >= 300:
                 raise error_from_response(head.status, head.headers, b"", method="HEAD")
             return head.headers
