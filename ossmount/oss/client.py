@@ -51,7 +51,7 @@ from ossmount.oss.errors import (
     connection_error,
     error_from_response,
 )
-from ossmount.oss.http1 import HeadConnections
+from ossmount.oss.http1 import Pools, SmallExchanges
 from ossmount.oss.model import (
     AppendResult,
     BucketInfo,
@@ -83,6 +83,8 @@ T = TypeVar("T")
 USER_AGENT = "ossmount"
 # Size of the pieces a file body is read and sent in.
 FILE_CHUNK_SIZE = 1024 * 1024
+# The largest answer body the fast transport takes for small requests (error documents, XML).
+SMALL_BODY_LIMIT = 1024 * 1024
 # DeleteMultipleObjects takes at most this many keys per request.
 DELETE_BATCH_SIZE = 1000
 # The region assumed for V4 signing against IP/localhost endpoints (the bundled server), where
@@ -503,11 +505,23 @@ class OssClient:
             cookies=_NoCookieJar(),
             transport=transport,
         )
-        # HEADs skip httpx on plain http (ossmount.oss.http1, used by _head): a listing with
-        # exact metadata sends one per file, and through httpx each cost six times the CPU.
-        self._heads = (
-            HeadConnections(timeout_s=timeout_s, max_idle=max_connections)
-            if self.uses_network and url.scheme == "http" and self.proxy is None
+        #: The fast transport's connections (ossmount.oss.http1), for HEADs (_head) and the
+        #: bulk GETs of ossmount.oss.bulk; None when ``transport`` replaces the network.
+        self.pools = (
+            Pools(
+                tls=self.tls_context,
+                proxy=self.proxy,
+                timeout_s=timeout_s,
+                max_idle=max_connections,
+            )
+            if self.uses_network
+            else None
+        )
+        # HEADs skip httpx (a listing with exact metadata sends one per file, and through httpx
+        # each cost three to six times the CPU).
+        self._small = (
+            SmallExchanges(self.pools, body_limit=SMALL_BODY_LIMIT)
+            if self.pools is not None
             else None
         )
 
@@ -515,8 +529,8 @@ class OssClient:
         return f"OssClient(endpoint={self.endpoint!r}, region={self.region!r})"
 
     async def aclose(self) -> None:
-        if self._heads is not None:
-            await self._heads.aclose()
+        if self.pools is not None:
+            self.pools.close()
         await self._http.aclose()
 
     async def __aenter__(self) -> Self:
@@ -734,19 +748,20 @@ class OssClient:
     async def _head(
         self, bucket: str, key: str, params: Mapping[str, str] | None = None
     ) -> dict[str, str]:
-        """The headers (lower-case names) of a HEAD's answer, retried by the policy. On plain
-        http it skips httpx (:class:`HeadConnections`, a sixth of the CPU)."""
-        heads = self._heads
-        if heads is None:
+        """The headers (lower-case names) of a HEAD's answer, retried by the policy. It skips
+        httpx (:class:`SmallExchanges`: a third to a sixth of the CPU)."""
+        small = self._small
+        if small is None:
             response, _ = await self._request("HEAD", bucket, key, params=params)
             return _lower_headers(response)
 
         async def attempt() -> dict[str, str]:
             request = self._signed(self._build("HEAD", bucket, key, params, None, None))
             try:
-                head = await heads.head(request)
-            except (OSError, trio.TooSlowError) as exc:
+                answer = await small.exchange(request)
+            except OSError as exc:
                 raise connection_error(f"HEAD {self._describe(bucket, key)}", exc) from exc
+            head = answer.head
             if head.status >= 300:
                 raise error_from_response(head.status, head.headers, b"", method="HEAD")
             return head.headers

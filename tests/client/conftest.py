@@ -36,8 +36,4 @@ def random_file(path: Path, size: int) -> bytes:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    over_both_schemes(metafunc, PLAIN_HTTP_ONLY)
-
-
-# The fast transports, still plain http only.
-PLAIN_HTTP_ONLY = frozenset({"tests.client.test_bulk", "tests.client.test_http1"})
+    over_both_schemes(metafunc)

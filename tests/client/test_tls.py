@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ossmount.oss.bulk import BulkGetter
 from ossmount.oss.client import OssClient
 from ossmount.oss.errors import TlsError, is_transient
 from ossmount.oss.network import proxy_for
@@ -42,11 +43,15 @@ def client_of(server: RunningServer, endpoint: str | None = None, **options: obj
 
 
 async def round_trip(client: OssClient) -> None:
-    """A PUT, GET, ranged GET, HEAD, listing and DELETE."""
+    """A PUT, GET, ranged GET, bulk GET (the fast transport), HEAD, listing and DELETE."""
     data = os.urandom(300_000)
     await client.put_object(TEST_BUCKET, "tls/object", data)
     assert await client.get_object(TEST_BUCKET, "tls/object") == data
     assert await client.get_object(TEST_BUCKET, "tls/object", byte_range=(5, 9)) == data[5:10]
+    async with BulkGetter(client).open_range(
+        TEST_BUCKET, "tls/object", 0, len(data) - 1, if_match=None, piece_size=65536
+    ) as body:
+        assert b"".join([piece async for piece in body]) == data
     assert (await client.head_object(TEST_BUCKET, "tls/object")).size == len(data)
     page = await client.list_objects_page(TEST_BUCKET, prefix="tls/")
     assert [summary.key for summary in page.objects] == ["tls/object"]
@@ -59,10 +64,19 @@ async def test_untrusted_certificate_fails_at_once_naming_the_remedy(
 ) -> None:
     untrusting(monkeypatch)
     async with client_of(oss_server) as client:
+
+        async def bulk_get() -> None:
+            async with BulkGetter(client).open_range(
+                TEST_BUCKET, "any", 0, 9, if_match=None, piece_size=65536
+            ):
+                pass
+
+        # httpx, the fast transport's HEADs and its bulk GETs alike.
         for request in (
             client.head_object(TEST_BUCKET, "any"),
             client.get_object(TEST_BUCKET, "any"),
             client.list_objects_page(TEST_BUCKET),
+            bulk_get(),
         ):
             with pytest.raises(TlsError) as caught:
                 await request

@@ -313,12 +313,13 @@ def test_endpoint_that_never_answers_fails_within_mount_timeout(mountpoint: Path
 
 @pytest.mark.parametrize("oss_server", ["https"], indirect=True)
 def test_https_endpoint_needs_its_certificate_trusted(
-    oss_server: Any, oss2_bucket: Any, mountpoint: Path
+    oss_server: Any, oss2_bucket: Any, mountpoint: Path, tmp_path: Path
 ) -> None:
     oss2_bucket.put_object("hello.txt", b"hello\n")
     untrusting = ossmount_env()
     untrusting.pop("SSL_CERT_FILE", None)
-    result = mount_daemon(oss_server.endpoint, mountpoint, env=untrusting)
+    state = ("-o", f"state_dir={tmp_path / 'state'}")
+    result = mount_daemon(oss_server.endpoint, mountpoint, *state, env=untrusting)
     line = one_line_error(result)
     assert line == (
         f"ossmount: endpoint {oss_server.endpoint}: GET {TEST_BUCKET}/: certificate verify "
@@ -328,7 +329,12 @@ def test_https_endpoint_needs_its_certificate_trusted(
     assert not is_mounted(mountpoint)
 
     trusted = mount_daemon(
-        oss_server.endpoint, mountpoint, "-o", f"ssl_ca_file={oss_server.ca_file}", env=untrusting
+        oss_server.endpoint,
+        mountpoint,
+        *state,
+        "-o",
+        f"ssl_ca_file={oss_server.ca_file}",
+        env=untrusting,
     )
     try:
         assert trusted.returncode == 0, trusted.stderr
