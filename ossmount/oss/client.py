@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from http.client import HTTPResponse
@@ -51,7 +51,7 @@ from ossmount.oss.errors import (
     connection_error,
     error_from_response,
 )
-from ossmount.oss.http1 import Pools, SmallExchanges
+from ossmount.oss.http1 import BodyError, Exchanges, Pools, RequestBody
 from ossmount.oss.model import (
     AppendResult,
     BucketInfo,
@@ -83,8 +83,9 @@ T = TypeVar("T")
 USER_AGENT = "ossmount"
 # Size of the pieces a file body is read and sent in.
 FILE_CHUNK_SIZE = 1024 * 1024
-# The largest answer body the fast transport takes for small requests (error documents, XML).
-SMALL_BODY_LIMIT = 1024 * 1024
+# The largest answer the fast transport takes for requests other than object GETs (error
+# documents, XML: a listing page of 1,000 keys is a few hundred KiB).
+ANSWER_LIMIT = 64 * 1024 * 1024
 # DeleteMultipleObjects takes at most this many keys per request.
 DELETE_BATCH_SIZE = 1000
 # The region assumed for V4 signing against IP/localhost endpoints (the bundled server), where
@@ -189,6 +190,33 @@ class _Payload:
             raise RuntimeError("a one-shot stream body cannot be sent twice")
         self._stream_used = True
         return self._relay(self._stream)
+
+    def for_worker(self) -> bytes | Callable[[], Iterator[bytes]]:
+        """The body for one attempt on the fast transport, whose worker thread sends it: the
+        bytes, or a function that reads the file in pieces (and updates the CRC as it goes).
+        Resets the CRC. Only for replayable bodies."""
+        self.crc = Crc64()
+        if self._bytes is not None:
+            self.crc.update(self._bytes)
+            return self._bytes
+        assert self._slice is not None
+        file_slice, size = self._slice, self.length or 0
+
+        def pieces() -> Iterator[bytes]:
+            # Called again when a kept connection fails: the CRC is of what was sent last.
+            self.crc = crc = Crc64()
+            with open(file_slice.path, "rb", buffering=0) as file:
+                position, remaining = file_slice.offset, size
+                while remaining > 0:
+                    chunk = os.pread(file.fileno(), min(FILE_CHUNK_SIZE, remaining), position)
+                    if not chunk:
+                        raise OssError(f"{file_slice.path}: file shrank while being uploaded")
+                    crc.update(chunk)
+                    position += len(chunk)
+                    remaining -= len(chunk)
+                    yield chunk
+
+        return pieces
 
     async def _read_file(self, file_slice: FileSlice, size: int) -> AsyncIterator[bytes]:
         crc = self.crc
@@ -517,12 +545,11 @@ class OssClient:
             if self.uses_network
             else None
         )
-        # HEADs skip httpx (a listing with exact metadata sends one per file, and through httpx
-        # each cost three to six times the CPU).
-        self._small = (
-            SmallExchanges(self.pools, body_limit=SMALL_BODY_LIMIT)
-            if self.pools is not None
-            else None
+        # Every request but object GETs (ossmount.oss.bulk) and one-shot streams skips httpx:
+        # HEADs cost a third to a sixth of the CPU, and bodies (parts read from files) are sent,
+        # and over https encrypted, by the worker thread instead of the trio thread.
+        self._exchanges = (
+            Exchanges(self.pools, answer_limit=ANSWER_LIMIT) if self.pools is not None else None
         )
 
     def __repr__(self) -> str:
@@ -615,6 +642,9 @@ class OssClient:
         payload: _Payload | None,
         stream: bool,
     ) -> httpx.Response:
+        exchanges = self._exchanges
+        if exchanges is not None and not stream and (payload is None or payload.replayable):
+            return await self._exchange(exchanges, method, bucket, key, params, headers, payload)
         all_headers = dict(headers or {})
         content: bytes | AsyncIterator[bytes] | None = None
         if payload is not None:
@@ -641,6 +671,37 @@ class OssClient:
             await response.aclose()
             raise
         return response
+
+    async def _exchange(
+        self,
+        exchanges: Exchanges,
+        method: str,
+        bucket: str | None,
+        key: str | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        payload: _Payload | None,
+    ) -> httpx.Response:
+        """One attempt on the fast transport (:mod:`ossmount.oss.http1`), the answer as the
+        httpx.Response the callers read."""
+        all_headers = dict(headers or {})
+        body: RequestBody = b""
+        if payload is not None:
+            all_headers["Content-Length"] = str(payload.length)
+            body = payload.for_worker()
+        request = self._signed(self._build(method, bucket, key, params, all_headers, None))
+        try:
+            answer = await exchanges.exchange(request, body)
+        except BodyError as exc:
+            raise exc.error from None
+        except OSError as exc:
+            raise connection_error(f"{method} {self._describe(bucket, key)}", exc) from exc
+        head = answer.head
+        if head.status >= 300:
+            raise error_from_response(head.status, head.headers, answer.body, method=method)
+        return httpx.Response(
+            head.status, headers=head.headers, content=answer.body, request=request
+        )
 
     def _signed(self, request: httpx.Request) -> httpx.Request:
         auth = self._http.auth
@@ -749,8 +810,8 @@ class OssClient:
         self, bucket: str, key: str, params: Mapping[str, str] | None = None
     ) -> dict[str, str]:
         """The headers (lower-case names) of a HEAD's answer, retried by the policy. It skips
-        httpx (:class:`SmallExchanges`: a third to a sixth of the CPU)."""
-        small = self._small
+        httpx (:class:`Exchanges`: a third to a sixth of the CPU) and the httpx.Response."""
+        small = self._exchanges
         if small is None:
             response, _ = await self._request("HEAD", bucket, key, params=params)
             return _lower_headers(response)

@@ -22,9 +22,10 @@ headers, one signature); error answers become the client's exception tree throug
 :func:`ossmount.oss.errors.connection_error` (a TLS failure is never retried); attempts are retried
 by the client's :class:`~ossmount.oss.retry.RetryPolicy`. Two kinds of exchange:
 
-- :class:`SmallExchanges`: a request with a small body or none, answered by a head and a small
-  body (HEAD, GET of a small object, PUT of a small body, DELETE, CopyObject). One worker thread
-  per exchange, from trio's thread cache.
+- :class:`Exchanges`: every request whose answer is small (HEAD, PUT and POST of bytes or of a
+  file, parts included, DELETE, CopyObject, listings and the other XML answers). The body is
+  sent from memory, or read from its file in 1 MiB pieces, by the worker thread; one worker
+  thread per exchange, from trio's thread cache.
 - ranged GETs whose bodies stream in pieces (:mod:`ossmount.oss.bulk`), on the same
   :class:`ConnectionPool`.
 
@@ -50,7 +51,7 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TypeVar
@@ -245,6 +246,47 @@ class Connection:
             filled += received
         return bytes(buffer)
 
+    def receive_chunked(self, limit: int) -> bytes:
+        """A body in chunked transfer coding (at most ``limit`` bytes); trailers are dropped."""
+        pieces: list[bytes] = []
+        total = 0
+        while True:
+            line = self._receive_line()
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise OssProtocolError(f"bad chunk size line {line[:40]!r}") from None
+            if size == 0:
+                while self._receive_line():
+                    pass
+                return b"".join(pieces)
+            total += size
+            if total > limit:
+                raise OssProtocolError(f"a chunked answer over {limit} bytes")
+            pieces.append(self.receive_exactly(size))
+            if self.receive_exactly(2) != b"\r\n":
+                raise OssProtocolError("a chunk not followed by CRLF")
+
+    def _receive_line(self) -> bytes:
+        line = b""
+        while not line.endswith(b"\r\n"):
+            if len(line) > 4096:
+                raise OssProtocolError("a line of the chunked coding over 4 KiB")
+            line += self.receive_exactly(1)
+        return line[:-2]
+
+    def receive_to_end(self, limit: int) -> bytes:
+        """Everything until the server closes (an answer without a length; at most ``limit``)."""
+        pieces = [bytes(self._buffer)]
+        self._buffer.clear()
+        total = len(pieces[0])
+        while data := self.sock.recv(_TLS_READ_SIZE):
+            total += len(data)
+            if total > limit:
+                raise OssProtocolError(f"an answer over {limit} bytes")
+            pieces.append(data)
+        return b"".join(pieces)
+
     @property
     def idle_clean(self) -> bool:
         """Nothing unread: not readable while idle (else the server closed it or sent garbage)."""
@@ -348,37 +390,49 @@ class _ClosedBeforeAnswerError(Exception):
     """A kept connection the server had closed: nothing was answered, so sending again is safe."""
 
 
-class SmallExchanges:
-    """Requests with a small body (or none) and small answers, each run by a worker thread on a
-    connection of :class:`Pools`. Network failures raise OSError (ssl.SSLError included); the
-    client maps them onto its error tree. Callers bound the concurrency."""
+# A request body for one attempt: bytes, or a function the worker thread calls for the pieces
+# (a file read as it is sent).
+RequestBody = bytes | Callable[[], Iterable[bytes]]
 
-    def __init__(self, pools: Pools, *, body_limit: int) -> None:
+
+class Exchanges:
+    """Requests whose answers are small (every request but the GETs of object bodies), each run
+    by a worker thread on a connection of :class:`Pools`; the request body may be large (a
+    part read from a file as it is sent). Network failures raise OSError (ssl.SSLError
+    included); the client maps them onto its error tree. Callers bound the concurrency."""
+
+    def __init__(self, pools: Pools, *, answer_limit: int) -> None:
         self._pools = pools
-        self._body_limit = body_limit
+        self._answer_limit = answer_limit
 
-    async def exchange(self, request: httpx.Request, body: bytes = b"") -> Answer:
-        """Send ``request`` (signed, with its Content-Length already set when there is a body)
-        and ``body``; the answer's head and body (none for HEAD). OssProtocolError for an
-        answer this transport cannot take (chunked, or a body over ``body_limit``)."""
+    async def exchange(self, request: httpx.Request, body: RequestBody = b"") -> Answer:
+        """Send ``request`` (signed, with its Content-Length set when there is a body) and
+        ``body``; the answer's head and body (none for HEAD). OssProtocolError for an answer
+        body over ``answer_limit``. What ``body`` raises (a local file that cannot be read)
+        comes out wrapped in :class:`BodyError`."""
         pool = self._pools.for_url(request.url)
         wire = request_bytes(request, absolute_form=pool.route.absolute_form)
-        if body:
-            wire += body
         head_only = request.method == "HEAD"
         state = _Stoppable()
         return await run_in_worker(
-            lambda: self._run(pool, wire, head_only, state), state.stop, request.method
+            lambda: self._run(pool, wire, body, head_only, state), state.stop, request.method
         )
 
-    def _run(self, pool: ConnectionPool, wire: bytes, head_only: bool, state: _Stoppable) -> Answer:
+    def _run(
+        self,
+        pool: ConnectionPool,
+        wire: bytes,
+        body: RequestBody,
+        head_only: bool,
+        state: _Stoppable,
+    ) -> Answer:
         while True:
             connection, reused = pool.take()
             if not state.attach(connection):
                 connection.close()
                 raise ConnectionAbortedError("stopped")
             try:
-                answer = self._on(connection, wire, head_only, reused)
+                answer = self._on(connection, wire, body, head_only, reused)
             except _ClosedBeforeAnswerError as exc:
                 state.detach()
                 connection.close()
@@ -395,9 +449,23 @@ class SmallExchanges:
                 connection.close()
             return answer
 
-    def _on(self, connection: Connection, wire: bytes, head_only: bool, reused: bool) -> Answer:
+    def _on(
+        self,
+        connection: Connection,
+        wire: bytes,
+        body: RequestBody,
+        head_only: bool,
+        reused: bool,
+    ) -> Answer:
         try:
-            connection.send_all(wire)
+            if isinstance(body, bytes):
+                connection.send_all(wire + body if len(body) < 65536 else wire)
+                if len(body) >= 65536:
+                    connection.send_all(body)
+            else:
+                connection.send_all(wire)
+                for piece in _pieces(body):
+                    connection.send_all(piece)
             head = connection.receive_head()
         except (ConnectionError, ssl.SSLEOFError) as exc:
             if reused:
@@ -405,17 +473,44 @@ class SmallExchanges:
             raise
         if head_only or head.status in (204, 304) or 100 <= head.status < 200:
             return Answer(head, b"")
+        return Answer(head, self._answer_body(connection, head))
+
+    def _answer_body(self, connection: Connection, head: ResponseHead) -> bytes:
         headers = head.headers
         length = headers.get("content-length", "")
-        if "transfer-encoding" in headers or not length.isdigit():
-            if head.status >= 300 and not head.keep_alive:
-                return Answer(head, b"")  # an error answer without a length: its head says enough
-            raise OssProtocolError(
-                f"an answer without Content-Length (HTTP {head.status}) on the small-request path"
-            )
-        if int(length) > self._body_limit:
-            raise OssProtocolError(f"an answer of {length} bytes on the small-request path")
-        return Answer(head, connection.receive_exactly(int(length)) if int(length) else b"")
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            return connection.receive_chunked(self._answer_limit)
+        if not length.isdigit():
+            if head.keep_alive:
+                raise OssProtocolError(f"an answer (HTTP {head.status}) with no length")
+            return connection.receive_to_end(self._answer_limit)
+        if int(length) > self._answer_limit:
+            raise OssProtocolError(f"an answer of {length} bytes where a small one was expected")
+        return connection.receive_exactly(int(length)) if int(length) else b""
+
+
+class BodyError(Exception):
+    """Producing the request body failed (e.g. a local file could not be read): ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _pieces(body: Callable[[], Iterable[bytes]]) -> Iterable[bytes]:
+    """The body's pieces, its own failures wrapped in BodyError (they are not the network's)."""
+    try:
+        iterator = iter(body())
+    except Exception as exc:
+        raise BodyError(exc) from exc
+    while True:
+        try:
+            piece = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise BodyError(exc) from exc
+        yield piece
 
 
 class _Stoppable:

@@ -4,9 +4,11 @@ through OssClient against the bundled server (over http and https)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import httpx
 import oss2
@@ -15,7 +17,7 @@ import trio
 
 from ossmount.oss.client import OssClient
 from ossmount.oss.errors import Forbidden, NoSuchKey, OssConnectionError, OssProtocolError
-from ossmount.oss.http1 import Pools, SmallExchanges, parse_response_head, request_bytes
+from ossmount.oss.http1 import BodyError, Exchanges, Pools, parse_response_head, request_bytes
 from ossmount.oss.retry import NO_RETRY
 from ossmount.oss.signer import Credentials
 from ossmount.server import RunningServer
@@ -49,9 +51,9 @@ def test_request_bytes() -> None:
     )
 
 
-def small_exchanges(timeout_s: float = 5) -> SmallExchanges:
-    return SmallExchanges(
-        Pools(tls=None, proxy=None, timeout_s=timeout_s, max_idle=4), body_limit=1 << 20
+def small_exchanges(timeout_s: float = 5) -> Exchanges:
+    return Exchanges(
+        Pools(tls=None, proxy=None, timeout_s=timeout_s, max_idle=4), answer_limit=1 << 20
     )
 
 
@@ -213,4 +215,56 @@ async def test_bodies_both_ways() -> None:
         )
         answer = await small_exchanges().exchange(request, b"hello")
         assert (answer.head.status, answer.body, received) == (200, b"abc", [b"hello"])
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("reply", "body"),
+    [
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+         b"2;x=y\r\nde\r\n0\r\nTrailer: t\r\n\r\n", b"abcde"),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the end", b"to the end"),
+    ],
+)  # fmt: skip
+async def test_answers_without_content_length(reply: bytes, body: bytes) -> None:
+    async def answer(stream: trio.SocketStream, _c: int, _r: int) -> bool:
+        await stream.send_all(reply)
+        return False
+
+    async with scripted_server(answer) as (port, _):
+        request = httpx.Request("GET", f"http://127.0.0.1:{port}/b?list-type=2")
+        assert (await small_exchanges().exchange(request)).body == body
+
+
+async def test_a_body_read_from_a_file_as_it_is_sent(tmp_path: Path) -> None:
+    received: list[bytes] = []
+    data = os.urandom(3 * 1024 * 1024 + 5)
+
+    async def serve(stream: trio.SocketStream) -> None:
+        buffer = b""
+        while b"\r\n\r\n" not in buffer or len(buffer.split(b"\r\n\r\n", 1)[1]) < len(data):
+            buffer += await stream.receive_some(1 << 20)
+        received.append(buffer.split(b"\r\n\r\n", 1)[1])
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    def pieces() -> Iterator[bytes]:
+        for start in range(0, len(data), 1 << 20):
+            yield data[start : start + (1 << 20)]
+
+    def unreadable() -> Iterator[bytes]:
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "gone"))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        request = httpx.Request(
+            "PUT", f"http://127.0.0.1:{port}/b/k", headers={"Content-Length": str(len(data))}
+        )
+        exchanges = small_exchanges()
+        assert (await exchanges.exchange(request, pieces)).head.status == 200
+        assert received == [data]
+        # The body's own failure is told apart from the network's.
+        with pytest.raises(BodyError) as caught:
+            await exchanges.exchange(request, unreadable)
+        assert isinstance(caught.value.error, FileNotFoundError)
         nursery.cancel_scope.cancel()
