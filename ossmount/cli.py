@@ -35,6 +35,12 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _rate(text: str) -> float:
+    from ossmount.server.command import parse_rate  # noqa: PLC0415 (trio only when used)
+
+    return parse_rate(text)
+
+
 def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "server",
@@ -59,10 +65,30 @@ def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.add_argument(
         "--direct-io", action="store_true", help="write large bodies with O_DIRECT (less CPU)"
     )
+    tls = parser.add_argument_group("https")
+    tls.add_argument("--tls-cert", metavar="FILE", help="serve https with this certificate chain")
+    tls.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    tls.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="serve https with a self-signed certificate written under --root (its path is "
+        "printed beside the endpoint)",
+    )
     faults = parser.add_argument_group("fault injection (for tests and benchmarks)")
     faults.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
     faults.add_argument(
-        "--bandwidth", type=float, default=0.0, metavar="BYTES_PER_S", help="shared cap (0: none)"
+        "--bandwidth",
+        type=_rate,
+        default=0.0,
+        metavar="BYTES_PER_S",
+        help="cap shared by all connections, e.g. 1000000 or 1GB/s (0: none)",
+    )
+    faults.add_argument(
+        "--conn-bandwidth",
+        type=_rate,
+        default=0.0,
+        metavar="BYTES_PER_S",
+        help="cap on each connection, e.g. 100MB/s (0: none)",
     )
     faults.add_argument(
         "--error-rate", type=float, default=0.0, help="share of 500/503 SlowDown answers"
@@ -139,6 +165,9 @@ def _add_recover_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument("bucket", metavar="BUCKET[:/PREFIX]")
     parser.add_argument("--endpoint", required=True, help="OSS endpoint URL")
     parser.add_argument("--region", help="region for V4 signing, e.g. cn-hangzhou")
+    parser.add_argument(
+        "--ca-file", metavar="PATH", help="trust these certificates (PEM) for an https endpoint"
+    )
     parser.add_argument(
         "--passwd-file", help="ossfs-style AK:SK file (default: env, ~/.passwd-ossfs)"
     )

@@ -47,6 +47,8 @@ class MountConfig:
     region: str | None = None
     signature_version: int = 4
     passwd_file: Path | None = None
+    # Certificates to trust for an https endpoint instead of the defaults (a private CA).
+    ssl_ca_file: Path | None = None
     foreground: bool = False
     # How long the first request may take before the mount gives up (endpoint unreachable).
     mount_timeout_s: float = 30.0
@@ -227,6 +229,7 @@ _PATH_OPTIONS = {
     "logfile": "log_file",
     "cache_dir": "cache_dir",
     "state_dir": "state_dir",
+    "ssl_ca_file": "ssl_ca_file",
 }
 
 
@@ -376,3 +379,5 @@ def _validate(config: MountConfig) -> None:
         raise ConfigError("part_size must be between 100 KiB and 5 GiB (OSS part limits)")
     if config.upload_concurrency < 1:
         raise ConfigError("upload_concurrency must be at least 1")
+    if config.ssl_ca_file is not None and not config.ssl_ca_file.is_file():
+        raise ConfigError(f"option ssl_ca_file={config.ssl_ca_file}: no such file")

@@ -299,6 +299,7 @@ async def _copy(args: argparse.Namespace) -> int:
         region=args.region,
         signature_version=args.signature_version,
         max_connections=max(8, args.concurrency * 2),
+        ca_file=args.ca_file,
     )
     async with client:
         copier = Copier(client, args)
@@ -364,6 +365,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--endpoint", help="OSS endpoint URL (default: $OSS_ENDPOINT)")
     parser.add_argument("--region", help="region for V4 signing (and the default endpoint)")
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="PATH",
+        help="trust these certificates (PEM) for an https endpoint instead of the defaults",
+    )
     parser.add_argument(
         "--sigv1",
         dest="signature_version",

@@ -65,6 +65,7 @@ from ossmount.oss.errors import (
     OssConnectionError,
     OssError,
     SignatureDoesNotMatch,
+    TlsError,
 )
 from ossmount.oss.retry import RetryPolicy
 from ossmount.oss.signer import Credentials
@@ -193,6 +194,8 @@ def _reason_for(exc: OssError, config: MountConfig, endpoint: str) -> str:
         return f"access denied to bucket {config.bucket}: {exc.message}"
     if isinstance(exc, OssConnectionError):
         return f"endpoint {endpoint} unreachable: {exc.message}"
+    if isinstance(exc, TlsError):
+        return f"endpoint {endpoint}: {exc.message}"
     return f"cannot list bucket {config.bucket}: {exc}"
 
 
@@ -202,15 +205,19 @@ async def preflight(config: MountConfig, endpoint: str, credentials: Credentials
     It has its own client with a short retry budget: an unreachable endpoint must fail the
     mount within seconds, not after the mount's generous retry deadline.
     """
-    client = OssClient(
-        endpoint,
-        credentials,
-        region=config.region,
-        signature_version=config.signature_version,
-        max_connections=1,
-        retry=RetryPolicy(max_attempts=3, base_delay_s=0.2, deadline_s=config.mount_timeout_s),
-        timeout_s=config.mount_timeout_s,
-    )
+    try:
+        client = OssClient(
+            endpoint,
+            credentials,
+            region=config.region,
+            signature_version=config.signature_version,
+            max_connections=1,
+            retry=RetryPolicy(max_attempts=3, base_delay_s=0.2, deadline_s=config.mount_timeout_s),
+            timeout_s=config.mount_timeout_s,
+            ca_file=config.ssl_ca_file,
+        )
+    except ValueError as exc:  # an unusable endpoint, CA file or proxy
+        raise MountError(str(exc)) from None
     try:
         with trio.fail_after(config.mount_timeout_s):
             async with client:
@@ -358,6 +365,7 @@ def make_client(
         signature_version=config.signature_version,
         max_connections=max_connections or config.max_connections,
         retry=RetryPolicy(),
+        ca_file=config.ssl_ca_file,
     )
 
 

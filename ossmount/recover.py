@@ -36,12 +36,14 @@ def recover_command(args: argparse.Namespace) -> int:
         return 0
 
     async def recover() -> RecoveryReport:
-        async with OssClient(args.endpoint, credentials, region=args.region) as client:
+        async with OssClient(
+            args.endpoint, credentials, region=args.region, ca_file=args.ca_file
+        ) as client:
             return await recover_state_dir(client, bucket, prefix, state_dir)
 
     try:
         report = trio.run(recover)
-    except (OSError, OssError) as exc:
+    except (OSError, OssError, ValueError) as exc:
         print(f"ossmount recover: {exc}", file=sys.stderr)
         return 1
     for line in report.lines() or ["nothing to recover"]:

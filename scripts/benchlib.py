@@ -52,6 +52,8 @@ class ServerProcess:
 
     process: subprocess.Popen[str]
     endpoint: str
+    # The certificate to trust when the server speaks https (--tls-self-signed), else None.
+    ca_file: Path | None = None
 
 
 @contextmanager
@@ -60,8 +62,9 @@ def server_process(
 ) -> Iterator[ServerProcess]:
     """``ossmount server`` with its data in ``root`` as a child process (so that it does not
     share the benchmark's GIL), serving BUCKET to the bench key until the block exits.
-    ``options``: more command-line options, e.g. ``--direct-io``; ``python``: the interpreter
-    (another virtualenv's, to measure another version of the server)."""
+    ``options``: more command-line options, e.g. ``--direct-io``, ``--tls-self-signed``;
+    ``python``: the interpreter (another virtualenv's, to measure another version of the
+    server)."""
     command = [
         python, "-m", "ossmount.cli", "server", "--root", str(root), "--port", "0",
         "--access-key-id", AK, "--access-key-secret", SK, "--bucket", BUCKET, *options,
@@ -69,10 +72,11 @@ def server_process(
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
-        endpoint = process.stdout.readline().strip()
-        if not endpoint.startswith("http://"):
-            raise RuntimeError(f"the server did not start: {endpoint!r}")
-        yield ServerProcess(process, endpoint)
+        line = process.stdout.readline().strip()
+        endpoint, _, ca = line.partition(" ca_file=")
+        if not endpoint.startswith(("http://", "https://")):
+            raise RuntimeError(f"the server did not start: {line!r}")
+        yield ServerProcess(process, endpoint, Path(ca) if ca else None)
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -6,6 +6,13 @@
   (.endpoint, .faults, .stats, .port, .root).
 - `oss2_bucket`: an oss2.Bucket for TEST_BUCKET on that server, V4 auth, region TEST_REGION.
 - `oss2_bucket_v1`: the same with V1 auth (oss2.Auth).
+
+Both schemes: `oss_server` serves plain http unless parametrized with "https" (indirectly:
+`pytest.mark.parametrize("oss_server", SCHEMES, indirect=True)`, or `over_both_schemes()` from
+a directory's `pytest_generate_tests`). An https server has a self-signed certificate, and the
+test's environment trusts it through SSL_CERT_FILE (ossmount, httpx) and REQUESTS_CA_BUNDLE
+(oss2), so every client a test builds verifies it; tests of `-o ssl_ca_file` and of failures
+pass or remove those themselves.
 """
 
 from __future__ import annotations
@@ -38,9 +45,37 @@ def server_config(root: Path, **overrides: object) -> ServerConfig:
     return config
 
 
+SCHEMES = ("http", "https")
+
+
+def over_both_schemes(metafunc: pytest.Metafunc, plain_only: frozenset[str] = frozenset()) -> None:
+    """For a directory's ``pytest_generate_tests``: every test of it that uses `oss_server`
+    runs once over http and once over https, except those of the modules named in
+    ``plain_only`` (tests of plain-HTTP framing on raw sockets)."""
+    if "oss_server" not in metafunc.fixturenames or metafunc.module.__name__ in plain_only:
+        return
+    if any(
+        marker.args[0] == "oss_server" for marker in metafunc.definition.iter_markers("parametrize")
+    ):
+        return
+    metafunc.parametrize("oss_server", SCHEMES, indirect=True)
+
+
+def trust_server(monkeypatch: pytest.MonkeyPatch, server: RunningServer) -> None:
+    """Make every client of the test process trust ``server``'s certificate (if it has one)."""
+    if server.ca_file is not None:
+        monkeypatch.setenv("SSL_CERT_FILE", str(server.ca_file))
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_file))
+
+
 @pytest.fixture
-def oss_server(tmp_path: Path) -> Iterator[RunningServer]:
-    with run_server_in_thread(server_config(tmp_path / "oss-server-root")) as server:
+def oss_server(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RunningServer]:
+    scheme = getattr(request, "param", "http")
+    config = server_config(tmp_path / "oss-server-root", tls_self_signed=scheme == "https")
+    with run_server_in_thread(config) as server:
+        trust_server(monkeypatch, server)
         yield server
 
 

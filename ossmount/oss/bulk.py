@@ -4,24 +4,27 @@ Why
 ---
 The mount answers FUSE and runs HTTP in one trio thread. On a large sequential read that thread is
 CPU-bound, and most of its time goes to receiving bodies: the kernel's copy of every byte out of
-the socket, plus httpcore/h11 handing each 64 KiB on through several layers. Here a worker thread
-receives the body instead, over a blocking socket: ``recv(n, MSG_WAITALL)`` fills one whole piece
-(a block of the read cache) in one system call with the GIL released, so the copy runs on the
-other core, and the trio thread only takes finished pieces. The pieces are ``bytes`` objects the
-kernel wrote into directly: no copy in user space.
+the socket, plus httpcore/h11 handing each 64 KiB on through several layers, plus, over https,
+trio's Python-level TLS pump. Here a worker thread receives the body instead, over a blocking
+connection of :mod:`ossmount.oss.http1` (the client's one fast transport): on a plain socket
+``recv(n, MSG_WAITALL)`` fills one whole piece (a block of the read cache) in one system call
+with the GIL released, and the pieces are ``bytes`` objects the kernel wrote into directly; on
+a TLS socket OpenSSL decrypts into a buffer with the GIL released, record after record. Either
+way that work runs on the other core, and the trio thread only takes finished pieces.
 
 What it shares with the client
 ------------------------------
 Nothing is decided twice. Requests are built and signed by :meth:`OssClient.signed_request`
-(the same URL style, headers and V1/V4 signature); error answers become the client's exception
-tree through :func:`ossmount.oss.errors.error_from_response`; opening a GET (connect, request,
-response head) is retried by the client's :class:`~ossmount.oss.retry.RetryPolicy`; a body that
-breaks off raises :class:`OssConnectionError` from the iteration, for the caller to resume from
-the byte it reached (as :mod:`ossmount.fs.reader` does with the client's streams). A whole-object
-body is checked against ``x-oss-hash-crc64ecma`` like the client's downloads.
+(the same URL style, headers and V1/V4 signature) and go over the client's connection pools
+(:attr:`OssClient.pools`: the same TLS context and proxy); error answers become the client's
+exception tree through :func:`ossmount.oss.errors.error_from_response`; opening a GET (connect,
+request, response head) is retried by the client's :class:`~ossmount.oss.retry.RetryPolicy`; a
+body that breaks off raises :class:`OssConnectionError` from the iteration, for the caller to
+resume from the byte it reached (as :mod:`ossmount.fs.reader` does with the client's streams). A
+whole-object body is checked against ``x-oss-hash-crc64ecma`` like the client's downloads.
 
-Only plain ``http`` endpoints and a client that really uses the network are served
-(:func:`BulkGetter.supports`); callers use :meth:`OssClient.open_object` otherwise.
+Any client that really uses the network is served, over http or https, directly or through a
+proxy (:func:`BulkGetter.supports`); callers use :meth:`OssClient.open_object` otherwise.
 
 Threads, connections, cancellation
 ----------------------------------
@@ -29,9 +32,8 @@ One GET runs in one thread of trio's thread cache (``trio.lowlevel.start_thread_
 connect to the last piece, and hands each event (the response head, a piece, the end, a failure)
 to the trio thread with ``TrioToken.run_sync_soon`` into an unbounded memory channel: the GET's
 range bounds what it can hold, and the caller bounds the GETs in flight. Idle connections are kept
-for the next GET (``max_idle_connections``); a kept connection that the server closed meanwhile
-is replaced once, before any answer byte, without counting as an attempt. The socket timeout is
-``SO_RCVTIMEO`` / ``SO_SNDTIMEO`` (a blocking socket, which ``MSG_WAITALL`` needs).
+in the client's pools for the next request; a kept connection that the server closed meanwhile
+is replaced once, before any answer byte, without counting as an attempt.
 
 Closing a body early (cancellation, an error of the consumer) sets a stop flag and shuts the
 socket down, which wakes the thread out of ``recv``; shutdown and close happen under one lock, so
@@ -54,16 +56,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import select
-import socket
-import struct
 import threading
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import httpx
 import outcome
@@ -74,11 +71,11 @@ from ossmount.oss.client import _object_info, _parse_content_range
 from ossmount.oss.crc64 import crc64
 from ossmount.oss.errors import (
     IntegrityError,
-    OssConnectionError,
     OssProtocolError,
+    connection_error,
     error_from_response,
 )
-from ossmount.oss.http1 import HEAD_LIMIT, ResponseHead, parse_response_head, request_bytes
+from ossmount.oss.http1 import Connection, ConnectionPool, ResponseHead, request_bytes
 from ossmount.oss.model import ObjectInfo
 
 if TYPE_CHECKING:
@@ -86,7 +83,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_IDLE_CONNECTIONS = 8
 # An error document longer than this is not read (the status still tells the error).
 _ERROR_BODY_LIMIT = 1024 * 1024
 
@@ -106,37 +102,6 @@ class _End:
 
 
 _Event = _Opened | _Failure | _End | bytes
-
-
-def _receive_exactly(sock: socket.socket, count: int) -> bytes:
-    """``count`` bytes from a blocking socket; one system call unless the data trickles."""
-    data = sock.recv(count, socket.MSG_WAITALL)
-    if len(data) == count:
-        return data
-    pieces = [data]
-    received = len(data)
-    while data and received < count:
-        data = sock.recv(count - received, socket.MSG_WAITALL)
-        pieces.append(data)
-        received += len(data)
-    if received < count:
-        raise ConnectionError(f"connection closed {count - received} bytes before the end")
-    return b"".join(pieces)
-
-
-def _receive_head(sock: socket.socket) -> bytes:
-    """The response head, consuming nothing of the body (peeks, then reads the head's length)."""
-    head = b""
-    while True:
-        peeked = sock.recv(HEAD_LIMIT - len(head), socket.MSG_PEEK)
-        if not peeked:
-            raise ConnectionError("connection closed before the response head")
-        end = (head[-3:] + peeked).find(b"\r\n\r\n")
-        if end >= 0:
-            return head + _receive_exactly(sock, end + 4 - min(3, len(head)))
-        head += _receive_exactly(sock, len(peeked))
-        if len(head) >= HEAD_LIMIT:
-            raise OssProtocolError(f"response head longer than {HEAD_LIMIT} bytes")
 
 
 # mallopt parameters (glibc's malloc.h).
@@ -163,60 +128,6 @@ def _tune_malloc() -> None:
     mallopt(_M_TRIM_THRESHOLD, 128 * 1024 * 1024)
 
 
-class _ConnectionPool:
-    """Blocking sockets to one host; idle ones kept for reuse. Used from worker threads."""
-
-    def __init__(self, host: str, port: int, timeout_s: float, max_idle: int) -> None:
-        self._address = (host, port)
-        self._timeout_s = timeout_s
-        self._max_idle = max_idle
-        self._idle: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def take(self) -> tuple[socket.socket, bool]:
-        """A connection, and whether it was used before."""
-        while True:
-            with self._lock:
-                sock = self._idle.pop() if self._idle else None
-            if sock is None:
-                return self._connect(), False
-            # Readable while idle means the server closed it (or sent garbage): not reusable.
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            if not poller.poll(0):
-                return sock, True
-            sock.close()
-
-    def _connect(self) -> socket.socket:
-        sock = socket.create_connection(self._address, timeout=self._timeout_s)
-        try:
-            sock.settimeout(None)  # blocking: MSG_WAITALL needs it; the kernel keeps the timeout
-            whole_s = int(self._timeout_s)
-            timeval = struct.pack("ll", whole_s, int((self._timeout_s - whole_s) * 1e6))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def give_back(self, sock: socket.socket) -> None:
-        with self._lock:
-            if not self._closed and len(self._idle) < self._max_idle:
-                self._idle.append(sock)
-                return
-        sock.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for sock in idle:
-            sock.close()
-
-
 class _Exchange:
     """One GET of bytes ``[start, end_inclusive]`` on one connection, run by a worker thread
     (:meth:`run`); its events reach the trio thread through ``send``. :meth:`stop` (trio thread)
@@ -224,7 +135,7 @@ class _Exchange:
 
     def __init__(
         self,
-        pool: _ConnectionPool,
+        pool: ConnectionPool,
         request: bytes,
         key: str,
         byte_range: tuple[int, int],
@@ -241,7 +152,7 @@ class _Exchange:
         self._token = token
         self._send = send
         self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
+        self._connection: Connection | None = None
         self._stopped = False
 
     # -- trio thread -----------------------------------------------------------------------
@@ -249,9 +160,8 @@ class _Exchange:
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
-            if self._sock is not None:
-                with suppress(OSError):
-                    self._sock.shutdown(socket.SHUT_RDWR)
+            if self._connection is not None:
+                self._connection.shutdown()
 
     def _deliver(self, event: _Event) -> None:
         # A consumer that is gone drops the event; the thread stops at its next check.
@@ -267,7 +177,7 @@ class _Exchange:
             self.stop()
 
     def run(self) -> None:
-        sock: socket.socket | None = None
+        sock: Connection | None = None
         reusable = False
         try:
             sock, head = self._send_request()
@@ -290,16 +200,16 @@ class _Exchange:
             self._post(_End())
         except OSError as exc:
             if not self._stopped:
-                self._post(_Failure(OssConnectionError(f"{self._what}: {exc!r}")))
+                self._post(_Failure(connection_error(self._what, exc)))
         except Exception as exc:  # an OssError, or a bug: either way the consumer raises it
             self._post(_Failure(exc))
         finally:
             with self._lock:
-                self._sock = None
+                self._connection = None
             if sock is not None:
                 self._release(sock, reusable)
 
-    def _release(self, sock: socket.socket, reusable: bool) -> None:
+    def _release(self, sock: Connection, reusable: bool) -> None:
         """Keep the connection for the next GET, or close it."""
         if reusable:
             self._pool.give_back(sock)
@@ -311,10 +221,10 @@ class _Exchange:
         the exchange when it sees the last event, while the socket may go back to the pool).
         Whether the socket may be kept."""
         with self._lock:
-            self._sock = None
+            self._connection = None
             return keep_alive and not self._stopped
 
-    def _send_request(self) -> tuple[socket.socket, ResponseHead]:
+    def _send_request(self) -> tuple[Connection, ResponseHead]:
         """Connect (or reuse), send the request, read the head. A reused connection that fails
         before any answer byte is replaced once by a new one."""
         while True:
@@ -323,37 +233,37 @@ class _Exchange:
                 if self._stopped:
                     sock.close()
                     raise ConnectionError("stopped")
-                self._sock = sock
+                self._connection = sock
             try:
-                sock.sendall(self._request)
-                return sock, parse_response_head(_receive_head(sock))
+                sock.send_all(self._request)
+                return sock, sock.receive_head()
             except OSError as exc:
                 with self._lock:
-                    self._sock = None
+                    self._connection = None
                 sock.close()
                 if not reused or self._stopped:
                     raise
                 log.debug("%s: kept connection was dead (%r); reconnecting", self._what, exc)
             except BaseException:
                 with self._lock:
-                    self._sock = None
+                    self._connection = None
                 sock.close()
                 raise
 
     @staticmethod
-    def _error_body(sock: socket.socket, head: ResponseHead) -> tuple[bytes, bool]:
+    def _error_body(sock: Connection, head: ResponseHead) -> tuple[bytes, bool]:
         length = head.headers.get("content-length", "")
         if not length.isdigit() or int(length) > _ERROR_BODY_LIMIT:
             return b"", False
-        return _receive_exactly(sock, int(length)) if int(length) else b"", head.keep_alive
+        return sock.receive_exactly(int(length)) if int(length) else b"", head.keep_alive
 
-    def _receive_body(self, sock: socket.socket, expected_crc64: int | None) -> None:
+    def _receive_body(self, sock: Connection, expected_crc64: int | None) -> None:
         piece_size = self._piece_size
         position, last = self._range
         crc = 0
         while position <= last:
             piece_end = min((position // piece_size + 1) * piece_size, last + 1)
-            piece = _receive_exactly(sock, piece_end - position)
+            piece = sock.receive_exactly(piece_end - position)
             if self._stopped:
                 return
             if expected_crc64 is not None:
@@ -421,32 +331,19 @@ class BulkBody:
 class BulkGetter:
     """Ranged GETs to one client's endpoint, their bodies received by worker threads."""
 
-    def __init__(
-        self,
-        client: OssClient,
-        *,
-        timeout_s: float = 60.0,
-        max_idle_connections: int = DEFAULT_MAX_IDLE_CONNECTIONS,
-    ) -> None:
+    def __init__(self, client: OssClient) -> None:
         if not self.supports(client):
-            raise ValueError(f"{client!r}: bulk GETs need a plain http endpoint on the network")
+            raise ValueError(f"{client!r}: bulk GETs need a client that uses the network")
         self._client = client
         _tune_malloc()
-        url = urlsplit(client.endpoint)
-        assert url.hostname is not None
-        self._pool = _ConnectionPool(url.hostname, url.port or 80, timeout_s, max_idle_connections)
-        # Idle sockets are closed with the getter, or at exit, without ResourceWarnings.
-        weakref.finalize(self, self._pool.close)
 
     @staticmethod
     def supports(client: OssClient) -> bool:
-        """True when the client's requests can go over plain sockets: an http endpoint and no
-        test transport."""
-        return client.uses_network and client.endpoint.startswith("http://")
+        """True when the client's requests can go over its own sockets (no test transport)."""
+        return client.pools is not None
 
     def close(self) -> None:
-        """Close the idle connections (running GETs close theirs when they end)."""
-        self._pool.close()
+        """Nothing of its own: the connections are the client's (closed with it)."""
 
     @asynccontextmanager
     async def open_range(
@@ -485,9 +382,11 @@ class BulkGetter:
         self, request: httpx.Request, key: str, byte_range: tuple[int, int], piece_size: int
     ) -> tuple[_Exchange, trio.MemoryReceiveChannel[_Event], ObjectInfo]:
         send, receive = trio.open_memory_channel[_Event](math.inf)
+        assert self._client.pools is not None
+        pool = self._client.pools.for_url(request.url)
         exchange = _Exchange(
-            self._pool,
-            request_bytes(request),
+            pool,
+            request_bytes(request, absolute_form=pool.route.absolute_form),
             key,
             byte_range,
             piece_size,

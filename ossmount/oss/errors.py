@@ -6,6 +6,8 @@ Every failure of an OSS call is an :class:`OssError`::
 
     OssError                  status, code, message, request_id, errno
     ├── OssConnectionError    no answer (status 0): refused, reset, timeout, truncated body
+    ├── TlsError              TLS cannot work (status 0): certificate not trusted, or the
+    │                              endpoint's scheme does not match the port (never retried)
     ├── OssProtocolError      an answer we cannot understand (a body that is not valid XML ...)
     ├── IntegrityError        CRC-64 of the data differs from the server's x-oss-hash-crc64ecma
     ├── NotModified           304
@@ -35,6 +37,7 @@ import binascii
 import contextlib
 import errno as errno_codes
 import logging
+import ssl
 from collections.abc import Iterator
 
 import trio
@@ -127,6 +130,41 @@ class OssError(Exception):
 
 class OssConnectionError(OssError):
     """The request got no HTTP answer: connection refused or reset, timeout, truncated body."""
+
+
+class TlsError(OssError):
+    """TLS cannot work with this endpoint as configured: the server's certificate is not trusted,
+    or https was spoken to a plain http port (or the reverse). Retrying cannot help, so it is
+    not transient: the message names the remedy."""
+
+
+# The one remedy for an untrusted certificate, named in every such error.
+CA_REMEDY = "pass -o ssl_ca_file=PATH (ossmount cp: --ca-file PATH) or set SSL_CERT_FILE"
+# nginx's answer (and the bundled server's) to plain HTTP on its TLS port.
+PLAIN_HTTP_ON_TLS_PORT = b"plain HTTP request was sent to HTTPS port"
+
+
+def connection_error(what: str, exc: BaseException) -> OssError:
+    """The error for a request that got no answer because of ``exc`` (an OSError, an httpx
+    transport error, ...): :class:`TlsError` when TLS itself failed for a reason that retrying
+    cannot fix, else the transient :class:`OssConnectionError`."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = cause.verify_message or cause.reason or "unknown reason"
+            return TlsError(f"{what}: certificate verify failed ({reason}): {CA_REMEDY}")
+        if isinstance(cause, ssl.SSLError) and cause.reason in _NOT_TLS_REASONS:
+            reason = cause.reason.lower().replace("_", " ")
+            return TlsError(
+                f"{what}: the endpoint does not speak TLS ({reason}): "
+                "use an http:// endpoint, or the server's https port"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return OssConnectionError(f"{what}: {exc!r}")
+
+
+# OpenSSL's reasons for a peer that answered a ClientHello with something that is not TLS.
+_NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"})
 
 
 class OssProtocolError(OssError):
@@ -360,6 +398,10 @@ def error_from_response(
     """
     request_id = headers.get("x-oss-request-id")
     retry_after_s = _parse_retry_after(headers.get("retry-after"))
+    if status == 400 and PLAIN_HTTP_ON_TLS_PORT in body[:1024]:
+        return TlsError(
+            "the endpoint's port speaks https, not http: use an https:// endpoint", status=status
+        )
     document = body
     if not document and "x-oss-err" in headers:
         try:
@@ -369,8 +411,13 @@ def error_from_response(
     if not document.strip():
         # HEAD answers and some proxies carry no document: the status says it all.
         code = "NoSuchKey" if status == 404 and method == "HEAD" else ""
+        hint = ""
+        if status == 400 and headers.get("content-type", "").startswith("text/"):
+            # OSS answers errors in XML; plain text is what web servers answer plain HTTP
+            # on their TLS port with (the body that would say so is not sent to a HEAD).
+            hint = " (not an OSS answer: does the endpoint's port speak https?)"
         return error_class(status, code)(
-            f"HTTP {status} without error document",
+            f"HTTP {status} without error document{hint}",
             status=status,
             code=code,
             request_id=request_id,

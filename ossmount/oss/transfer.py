@@ -44,11 +44,13 @@ from typing import Any
 
 import trio
 
+from ossmount.oss.bulk import BulkGetter
 from ossmount.oss.client import FileSlice, OssClient
-from ossmount.oss.crc64 import crc64_combine
+from ossmount.oss.crc64 import Crc64, crc64_combine
 from ossmount.oss.errors import (
     IntegrityError,
     NoSuchUpload,
+    OssConnectionError,
     OssError,
     PreconditionFailed,
     first_failure,
@@ -268,7 +270,10 @@ async def _download_range(
     etag: str | None,
     progress: _Progress,
 ) -> int:
-    """Fetch ``size`` bytes from ``first`` into ``fd`` at the same offset; -> their CRC-64."""
+    """Fetch ``size`` bytes from ``first`` into ``fd`` at the same offset; -> their CRC-64.
+    Through the client's fast transport (bodies received by worker threads) when it has one."""
+    if size and BulkGetter.supports(client):
+        return await _download_range_bulk(client, bucket, key, fd, first, size, etag, progress)
     buffer = bytearray()
     offset = first
     byte_range = (first, first + size - 1) if size else None
@@ -286,6 +291,46 @@ async def _download_range(
         if reader.consumed != size:
             raise OssError(f"GET {key}: got {reader.consumed} bytes of {size} from offset {first}")
         return reader.crc64
+
+
+async def _download_range_bulk(
+    client: OssClient,
+    bucket: str,
+    key: str,
+    fd: int,
+    first: int,
+    size: int,
+    etag: str | None,
+    progress: _Progress,
+) -> int:
+    """_download_range over :class:`BulkGetter`: a body that breaks off is resumed from the byte
+    it reached (If-Match on the ETag), under the client's retry policy, as ObjectReader does.
+    Progress is reported once the range is whole, so that what it reported of an interrupted
+    download is what the journal holds."""
+    getter = BulkGetter(client)
+    policy = client.retry
+    crc = Crc64()
+    position, last = first, first + size - 1
+    failures = 0
+    while True:
+        try:
+            async with getter.open_range(
+                bucket, key, position, last, if_match=etag, piece_size=WRITE_BUFFER_SIZE
+            ) as body:
+                etag = etag or body.info.etag or None  # a resumed GET must meet the same version
+                async for piece in body:
+                    await _write_at(fd, piece, position)
+                    crc.update(piece)
+                    position += len(piece)
+        except OssConnectionError as error:
+            failures += 1
+            if failures >= policy.max_attempts:
+                raise
+            log.info("GET %s: body interrupted at %d (%s); resuming", key, position, error)
+            await trio.sleep(policy.delay_s(failures, error))
+        else:
+            progress.add(size)
+            return crc.value
 
 
 async def download_file(

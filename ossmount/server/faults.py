@@ -22,6 +22,8 @@ class Faults:
 
     - latency_ms: added before each request is handled.
     - bandwidth_bytes_per_s: a cap shared by all connections, both directions (0: none).
+    - conn_bandwidth_bytes_per_s: a cap on each connection, both directions (0: none), as OSS
+      serves one connection far slower than its network allows.
     - error_rate: share of requests answered 503 SlowDown or 500 InternalError unhandled.
     - reset_rate: share of requests with a body (either direction) whose connection is reset
       half-way through that body.
@@ -31,6 +33,7 @@ class Faults:
 
     latency_ms: float = 0.0
     bandwidth_bytes_per_s: float = 0.0
+    conn_bandwidth_bytes_per_s: float = 0.0
     error_rate: float = 0.0
     reset_rate: float = 0.0
     seed: int = 0
@@ -63,6 +66,7 @@ class Faults:
         """No faults from now on."""
         self.latency_ms = 0.0
         self.bandwidth_bytes_per_s = 0.0
+        self.conn_bandwidth_bytes_per_s = 0.0
         self.error_rate = 0.0
         self.reset_rate = 0.0
         self.only_operations = frozenset()

@@ -41,6 +41,8 @@ RECEIVE_SIZE = 1 << 20
 SENDFILE_CHUNK = 8 << 20
 # File bodies up to this size are read (from the page cache, as a rule) and sent with the head.
 SMALL_RESPONSE = 64 * 1024
+# A bandwidth cap sleeps only once its booked debt exceeds this (see Throttle).
+THROTTLE_QUANTUM_S = 0.005
 # A peer that neither sends nor takes a byte for this long is dropped.
 STALL_TIMEOUT_S = 120.0
 # The unread rest of a body that is drained after the answer (instead of closing): at most this
@@ -115,35 +117,56 @@ class Response:
 
 
 class Throttle:
-    """A shared bandwidth cap: every chunk books its transfer time on one timeline.
+    """A bandwidth cap: every chunk books its transfer time on one timeline.
 
-    `rate_bytes_per_s` is read at each chunk, so the cap can change while transfers run.
+    `rate_bytes_per_s` is read at each chunk, so the cap can change while transfers run. A
+    throttle with a `parent` (one per connection under the server's shared one) books each
+    chunk on both timelines and waits for the later of the two. A chunk whose booking ends less
+    than THROTTLE_QUANTUM_S ahead goes on without sleeping (the debt stays booked for the next
+    one): a sleep per 16 KiB TLS record cost the server more CPU than the transfer itself.
     """
 
-    def __init__(self, rate_bytes_per_s: Callable[[], float] = lambda: 0.0) -> None:
+    def __init__(
+        self, rate_bytes_per_s: Callable[[], float] = lambda: 0.0, parent: Throttle | None = None
+    ) -> None:
         self._rate = rate_bytes_per_s
+        self._parent = parent
         self._next_free = 0.0
 
     @property
     def active(self) -> bool:
-        return self._rate() > 0
+        return self._rate() > 0 or (self._parent is not None and self._parent.active)
+
+    def _book(self, nbytes: int, now: float) -> float:
+        """When a chunk of `nbytes` booked now is through (`now` if no cap applies)."""
+        done = now
+        rate = self._rate()
+        if rate > 0:
+            self._next_free = max(now, self._next_free) + nbytes / rate
+            done = self._next_free
+        if self._parent is not None:
+            done = max(done, self._parent._book(nbytes, now))
+        return done
 
     async def take(self, nbytes: int) -> None:
-        rate = self._rate()
-        if rate <= 0:
+        if not self.active:
             return
         now = trio.current_time()
-        start = max(now, self._next_free)
-        self._next_free = start + nbytes / rate
-        await trio.sleep_until(self._next_free)
+        done = self._book(nbytes, now)
+        if done - now > THROTTLE_QUANTUM_S:
+            await trio.sleep_until(done)
 
 
 class Connection:
     """One accepted socket: buffered reads of heads, raw reads of bodies, sends."""
 
-    def __init__(self, sock: trio.socket.SocketType, throttle: Throttle) -> None:
+    def __init__(
+        self, sock: trio.socket.SocketType, throttle: Throttle, zero_copy: bool = True
+    ) -> None:
         self.sock = sock
         self.throttle = throttle
+        # False for TLS (ossmount.server.tls): os.sendfile would bypass the encryption.
+        self.zero_copy = zero_copy
         self._buffer = bytearray()
 
     async def _stalling(self, operation: Awaitable[T]) -> T:
@@ -262,11 +285,12 @@ class Connection:
                 os.close(fd)
 
     async def _send_file(self, fd: int, offset: int, remaining: int) -> None:
-        """sendfile (zero copy), or pread + send if throttled."""
+        """sendfile (zero copy), or pread + send if throttled or over TLS."""
         out_fd = self.sock.fileno()
         while remaining > 0:
-            if self.throttle.active:
-                chunk = os.pread(fd, min(remaining, 64 * 1024), offset)
+            if self.throttle.active or not self.zero_copy:
+                piece = 64 * 1024 if self.throttle.active else RECEIVE_SIZE
+                chunk = os.pread(fd, min(remaining, piece), offset)
                 if not chunk:
                     raise PeerGoneError("file shrank while being sent")
                 await self.throttle.take(len(chunk))
@@ -537,9 +561,10 @@ async def serve_connection(
     on_bad_request: ErrorResponder,
     throttle: Throttle,
     idle_timeout_s: float = 120.0,
+    zero_copy: bool = True,
 ) -> None:
     """Serve requests on one socket until the peer closes or a request asks to close."""
-    conn = Connection(sock, throttle)
+    conn = Connection(sock, throttle, zero_copy)
     try:
         while True:
             with trio.move_on_after(idle_timeout_s) as idle:

@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,14 @@ from ossmount.server.auth import Verifier
 from ossmount.server.faults import Faults
 from ossmount.server.http import Throttle, serve_connection
 from ossmount.server.store import Store
+from ossmount.server.tls import (
+    TLS_HANDSHAKE_RECORD,
+    TlsSocket,
+    first_byte,
+    refuse_tls_on_plain_port,
+    server_context,
+    write_self_signed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +50,21 @@ class ServerConfig:
     virtual_host_bases: tuple[str, ...] = ("localhost",)
     latency_ms: float = 0.0
     bandwidth_bytes_per_s: float = 0.0
+    conn_bandwidth_bytes_per_s: float = 0.0
     error_rate: float = 0.0
     reset_rate: float = 0.0
     fault_seed: int = 0
     # Write large bodies with O_DIRECT: no copy into the page cache and little left for the
     # fsync, but the data is not cached, so reads right after a write come from the disk.
     direct_io: bool = False
+    # https: a certificate chain and its key, or a self-signed pair written under the root.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_self_signed: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_self_signed or self.tls_cert is not None
 
 
 @dataclass
@@ -64,6 +82,8 @@ class RunningServer:
     faults: Faults
     stats: Stats
     store: Store
+    # The certificate a client must trust (https with --tls-self-signed or --tls-cert), or None.
+    ca_file: Path | None = None
 
     def virtual_host(self, bucket: str) -> str:
         """The Host header value that addresses `bucket` virtual-host style."""
@@ -85,6 +105,7 @@ def _display_host(host: str) -> str:
 async def open_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
     """Serve in the current trio loop until the block exits."""
     config.root.mkdir(parents=True, exist_ok=True)
+    tls_context, ca_file = _tls_setup(config)
     store = Store(config.root)
     try:
         for name in config.buckets:
@@ -92,6 +113,7 @@ async def open_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
         faults = Faults(
             latency_ms=config.latency_ms,
             bandwidth_bytes_per_s=config.bandwidth_bytes_per_s,
+            conn_bandwidth_bytes_per_s=config.conn_bandwidth_bytes_per_s,
             error_rate=config.error_rate,
             reset_rate=config.reset_rate,
             seed=config.fault_seed,
@@ -122,14 +144,42 @@ async def open_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
             config.direct_io,
         )
         running = RunningServer(
-            endpoint=f"http://{display}",
+            endpoint=f"{'https' if tls_context else 'http'}://{display}",
             host=config.host,
             port=port,
             root=config.root,
             faults=faults,
             stats=stats,
             store=store,
+            ca_file=ca_file,
         )
+
+        async def serve(sock: trio.socket.SocketType, peer: str) -> None:
+            try:
+                await serve_one(sock, peer)
+            except Exception:
+                # One connection's failure must never take the server down.
+                log.exception("connection from %s failed", peer)
+                sock.close()
+
+        async def serve_one(sock: trio.socket.SocketType, peer: str) -> None:
+            connection_throttle = Throttle(lambda: faults.conn_bandwidth_bytes_per_s, throttle)
+            if tls_context is not None:
+                tls = await TlsSocket.accept(sock, tls_context)
+                if tls is not None:
+                    await serve_connection(
+                        tls,  # type: ignore[arg-type]  # the methods Connection uses
+                        peer,
+                        app.handle,
+                        app.bad_request,
+                        connection_throttle,
+                        zero_copy=False,
+                    )
+                return
+            if await first_byte(sock, 120.0) == TLS_HANDSHAKE_RECORD:
+                await refuse_tls_on_plain_port(sock)
+                return
+            await serve_connection(sock, peer, app.handle, app.bad_request, connection_throttle)
 
         async def accept_loop(nursery: trio.Nursery) -> None:
             with listener:
@@ -137,9 +187,7 @@ async def open_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
                     sock, address = await listener.accept()
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     peer = f"{address[0]}:{address[1]}"
-                    nursery.start_soon(
-                        serve_connection, sock, peer, app.handle, app.bad_request, throttle
-                    )
+                    nursery.start_soon(serve, sock, peer)
 
         try:
             async with trio.open_nursery() as nursery:
@@ -157,6 +205,20 @@ async def open_server(config: ServerConfig) -> AsyncIterator[RunningServer]:
             raise
     finally:
         store.close()
+
+
+def _tls_setup(config: ServerConfig) -> tuple[ssl.SSLContext | None, Path | None]:
+    """The server's TLS context (None: plain http) and the certificate clients should trust."""
+    if config.tls_self_signed:
+        if config.tls_cert is not None or config.tls_key is not None:
+            raise ValueError("give --tls-self-signed or --tls-cert/--tls-key, not both")
+        cert, key = write_self_signed(config.root, config.host)
+        return server_context(cert, key), cert
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ValueError("give both --tls-cert and --tls-key")
+    if config.tls_cert is None or config.tls_key is None:
+        return None, None
+    return server_context(config.tls_cert, config.tls_key), config.tls_cert
 
 
 @contextmanager
@@ -214,14 +276,17 @@ def serve_until_signalled(config: ServerConfig) -> int:
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_server(config) as running:
-                print(running.endpoint, flush=True)
+                if running.ca_file is not None:
+                    print(f"{running.endpoint} ca_file={running.ca_file}", flush=True)
+                else:
+                    print(running.endpoint, flush=True)
                 async for signum in signals:
                     log.info("stopping on signal %d", signum)
                     break
 
     try:
         trio.run(main)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"ossmount server: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -12,7 +12,7 @@ from ossmount.oss.client import OssClient
 from ossmount.oss.retry import RetryPolicy
 from ossmount.oss.signer import Credentials
 from ossmount.server import RunningServer
-from tests.conftest import TEST_AK, TEST_REGION, TEST_SK
+from tests.conftest import TEST_AK, TEST_REGION, TEST_SK, over_both_schemes
 
 # Fast retries: the server's injected faults are immediate, so long pauses only slow tests.
 FAST_RETRY = RetryPolicy(max_attempts=10, base_delay_s=0.005, max_delay_s=0.05, deadline_s=60)
@@ -33,3 +33,7 @@ def random_file(path: Path, size: int) -> bytes:
     data = os.urandom(size)
     path.write_bytes(data)
     return data
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    over_both_schemes(metafunc)

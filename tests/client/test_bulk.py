@@ -1,4 +1,5 @@
-"""BulkGetter (oss/bulk.py): ranged GETs received by worker threads, against the bundled server.
+"""BulkGetter (oss/bulk.py): ranged GETs received by worker threads, against the bundled server
+(over http and https).
 
 Objects are uploaded with oss2 (an independent client); faults are injected by the server.
 """
@@ -23,6 +24,7 @@ from ossmount.oss.errors import (
     PreconditionFailed,
     ServerError,
 )
+from ossmount.oss.http1 import Connection
 from ossmount.oss.retry import NO_RETRY
 from ossmount.oss.signer import Credentials
 from ossmount.server import RunningServer
@@ -30,6 +32,12 @@ from tests.client.conftest import FAST_RETRY
 from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
 
 MIB = 1024 * 1024
+
+
+def idle_connections(client: OssClient) -> list[Connection]:
+    """The kept connections of the client's pool for its endpoint (path-style URLs)."""
+    assert client.pools is not None
+    return client.pools.for_url(httpx.URL(client.endpoint))._idle
 
 
 async def collect(body: BulkBody) -> list[bytes]:
@@ -85,7 +93,7 @@ async def test_error_answers_are_the_clients_exceptions(
         ):
             pass
     # Error answers are read whole: their connection is kept for the next GET.
-    assert len(getter._pool._idle) == 1
+    assert len(idle_connections(client)) == 1
     async with getter.open_range(
         TEST_BUCKET, "small.bin", 0, 999, if_match=None, piece_size=MIB
     ) as body:
@@ -98,24 +106,25 @@ async def test_connections_are_kept_and_dead_ones_replaced(
 ) -> None:
     data = os.urandom(300_000)
     oss2_bucket.put_object("reuse.bin", data)
-    getter = BulkGetter(client, max_idle_connections=2)
+    getter = BulkGetter(client)
     for _ in range(5):
         async with getter.open_range(
             TEST_BUCKET, "reuse.bin", 0, 99_999, if_match=None, piece_size=MIB
         ) as body:
             assert b"".join(await collect(body)) == data[:100_000]
-    idle = getter._pool._idle
+    idle = idle_connections(client)
     assert len(idle) == 1  # one connection served the five GETs one after another
     # The server closes a kept connection (here: after the client half-closed it): the next GET
     # notices before sending and connects anew.
-    idle[0].shutdown(socket.SHUT_WR)
+    socket.socket.shutdown(idle[0].sock, socket.SHUT_WR)
     await trio.sleep(0.2)
     async with getter.open_range(
         TEST_BUCKET, "reuse.bin", 5, 9, if_match=None, piece_size=MIB
     ) as body:
         assert b"".join(await collect(body)) == data[5:10]
-    getter.close()
-    assert not getter._pool._idle
+    assert len(idle_connections(client)) == 1
+    await client.aclose()
+    assert not idle_connections(client)
 
 
 async def test_server_errors_are_retried_by_the_client_policy(
@@ -193,7 +202,7 @@ async def test_leaving_early_stops_the_receiving_thread(
         assert scope.cancelled_caught
     oss_server.faults.bandwidth_bytes_per_s = 0
     # Neither stopped GET left its connection to be reused half-read.
-    assert not getter._pool._idle
+    assert not idle_connections(client)
     async with getter.open_range(
         TEST_BUCKET, "slow.bin", 0, 9, if_match=None, piece_size=MIB
     ) as body:
@@ -201,14 +210,14 @@ async def test_leaving_early_stops_the_receiving_thread(
     getter.close()
 
 
-async def test_supports_only_plain_http_on_the_network(oss_server: RunningServer) -> None:
+async def test_supports_every_client_on_the_network(oss_server: RunningServer) -> None:
     credentials = Credentials(TEST_AK, TEST_SK)
     async with OssClient(oss_server.endpoint, credentials) as plain:
         assert BulkGetter.supports(plain)
     async with OssClient("https://oss-cn-hangzhou.aliyuncs.com", credentials) as tls:
-        assert not BulkGetter.supports(tls)
+        assert BulkGetter.supports(tls)
     mock = httpx.MockTransport(lambda request: httpx.Response(200))
     async with OssClient(oss_server.endpoint, credentials, transport=mock) as mocked:
         assert not BulkGetter.supports(mocked)
-        with pytest.raises(ValueError, match="plain http"):
+        with pytest.raises(ValueError, match="uses the network"):
             BulkGetter(mocked)

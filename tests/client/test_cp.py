@@ -254,3 +254,24 @@ def test_progress_bar_on_a_terminal_by_default(oss_server: RunningServer, tmp_pa
         if terminal >= 0:
             os.close(terminal)
     assert b"100%" in shown and b"B/s" in shown
+
+
+@pytest.mark.parametrize("oss_server", ["https"], indirect=True)
+def test_ca_file_over_https(
+    oss_server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE")
+    data = random_file(tmp_path / "small", 100_000)
+    untrusted = run_cp(oss_server, tmp_path, str(tmp_path / "small"), f"oss://{TEST_BUCKET}/s")
+    assert untrusted.returncode == 1
+    assert untrusted.stderr.strip().splitlines() == [
+        f"ossmount cp: {tmp_path / 'small'} -> oss://{TEST_BUCKET}/s: PUT {TEST_BUCKET}/s: "
+        "certificate verify failed (self-signed certificate): pass -o ssl_ca_file=PATH "
+        "(ossmount cp: --ca-file PATH) or set SSL_CERT_FILE"
+    ], untrusted.stderr
+    ca = ("--ca-file", str(oss_server.ca_file))
+    up = run_cp(oss_server, tmp_path, *ca, str(tmp_path / "small"), f"oss://{TEST_BUCKET}/s")
+    assert up.returncode == 0, up.stderr
+    down = run_cp(oss_server, tmp_path, *ca, f"oss://{TEST_BUCKET}/s", str(tmp_path / "back"))
+    assert down.returncode == 0, down.stderr
+    assert (tmp_path / "back").read_bytes() == data

@@ -21,9 +21,31 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
+from tests.conftest import SCHEMES, TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
 
 MOUNT_TIMEOUT_S = 30.0
+
+# The mount tests that also run over https (every mount test would double the slowest layer):
+# all reads, and the write-side tools that make most kinds of request.
+OVER_BOTH_SCHEMES = frozenset(
+    {
+        "tests.mount.test_read",
+        "tests.mount.test_write_tools::test_cp_r",
+        "tests.mount.test_write_tools::test_rsync_twice_second_transfers_nothing",
+        "tests.mount.test_write_tools::test_git_init_add_commit",
+        "tests.mount.test_write_tools::test_sqlite_database",
+        "tests.mount.test_write_tools::test_mv_files_and_directories",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__
+    if "oss_server" in metafunc.fixturenames and (
+        module in OVER_BOTH_SCHEMES
+        or f"{module}::{metafunc.function.__name__}" in OVER_BOTH_SCHEMES
+    ):
+        metafunc.parametrize("oss_server", SCHEMES, indirect=True)
 
 
 def fuse_available() -> str | None:
@@ -143,6 +165,10 @@ def mount_ossmount(oss_server: Any, tmp_path: Path) -> Iterator[MountFactory]:
             # prefix, and would be shared by every test's mount).
             command += ["-o", f"state_dir={tmp_path / f'state{len(mounts)}'}"]
         environment = env or ossmount_env()
+        if oss_server.ca_file is not None and not any("ssl_ca_file=" in o for o in options or []):
+            # Trusted by the option, not by the test process's SSL_CERT_FILE.
+            command += ["-o", f"ssl_ca_file={oss_server.ca_file}"]
+            environment.pop("SSL_CERT_FILE", None)
         if daemon:
             result = subprocess.run(
                 command, env=environment, capture_output=True, timeout=90, check=False

@@ -309,3 +309,56 @@ def test_endpoint_that_never_answers_fails_within_mount_timeout(mountpoint: Path
     assert line.startswith(f"ossmount: endpoint http://127.0.0.1:{port} unreachable"), line
     assert result.elapsed_s < 15  # type: ignore[attr-defined]
     assert not is_mounted(mountpoint)
+
+
+@pytest.mark.parametrize("oss_server", ["https"], indirect=True)
+def test_https_endpoint_needs_its_certificate_trusted(
+    oss_server: Any, oss2_bucket: Any, mountpoint: Path, tmp_path: Path
+) -> None:
+    oss2_bucket.put_object("hello.txt", b"hello\n")
+    untrusting = ossmount_env()
+    untrusting.pop("SSL_CERT_FILE", None)
+    state = ("-o", f"state_dir={tmp_path / 'state'}")
+    result = mount_daemon(oss_server.endpoint, mountpoint, *state, env=untrusting)
+    line = one_line_error(result)
+    assert line == (
+        f"ossmount: endpoint {oss_server.endpoint}: GET {TEST_BUCKET}/: certificate verify "
+        "failed (self-signed certificate): pass -o ssl_ca_file=PATH (ossmount cp: --ca-file "
+        "PATH) or set SSL_CERT_FILE"
+    ), line
+    assert not is_mounted(mountpoint)
+
+    trusted = mount_daemon(
+        oss_server.endpoint,
+        mountpoint,
+        *state,
+        "-o",
+        f"ssl_ca_file={oss_server.ca_file}",
+        env=untrusting,
+    )
+    try:
+        assert trusted.returncode == 0, trusted.stderr
+        assert (mountpoint / "hello.txt").read_bytes() == b"hello\n"
+    finally:
+        force_unmount(mountpoint)
+
+
+@pytest.mark.parametrize("oss_server", ["https"], indirect=True)
+def test_http_to_the_https_port_says_so(oss_server: Any, mountpoint: Path) -> None:
+    plain = oss_server.endpoint.replace("https://", "http://")
+    line = one_line_error(mount_daemon(plain, mountpoint))
+    assert line == (
+        f"ossmount: endpoint {plain}: the endpoint's port speaks https, not http: use an "
+        "https:// endpoint"
+    ), line
+    assert not is_mounted(mountpoint)
+
+
+def test_https_to_the_http_port_says_so(oss_server: Any, mountpoint: Path) -> None:
+    tls = oss_server.endpoint.replace("http://", "https://")
+    line = one_line_error(mount_daemon(tls, mountpoint))
+    assert line == (
+        f"ossmount: endpoint {tls}: GET {TEST_BUCKET}/: the endpoint does not speak TLS "
+        "(wrong version number): use an http:// endpoint, or the server's https port"
+    ), line
+    assert not is_mounted(mountpoint)

@@ -11,7 +11,7 @@ import pytest
 
 from ossmount.oss.signer import Credentials, OssV4Auth
 from ossmount.server import RunningServer
-from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
+from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK, over_both_schemes
 
 
 def oss2_bucket_at(
@@ -77,3 +77,11 @@ def raw(oss_server: RunningServer) -> Iterator[RawClient]:
     client = RawClient(oss_server.endpoint)
     yield client
     client.http.close()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    over_both_schemes(metafunc, PLAIN_HTTP_ONLY)
+
+
+# Tests of plain-HTTP framing on raw sockets.
+PLAIN_HTTP_ONLY = frozenset({"tests.server.test_http", "tests.server.test_hostile"})

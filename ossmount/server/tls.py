@@ -1,0 +1,223 @@
+"""TLS for the bundled server: certificates, a self-signed one on request, and TLS sockets with
+the interface :class:`ossmount.server.http.Connection` uses.
+
+A TLS connection is a non-blocking ``ssl.SSLSocket`` driven from the trio thread: OpenSSL reads
+and writes the socket itself, so no byte passes through a Python-level buffer pump (trio's
+``SSLStream`` copies every record through ``MemoryBIO`` objects). ``os.sendfile`` cannot send
+through TLS (no kernel TLS on this stack), so file bodies are read and written in 1 MiB pieces
+(:attr:`TlsSocket.zero_copy` is False).
+
+The first bytes of a connection tell the two protocols apart (a TLS record starts with 0x16, a
+request with a method name). Each port answers the other protocol with one plain-text 400 and
+closes, as nginx does, so that a client with the wrong scheme in its endpoint fails at once with
+a readable message instead of waiting for bytes that never come:
+
+- plain HTTP on the TLS port: ``400 The plain HTTP request was sent to HTTPS port``;
+- a TLS handshake on the plain port: ``400 This port speaks plain HTTP``, which a TLS client
+  reports as "wrong version number".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TLS_HANDSHAKE_RECORD = 0x16
+# Where --tls-self-signed writes its files, under --root.
+SELF_SIGNED_DIR = "tls"
+PLAIN_ON_TLS_PORT = b"The plain HTTP request was sent to HTTPS port\n"
+TLS_ON_PLAIN_PORT = b"This port speaks plain HTTP, not TLS\n"
+HANDSHAKE_TIMEOUT_S = 30.0
+MAX_FIRST_MESSAGE = 64 * 1024
+
+
+def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """A server context for the certificate chain and key; ValueError names what is wrong."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except FileNotFoundError as exc:
+        raise ValueError(f"cannot read {exc.filename}: no such file") from None
+    except ssl.SSLError as exc:
+        raise ValueError(f"cannot load {cert_file} with key {key_file}: {exc.reason}") from None
+    return context
+
+
+def write_self_signed(root: Path, host: str) -> tuple[Path, Path]:
+    """A self-signed certificate (and its key) for localhost, 127.0.0.1, ::1 and ``host``,
+    written under ``root/tls``; an existing pair is reused so that clients keep trusting it.
+    Returns (certificate, key)."""
+    directory = root / SELF_SIGNED_DIR
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    directory.mkdir(parents=True, exist_ok=True)
+    names: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    addresses = {"127.0.0.1", "::1"}
+    try:
+        ipaddress.ip_address(host)
+        addresses.add(host)
+    except ValueError:
+        if host and host != "localhost":
+            names.append(x509.DNSName(host))
+    names += [x509.IPAddress(ipaddress.ip_address(address)) for address in sorted(addresses)]
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ossmount server")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def _plain_answer(message: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(message), message)
+    )
+
+
+async def first_byte(sock: trio.socket.SocketType, timeout_s: float) -> int | None:
+    """The first byte the peer sends (left in the socket), or None if it sends none in time."""
+    peeked = b""
+    with trio.move_on_after(timeout_s), contextlib.suppress(OSError):
+        peeked = await sock.recv(1, socket.MSG_PEEK)
+    return peeked[0] if peeked else None
+
+
+async def refuse_tls_on_plain_port(sock: trio.socket.SocketType) -> None:
+    """Answer a TLS handshake on the plain port with a plain 400 (see the module's doc)."""
+    await _answer_and_close(sock, TLS_ON_PLAIN_PORT)
+
+
+async def _answer_and_close(sock: trio.socket.SocketType, message: bytes) -> None:
+    """A plain 400 with ``message``, then close. What the peer sent is read first: closing a
+    socket with unread input resets the connection, and the reset can destroy the answer."""
+    with contextlib.suppress(OSError):
+        await sock.recv(MAX_FIRST_MESSAGE)
+        await sock.send(_plain_answer(message))
+        sock.shutdown(socket.SHUT_WR)
+        with trio.move_on_after(1.0):
+            while await sock.recv(MAX_FIRST_MESSAGE):
+                pass
+    sock.close()
+
+
+class TlsSocket:
+    """A non-blocking ``ssl.SSLSocket`` behind the async methods of a trio socket that
+    :class:`ossmount.server.http.Connection` calls (recv, recv_into, send, fileno, setsockopt,
+    close)."""
+
+    zero_copy = False
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self._sock = sock
+
+    @classmethod
+    async def accept(
+        cls, sock: trio.socket.SocketType, context: ssl.SSLContext
+    ) -> TlsSocket | None:
+        """The TLS side of an accepted socket after its handshake; None (socket closed) if the
+        peer spoke plain HTTP (answered as the module's doc says) or the handshake failed."""
+        first = await first_byte(sock, HANDSHAKE_TIMEOUT_S)
+        if first is None:
+            sock.close()
+            return None
+        if first != TLS_HANDSHAKE_RECORD:
+            await _answer_and_close(sock, PLAIN_ON_TLS_PORT)
+            return None
+        raw = socket.socket(fileno=sock.detach())
+        raw.setblocking(False)
+        tls = cls(context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False))
+        done = False
+        with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+            try:
+                await tls._retrying(tls._sock.do_handshake)
+                done = True
+            except (OSError, ValueError) as exc:
+                log.debug("TLS handshake failed: %s", exc)
+        if not done:
+            tls.close()
+            return None
+        return tls
+
+    async def _retrying(self, operation: Callable[[], T]) -> T:
+        """``operation`` on the non-blocking socket, waiting for the socket whenever OpenSSL
+        wants to read or write first."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                result = operation()
+            except ssl.SSLWantReadError:
+                await trio.lowlevel.wait_readable(self._sock.fileno())
+            except ssl.SSLWantWriteError:
+                await trio.lowlevel.wait_writable(self._sock.fileno())
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return result
+
+    async def recv(self, size: int) -> bytes:
+        return await self._retrying(lambda: self._sock.recv(size))
+
+    async def recv_into(self, view: memoryview) -> int:
+        count = await self._retrying(lambda: self._sock.recv_into(view))
+        # One TLS record per call: take what else is already here without going back to trio.
+        while count and count < len(view):
+            try:
+                more = self._sock.recv_into(view[count:])
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            if not more:
+                break
+            count += more
+        return count
+
+    async def send(self, data: bytes | memoryview) -> int:
+        # Without partial writes, OpenSSL wants the same buffer again after SSLWantWriteError,
+        # and then reports it sent whole.
+        return await self._retrying(lambda: self._sock.send(data))
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def setsockopt(self, level: int, option: int, value: bytes | int) -> None:
+        self._sock.setsockopt(level, option, value)
+
+    def close(self) -> None:
+        self._sock.close()
