@@ -341,7 +341,8 @@ KEY_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1,
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(key=KEY_TEXT.filter(lambda key: not key.startswith("/")))
+# (OSS refuses names that start with a backslash, InvalidObjectName, as the server now does.)
+@given(key=KEY_TEXT.filter(lambda key: not key.startswith(("/", "\\"))))
 def test_any_unicode_key_round_trips(oss_server: RunningServer, key: str) -> None:
     async def round_trip() -> None:
         creds = Credentials(TEST_AK, TEST_SK)
