@@ -592,6 +592,7 @@ class StagedFile:
 
     async def _start_part_upload(self, number: int, *, keep_file: bool = False) -> None:
         staging = self._staging
+        assert not self._unlinked, "a file unlinked while open never uploads"
         while self._parts_in_flight >= staging.max_parts_in_flight:
             await self._wait_parts_changed()
         await self._ensure_upload()
@@ -711,7 +712,9 @@ class StagedFile:
         self._journal(upload_id=None, upload_intent_s=None)
 
     async def _reset_to_empty(self) -> None:
-        """Truncate to 0: whatever was staged goes; the file streams again from the start."""
+        """Truncate to 0: whatever was staged goes; the file streams again from the start. A
+        file unlinked or replaced while open never uploads again: it goes on as an empty local
+        copy instead (a stream would send its parts to the key another file now has)."""
         await self._abort_upload()
         released = self._staged_bytes_accounted
         self._delete_staging_files()
@@ -720,10 +723,12 @@ class StagedFile:
         self._stream_base = 0
         self._append_crc = Crc64()
         self._part_crcs.clear()
-        self._mode = MODE_STREAM
+        self._mode = MODE_LOCAL if self._unlinked else MODE_STREAM
+        if self._unlinked:
+            self._data_path().touch()
         self._holes = RangeSet()
         self._changed = RangeSet()
-        self._journal(mode=MODE_STREAM, size=0, base_key=None, base_etag=None, base_size=0)
+        self._journal(mode=self._mode, size=0, base_key=None, base_etag=None, base_size=0)
         self._data_changed()
 
     # --- local mode ----------------------------------------------------------------------

@@ -273,3 +273,25 @@ def test_rename_keeps_the_mtime_of_a_file_with_none_stored(
     assert head.headers["Content-Type"] == "text/x-a"
     subprocess.run(["sleep", "1.2"], check=True)  # the kernel's attributes expire
     assert os.stat(mounted.path / "moved").st_mtime == before
+
+
+def test_a_replaced_open_file_truncated_to_zero_uploads_nothing(
+    mounted: Mounted, oss2_bucket: oss2.Bucket
+) -> None:
+    """Found under faults by the differential test: the handle of a file replaced by a rename,
+    truncated to 0 and written past a part, started a multipart upload to the name the other
+    file now has (and, as an O_EXCL file, failed the write with EEXIST)."""
+    root = mounted.path
+    fd = os.open(root / "f0", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, b"first")
+        (root / "f1").write_bytes(b"the renamed file")
+        os.rename(root / "f1", root / "f0")
+        os.ftruncate(fd, 0)
+        big = os.urandom(20 * MiB)  # more than two parts of the default size
+        assert os.pwrite(fd, big, 0) == len(big)
+        assert os.pread(fd, 16, 10 * MiB) == big[10 * MiB : 10 * MiB + 16]
+    finally:
+        os.close(fd)
+    assert object_bytes(oss2_bucket, "f0") == b"the renamed file"
+    assert list(oss2_bucket.list_multipart_uploads().upload_list) == []
