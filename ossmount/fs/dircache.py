@@ -756,11 +756,16 @@ class Namespace:
     def note_entry(self, key: str, attrs: Attributes | None) -> None:
         """A name this mount created, changed (``attrs``) or removed (None).
 
-        Its cached stat and negative entries go; the parent's cached listing, if any, is
-        updated in place (O(1)) rather than dropped, so that the next lookup in that directory
-        (cp -r asks for every name before creating it) is answered without a request.
+        Its negative entry goes and its cached stat is replaced (by ``attrs`` when they
+        describe an object in OSS, so that the next lookup of the name needs no request);
+        the parent's cached listing, if any, is updated in place (O(1)) rather than dropped, so
+        that the next lookup in that directory (cp -r asks for every name before creating it)
+        is answered without a request.
         """
-        self._stats.invalidate(key)
+        if attrs is not None and attrs.etag is not None:
+            self._stats.put(key, attrs)
+        else:
+            self._stats.invalidate(key)
         self._negative.discard(key.rstrip("/"))
         parent, _, name = key.rstrip("/").rpartition("/")
         prefix = parent + "/" if parent else ""
