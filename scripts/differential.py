@@ -170,7 +170,9 @@ def replay(
 
 def driver_options(args: argparse.Namespace) -> DriverOptions:
     return DriverOptions(
-        flush_eio_documented=args.faults, probe_streamed_gaps=args.probe_streamed_gaps
+        flush_eio_documented=args.faults,
+        probe_streamed_gaps=args.probe_streamed_gaps,
+        avoid_renaming_open=args.avoid_renaming_open,
     )
 
 
@@ -221,6 +223,11 @@ def main() -> int:
         "--probe-streamed-gaps",
         action="store_true",
         help="also read and truncate parts of streamed new files already uploaded",
+    )
+    parser.add_argument(
+        "--avoid-renaming-open",
+        action="store_true",
+        help="no renames of (or over) open files or directories holding one",
     )
     parser.add_argument("--replay", type=Path, help="run the op list in this JSON file")
     parser.add_argument("--shrink", action="store_true", help="shrink each divergence")
