@@ -673,6 +673,12 @@ class Differential:
         except (OSError, ValueError):
             return None
 
+    def _has_name(self, ino: int) -> bool:
+        return any(
+            entry.kind == "file" and os.lstat(self.local.path(name)).st_ino == ino
+            for name, entry in tree_state(self.local.root).items()
+        )
+
     def model(self, ino: int) -> FileModel:
         return self.files.setdefault(ino, FileModel())
 
@@ -715,12 +721,12 @@ class Differential:
             model.size = size_after
         elif kind in ("ftruncate", "truncate"):
             self.model(before).truncate(op.arg("size"))
-        elif kind == "fsync":
-            if _flushes(self.handle_flags.get(op.arg("h"), 0)):
-                self.model(before).flushed()
-        elif kind == "close":
-            flags = self.handle_flags.pop(op.arg("h"), 0)
-            if _flushes(flags):
+        elif kind in ("fsync", "close"):
+            flags = self.handle_flags.get(op.arg("h"), 0)
+            if kind == "close":
+                self.handle_flags.pop(op.arg("h"), None)
+            # A file unlinked (or replaced) while open is never uploaded again.
+            if _flushes(flags) and self._has_name(before):
                 self.model(before).flushed()
         elif kind == "rename":
             # A staged file is uploaded before it moves (docs/semantics.md), also under a
