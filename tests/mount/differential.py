@@ -521,6 +521,10 @@ class Differential:
         if op.kind == "remount":
             self._remount(index, op)
             return
+        reason = self.excluded(op)
+        if reason is not None:
+            # Only a replayed (or shrunk) op list gets here: generation leaves these out.
+            raise DivergenceError(index, op, "outside the mix", reason)
         before = self._local_identity(op)
         if op.kind == "close":
             self._compare_handle_contents(index, op, op.arg("h"))
@@ -746,6 +750,38 @@ class Differential:
 
     # -- generation ---------------------------------------------------------------------
 
+    def excluded(self, op: Op) -> str | None:
+        """Why ``op`` is kept out of the mix (None: it is not). Streamed new files: a write into
+        a part already uploaded fails with EIO by design (docs/semantics.md, "Writing"); reads
+        and truncates of those parts too (not in docs/semantics.md: see the module docstring),
+        unless ``probe_streamed_gaps``. Decided on the model, before the op runs."""
+        if op.kind not in ("pwrite", "pread", "ftruncate", "truncate", "read_file"):
+            return None
+        ino = self._local_identity(op)
+        model = self.files.get(ino) if ino is not None else None
+        if model is None:
+            return None
+        gone = model.gone()
+        if gone[1] == 0:
+            return None
+        if op.kind == "pwrite":
+            append = self.handle_flags.get(op.arg("h"), 0) & os.O_APPEND
+            start = model.size if append else op.arg("offset")
+            if start < gone[1] and start + op.arg("length") > PART_SIZE:
+                return f"a write into parts {gone} of a streamed new file, already uploaded"
+            return None
+        if self.probe_streamed_gaps:
+            return None
+        if op.kind == "pread" and overlaps(
+            op.arg("offset"), op.arg("offset") + op.arg("length"), gone
+        ):
+            return f"a read of parts {gone} of a streamed new file, already uploaded"
+        if op.kind in ("ftruncate", "truncate") and op.arg("size") not in (0, model.size):
+            return f"a truncate of a streamed new file whose parts {gone} were uploaded"
+        if op.kind == "read_file":
+            return f"a read of parts {gone} of a streamed new file, already uploaded"
+        return None
+
     def _touches_open_file(self, op: Op) -> bool:
         """Whether a rename moves or replaces an open file (or a directory holding one)."""
         open_files = {os.fstat(fd).st_ino for fd in self.local.fds.values()}
@@ -811,7 +847,7 @@ class Differential:
         for _ in range(100):
             kind = rng.choices([k for k, _ in weights], [w for _, w in weights])[0]
             op = self._choose_args(rng, kind, next_handle, handles, file_path, dir_path)
-            if op is not None:
+            if op is not None and self.excluded(op) is None:
                 return op
         return Op("stat", (file_path(),))
 
@@ -842,52 +878,27 @@ class Differential:
             writers = [h for h in handles if _writable(self.handle_flags.get(h, 0))]
             if kind in ("pwrite", "ftruncate") and writers and rng.random() < 0.85:
                 handle = rng.choice(writers)  # (some writes through read-only handles: EBADF)
-            fd = self.local.fds[handle]
-            info = os.fstat(fd)
-            model = self.files.get(info.st_ino, FileModel(LOCAL, info.st_size))
-            gone = model.gone()
-            size = info.st_size
+            size = os.fstat(self.local.fds[handle]).st_size
             if kind == "pwrite":
                 length = _write_length(rng)
                 offset = _offset(rng, size)
                 if offset + length > MAX_FILE_SIZE:
                     offset = max(0, MAX_FILE_SIZE - length - rng.randrange(PART_SIZE))
-                append = self.handle_flags.get(handle, 0) & os.O_APPEND
-                where = size if append else offset
-                # A write into a part of a streamed new file that was already uploaded fails
-                # with EIO by design (docs/semantics.md, "Writing"): kept out of the mix.
-                if not append and where < gone[1] and where + length > PART_SIZE:
-                    return None
                 return Op("pwrite", (handle, offset, length, rng.randrange(1 << 30)))
             if kind == "pread":
                 length = rng.choice([1, 4096, MiB, PART_SIZE, rng.randrange(1, 2 * PART_SIZE)])
-                offset = _offset(rng, size)
-                if not self.probe_streamed_gaps and overlaps(offset, offset + length, gone):
-                    return None  # see the module docstring
-                return Op("pread", (handle, offset, length))
+                return Op("pread", (handle, _offset(rng, size), length))
             if kind == "ftruncate":
-                new_size = _truncate_size(rng, size)
-                if not self.probe_streamed_gaps and gone[1] and new_size not in (0, size):
-                    return None  # see the module docstring
-                return Op("ftruncate", (handle, new_size))
+                return Op("ftruncate", (handle, _truncate_size(rng, size)))
             return Op(kind, (handle,))
-        if kind in ("truncate", "read_file"):
+        if kind == "read_file":
+            return Op("read_file", (file_path(),))
+        if kind == "truncate":
             path = file_path()
-            found: os.stat_result | None = None
+            size = 0
             with contextlib.suppress(OSError):
-                found = os.lstat(self.local.path(path))
-            gone = (0, 0)
-            if found is not None and found.st_ino in self.files:
-                gone = self.files[found.st_ino].gone()
-            size = found.st_size if found is not None else 0
-            if kind == "read_file":
-                if not self.probe_streamed_gaps and gone[1]:
-                    return None
-                return Op("read_file", (path,))
-            new_size = _truncate_size(rng, size)
-            if not self.probe_streamed_gaps and gone[1] and new_size not in (0, size):
-                return None
-            return Op("truncate", (path, new_size))
+                size = os.lstat(self.local.path(path)).st_size
+            return Op("truncate", (path, _truncate_size(rng, size)))
         if kind == "unlink":
             return Op("unlink", (file_path(),))
         if kind == "rename":
