@@ -369,10 +369,15 @@ class FileModel:
                 self.reset_to_empty()
             else:
                 self.mode = LOCAL
-        if self.mode == STREAM:
-            in_place = offset >= self.stream_base or offset + length <= PART_SIZE
+        if self.mode == STREAM and self.stream_base <= PART_SIZE:
+            # A hole across a part boundary turns the file into a local one while no part has
+            # left the disk. So would any write that is not in place (below the last part and
+            # not within part 1), but the kernel splits a write at page boundaries and may send
+            # the piece up to the end of part 1 alone, and then every piece is in place: the
+            # file may go on streaming. Assumed so, the cautious reading (its parts may be
+            # gone, so fewer ops count as safe).
             hole_across = offset > self.size and offset // PART_SIZE != self.size // PART_SIZE
-            if (hole_across or not in_place) and self.stream_base <= PART_SIZE:
+            if hole_across:
                 self.mode = LOCAL
         self.size = max(self.size, offset + length)
         if self.mode == STREAM:
