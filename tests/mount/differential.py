@@ -546,7 +546,7 @@ class Differential:
             self._set_local_mtime(op, unchanged_size)
         self._compare_outcomes(index, op, mount_outcome, local_outcome)
         if local_outcome[0] == "ok":
-            self._update_model(op, before)
+            self._update_model(op, before, uploaded=mount_outcome[0] == "ok")
         if op.kind == "close" and before is not None:
             self._compare_file_by_identity(index, op, before)
         self._compare_trees(index, op)
@@ -732,7 +732,9 @@ class Differential:
                 return True
         return False
 
-    def _update_model(self, op: Op, before: int | None) -> None:
+    def _update_model(self, op: Op, before: int | None, *, uploaded: bool) -> None:
+        """After ``op`` succeeded on local disk (``uploaded``: and on the mount; a close or
+        fsync whose upload failed leaves the file staged as it was)."""
         kind = op.kind
         if kind == "open":
             handle = op.arg("h")
@@ -740,7 +742,8 @@ class Differential:
             fd = self.local.fds[handle]
             info = os.fstat(fd)
             created = before is None and flags & os.O_CREAT
-            self.handle_flags[handle] = flags | (os.O_CREAT if created else 0)
+            # (O_CREAT kept only where this open made the file: its handle then uploads.)
+            self.handle_flags[handle] = (flags & ~os.O_CREAT) | (os.O_CREAT if created else 0)
             if created:
                 self.files[info.st_ino] = FileModel()
                 self.files[info.st_ino].reset_to_empty()
@@ -768,7 +771,7 @@ class Differential:
             if kind == "close":
                 self.handle_flags.pop(op.arg("h"), None)
             # A file unlinked (or replaced) while open is never uploaded again.
-            if _flushes(flags) and self._has_name(before):
+            if _flushes(flags) and uploaded and self._has_name(before):
                 self.model(before).flushed()
         elif kind == "rename":
             # A staged file is uploaded before it moves (docs/semantics.md), also under a
