@@ -537,6 +537,9 @@ class Differential:
         if op.kind == "close":
             self._compare_handle_contents(index, op, op.arg("h"))
         unchanged_size = self._same_size_truncate(op)
+        # rename(a, b) where both name one file does nothing, and the kernel does not even
+        # ask the file system (so nothing is uploaded either).
+        self_rename = op.kind == "rename" and self._same_local_file(op.arg("src"), op.arg("dst"))
         mount_outcome = execute(self.mount, op)
         local_outcome = execute(self.local, op)
         if unchanged_size is not None and local_outcome[0] == "ok":
@@ -545,7 +548,7 @@ class Differential:
             # local side is set back to the narrower reading.
             self._set_local_mtime(op, unchanged_size)
         self._compare_outcomes(index, op, mount_outcome, local_outcome)
-        if local_outcome[0] == "ok":
+        if local_outcome[0] == "ok" and not self_rename:
             self._update_model(op, before, uploaded=mount_outcome[0] == "ok")
         if op.kind == "close" and before is not None:
             self._compare_file_by_identity(index, op, before)
@@ -692,6 +695,12 @@ class Differential:
             return os.lstat(self.local.path(name)).st_ino
         except (OSError, ValueError):
             return None
+
+    def _same_local_file(self, first: str, second: str) -> bool:
+        try:
+            return os.path.samefile(self.local.path(first), self.local.path(second))
+        except OSError:
+            return False
 
     def _same_size_truncate(self, op: Op) -> int | None:
         """For a truncate to the file's current size, its local mtime in ns (else None)."""
