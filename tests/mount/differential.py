@@ -8,6 +8,7 @@ step, and after every step compares:
 - the tree under the trial directory: names, kinds, file sizes, modes and link counts, and
   file mtimes (the mount's no older than local disk's, to within ``MTIME_SLACK_S``);
 - ``fstat`` sizes of every open handle;
+- all of it again after a ``sleep`` past the mount's cache times;
 - whole contents of the file at every ``close`` (through the closing handle before, and by
   name after), and of every file after a ``remount``.
 
@@ -54,6 +55,8 @@ PART_SIZE = 128 * KiB
 MULTIPART_THRESHOLD = 256 * KiB
 MOUNT_OPTIONS = (f"part_size={PART_SIZE}", f"multipart_threshold={MULTIPART_THRESHOLD}")
 MAX_FILE_SIZE = 3 * MiB
+# Past the default cache times (attr_timeout, entry_timeout, list_cache_ttl ...: 1 s).
+SLEEP_MS = 1200
 MTIME_SLACK_S = 3.0
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -101,6 +104,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "listdir": ("path",),
     "read_file": ("path",),
     "remount": (),
+    "sleep": ("ms",),  # lets the mount's caches expire (1 s by default)
 }
 
 OpArg = int | str
@@ -128,7 +132,7 @@ class Op:
         for name, value in zip(SIGNATURES[self.kind], self.args, strict=True):
             if name == "h":
                 shown.append(f"h{value}")
-            elif name == "flags" or name in ("offset", "length", "size", "seed"):
+            elif name == "flags" or name in ("offset", "length", "size", "seed", "ms"):
                 shown.append(f"{name}={value}" if name != "flags" else str(value))
             else:
                 shown.append(repr(value))
@@ -463,6 +467,7 @@ class DriverOptions:
       uploaded (see the module docstring).
     - avoid_renaming_open: no renames of open files or of directories holding one, nor over
       them (to look for other differences while those known ones are unfixed; issue 15).
+    - sleep_ms: how long the ``sleep`` ops wait (past the mount's cache times by default).
     - op_timeout_s: an op that takes longer is a divergence ("hang"); the mount is aborted.
     """
 
@@ -470,6 +475,7 @@ class DriverOptions:
     probe_streamed_gaps: bool = False
     op_timeout_s: float = 180.0
     avoid_renaming_open: bool = False
+    sleep_ms: int = SLEEP_MS
 
 
 class Differential:
@@ -528,6 +534,11 @@ class Differential:
     def _step(self, index: int, op: Op) -> None:
         if op.kind == "remount":
             self._remount(index, op)
+            return
+        if op.kind == "sleep":
+            time.sleep(op.arg("ms") / 1000)
+            self._compare_trees(index, op)
+            self._compare_open_handles(index, op)
             return
         reason = self.excluded(op)
         if reason is not None:
@@ -895,6 +906,7 @@ class Differential:
             ("stat", 0.5),
             ("listdir", 0.5),
             ("read_file", 0.7),
+            ("sleep", 0.3),
         ]
         for _ in range(100):
             kind = rng.choices([k for k, _ in weights], [w for _, w in weights])[0]
@@ -951,6 +963,8 @@ class Differential:
             with contextlib.suppress(OSError):
                 size = os.lstat(self.local.path(path)).st_size
             return Op("truncate", (path, _truncate_size(rng, size)))
+        if kind == "sleep":
+            return Op("sleep", (self.options.sleep_ms,))
         if kind == "unlink":
             return Op("unlink", (file_path(),))
         if kind == "rename":

@@ -12,6 +12,7 @@ import pytest
 from tests.mount.differential import (
     PART_SIZE,
     DivergenceError,
+    DriverOptions,
     FileModel,
     Op,
     Side,
@@ -20,6 +21,10 @@ from tests.mount.differential import (
     run_trial,
     shrink,
 )
+
+
+# Local disk has no caches to wait for.
+QUICK = DriverOptions(sleep_ms=1)
 
 
 def local_sides(tmp_path: Path) -> tuple[Side, Side]:
@@ -34,7 +39,7 @@ def test_local_disk_against_local_disk_never_diverges(tmp_path: Path, seed: int)
     first, second = local_sides(tmp_path)
     remounts: list[int] = []
     first.remount = lambda: remounts.append(1)
-    driver = run_trial(first, second, "t", seed=seed, count=300, remount_every=120)
+    driver = run_trial(first, second, "t", seed=seed, count=300, remount_every=120, options=QUICK)
     assert len(driver.done) >= 300  # (a remount also closes the open handles)
     assert len(remounts) == 2
     kinds = {op.kind for op in driver.done}
@@ -43,8 +48,8 @@ def test_local_disk_against_local_disk_never_diverges(tmp_path: Path, seed: int)
 
 def test_same_seed_same_ops(tmp_path: Path) -> None:
     first, second = local_sides(tmp_path)
-    once = run_trial(first, second, "a", seed=3, count=200).done
-    again = run_trial(first, second, "b", seed=3, count=200).done
+    once = run_trial(first, second, "a", seed=3, count=200, options=QUICK).done
+    again = run_trial(first, second, "b", seed=3, count=200, options=QUICK).done
     assert once == again
     assert ops_from_json(ops_to_json(once, seed=3)) == once
 
