@@ -22,7 +22,6 @@ from tests.mount.differential import (
     shrink,
 )
 
-
 # Local disk has no caches to wait for.
 QUICK = DriverOptions(sleep_ms=1)
 
