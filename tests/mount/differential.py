@@ -13,9 +13,14 @@ step, and after every step compares:
   name after), and of every file after a ``remount``.
 
 Left out of the comparison by design, each documented in docs/semantics.md:
-- directory mtime ("A directory's mtime does not change when entries are added or removed"),
-- directory st_nlink ("`st_nlink` is 1 for directories"),
-- atime and ctime ("atime and ctime equal mtime").
+- directory mtime ("kept in memory ...: after a remount ... a directory shows its marker's
+  `x-oss-meta-mtime` ... or, without one, the mount time"),
+- directory st_nlink ("2 plus its subdirectories while the mount holds its complete listing
+  ... and otherwise 1"),
+- atime and ctime ("noatime"; ctime is stored only with metadata changes, "Renames move ctime
+  in memory"),
+- st_nlink of an open handle (fstat): only sizes are compared there ("0 in `fstat` of a file
+  that is open and was unlinked" is checked by tests/mount/test_posix.py).
 
 Streamed new files (docs/semantics.md, "Writing": "a write into a part already sent and dropped
 fails with EIO"): the generator keeps writes into such parts out of the mix. It models each
@@ -302,7 +307,7 @@ class EntryState:
     def differs(self, other: EntryState) -> str | None:
         """Why two entries differ, or None. Directory mtime and st_nlink, and atime/ctime of
         everything, are not compared (by design: docs/semantics.md, "Directories" and "Files
-        and attributes")."""
+        and attributes"; see the module docstring)."""
         if self.kind != other.kind:
             return f"kind {self.kind} != {other.kind}"
         if self.size != other.size:
@@ -547,17 +552,11 @@ class Differential:
         before = self._local_identity(op)
         if op.kind == "close":
             self._compare_handle_contents(index, op, op.arg("h"))
-        unchanged_size = self._same_size_truncate(op)
         # rename(a, b) where both name one file does nothing, and the kernel does not even
         # ask the file system (so nothing is uploaded either).
         self_rename = op.kind == "rename" and self._same_local_file(op.arg("src"), op.arg("dst"))
         mount_outcome = execute(self.mount, op)
         local_outcome = execute(self.local, op)
-        if unchanged_size is not None and local_outcome[0] == "ok":
-            # POSIX updates mtime on truncate "if the file size is changed"; Linux's local file
-            # systems do it always, ossmount only when the size changes. Either is POSIX: the
-            # local side is set back to the narrower reading.
-            self._set_local_mtime(op, unchanged_size)
         self._compare_outcomes(index, op, mount_outcome, local_outcome)
         if local_outcome[0] == "ok" and not self_rename:
             self._update_model(op, before, uploaded=mount_outcome[0] == "ok")
@@ -712,30 +711,6 @@ class Differential:
             return os.path.samefile(self.local.path(first), self.local.path(second))
         except OSError:
             return False
-
-    def _same_size_truncate(self, op: Op) -> int | None:
-        """For a truncate to the file's current size, its local mtime in ns (else None)."""
-        if op.kind not in ("ftruncate", "truncate"):
-            return None
-        try:
-            if op.kind == "ftruncate":
-                fd = self.local.fds.get(op.arg("h"))
-                if fd is None:
-                    return None
-                info = os.fstat(fd)
-            else:
-                info = os.stat(self.local.path(op.arg("path")))
-        except OSError:
-            return None
-        return info.st_mtime_ns if info.st_size == op.arg("size") else None
-
-    def _set_local_mtime(self, op: Op, mtime_ns: int) -> None:
-        if op.kind == "ftruncate":
-            target: int | Path = self.local.fds[op.arg("h")]
-        else:
-            target = self.local.path(op.arg("path"))
-        atime_ns = os.stat(target).st_atime_ns
-        os.utime(target, ns=(atime_ns, mtime_ns))
 
     def _has_name(self, ino: int) -> bool:
         return any(
