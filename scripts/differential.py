@@ -173,6 +173,7 @@ def driver_options(args: argparse.Namespace) -> DriverOptions:
         flush_eio_documented=args.faults,
         probe_streamed_gaps=args.probe_streamed_gaps,
         avoid_renaming_open=args.avoid_renaming_open,
+        walk_every=args.walk_every,
     )
 
 
@@ -272,6 +273,12 @@ def main() -> int:
         "--avoid-renaming-open",
         action="store_true",
         help="no renames of (or over) open files or directories holding one",
+    )
+    parser.add_argument(
+        "--walk-every",
+        type=int,
+        default=1,
+        help="compare the whole tree every N steps (default 1; more lets stale caches show)",
     )
     parser.add_argument("--replay", type=Path, help="run the op list in this JSON file")
     parser.add_argument("--shrink", action="store_true", help="shrink each divergence")

@@ -14,6 +14,7 @@ from tests.mount.conftest import Mounted, MountFactory
 from tests.mount.differential import (
     MOUNT_OPTIONS,
     DivergenceError,
+    DriverOptions,
     Op,
     OpArg,
     Side,
@@ -89,7 +90,28 @@ REPRODUCTIONS: dict[str, list[Op]] = {
         ("sleep", 3500),
         ("truncate", "f0", 5000),
     ),
+    # Issue 15, cause 4: a moved directory still seen at its old name (mkdir gave EEXIST).
+    # Replayed without the tree walk after every step (see WALK_ONLY_AT_THE_END).
+    "lookups after directory renames": ops(
+        ("mkdir", "d0"),
+        ("mkdir", "d0/e0"),
+        ("open", 2, "f3", "O_WRONLY|O_CREAT"),
+        ("close", 2),
+        ("rename", "f3", "d0/f1"),
+        ("listdir", "d0"),
+        ("rename", "d0", "d2"),
+        ("mkdir", "d0"),
+        ("open", 3, "d0/f1", "O_WRONLY|O_CREAT"),
+        ("close", 3),
+        ("rename", "d0/f1", "f0"),
+        ("mkdir", "d0/e0"),
+        ("listdir", "d0"),
+    ),
 }
+# The walk of the whole tree after every step lists each directory, and readdirplus then hands
+# the kernel every name, so a stale lookup in the mount is never asked: these replay with one
+# walk at the end only.
+WALK_ONLY_AT_THE_END = {"lookups after directory renames"}
 
 
 def sides(mount_ossmount: MountFactory, tmp_path: Path) -> tuple[Side, Side]:
@@ -135,7 +157,8 @@ def test_shortest_divergences_found_replay_equal(
     failures = []
     for number, (name, reproduction) in enumerate(REPRODUCTIONS.items()):
         try:
-            run_trial(mount, local, f"r{number}", seed=0, ops=reproduction)
+            options = DriverOptions(walk_every=10**6) if name in WALK_ONLY_AT_THE_END else None
+            run_trial(mount, local, f"r{number}", seed=0, ops=reproduction, options=options)
         except DivergenceError as divergence:
             failures.append(f"{name}:\n{divergence.report()}")
     assert not failures, "\n\n".join(failures)
