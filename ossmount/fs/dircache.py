@@ -726,7 +726,13 @@ class Namespace:
         """Fresh exact attributes of the object ``key`` (a HEAD), or None when it is gone."""
         try:
             return await self._head(key)
-        except NotFound:
+        except NotFound as exc:
+            if exc.code == "SymlinkTargetNotExist":
+                # An OSS symlink to nothing, or to a directory: the link itself is there.
+                info = await self.client.get_symlink_info(self.bucket, key)
+                attrs = attributes_from_info(info, self.defaults)
+                self._stats.put(key, attrs)
+                return attrs
             self._stats.invalidate(key)
             return None
 

@@ -286,6 +286,26 @@ def test_lchown_and_times_of_both_kinds_of_symlink_survive_a_remount(
         assert os.readlink(again.path / name) == target
 
 
+def test_symlinks_to_a_directory_or_nothing_after_cache_expiry(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    # With every cache off, each stat asks OSS again: a HEAD of such a link finds no object.
+    no_caches = (
+        "attr_timeout=0,entry_timeout=0,negative_timeout=0,list_cache_ttl=0,stat_cache_ttl=0"
+    )
+    mounted = mount_ossmount(["allow_other", no_caches])
+    root = mounted.path
+    (root / "dir").mkdir()
+    os.symlink("dir", root / "to-dir")
+    os.symlink("nothing", root / "dangling")
+    for name in ("to-dir", "dangling"):
+        os.lchown(root / name, 12, 34)
+        st = os.lstat(root / name)
+        assert stat.S_ISLNK(st.st_mode) and (st.st_uid, st.st_gid) == (12, 34), name
+    assert os.path.isdir(root / "to-dir")
+    assert symlink_meta(oss2_bucket, "dangling")["uid"] == "12"
+
+
 def symlink_meta(bucket: oss2.Bucket, key: str) -> dict[str, str]:
     """The x-oss-meta-* of an OSS symlink itself (GetSymlink; a HEAD describes its target)."""
     headers = bucket.get_symlink(key).headers
