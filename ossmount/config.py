@@ -69,6 +69,9 @@ class MountConfig:
 
     # Skip the per-file HEAD when listing: attributes come from the listing alone.
     readdir_optimize: bool = False
+    # ossfs's noxattr: no extended attributes (ENOSYS, so the kernel stops asking: it asks for
+    # security.capability before every write() otherwise).
+    noxattr: bool = False
     head_concurrency: int = 32
     max_connections: int = 16
 
@@ -168,6 +171,7 @@ _BOOL_OPTIONS = {
     "allow_other": "allow_other",
     "ro": "read_only",
     "readdir_optimize": "readdir_optimize",
+    "noxattr": "noxattr",
     "metadata_cache": "metadata_cache",
     "direct_io": "direct_io",
     "debug": "debug",
@@ -217,7 +221,6 @@ _OCTAL_OPTIONS = {
 _OSSFS_ALWAYS_ON = frozenset(
     {
         "kernel_cache",  # the page cache is kept across opens while the ETag is unchanged
-        "noxattr",  # extended attributes are not supported
         "listobjectsv2",  # listings always use ListObjectsV2
         "enable_noobj_cache",  # missing names are cached (negative_timeout)
     }

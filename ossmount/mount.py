@@ -335,6 +335,7 @@ def build_filesystem(
             stat_cache_ttl_s=config.stat_cache_ttl_s,
             block_size=LIBFUSE_MAX_READ,
             direct_io=config.direct_io,
+            xattrs=not config.noxattr,
         ),
         staging=staging,
     )

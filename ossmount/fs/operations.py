@@ -130,6 +130,7 @@ class FsOptions:
     stat_cache_ttl_s: float = 60.0
     block_size: int = 1024 * 1024
     direct_io: bool = False  # read-only opens bypass the page cache
+    xattrs: bool = True  # False (-o noxattr): the xattr calls give ENOSYS
 
 
 @dataclass(slots=True)
@@ -190,13 +191,6 @@ def _changed_attributes(
         ),
         ctime_ns=now,
     )
-
-
-def _check_xattr_name(name: bytes) -> None:
-    """POSIX ACLs are not implemented: their names give EOPNOTSUPP (not "no such attribute",
-    which would claim the ACL is empty)."""
-    if name.startswith(b"system.posix_acl_"):
-        raise _fuse_error(errno.EOPNOTSUPP)
 
 
 def _fuse_error(code: int) -> pyfuse3.FUSEError:
@@ -808,6 +802,15 @@ class OssFs(pyfuse3.Operations):
     # Stored as ossfs does, in one x-oss-meta-xattr header; read from the attributes a HEAD
     # (or a listing's HEADs) brought, so getxattr and listxattr after `ls -l` cost no request.
 
+    def _check_xattrs(self, name: bytes) -> None:
+        """ENOSYS with -o noxattr (the kernel then stops sending the call); EOPNOTSUPP for
+        POSIX ACLs, which are not implemented (not "no such attribute", which would claim the
+        ACL is empty)."""
+        if not self.options.xattrs:
+            raise _fuse_error(errno.ENOSYS)
+        if name.startswith(b"system.posix_acl_"):
+            raise _fuse_error(errno.EOPNOTSUPP)
+
     async def _exact_attributes(self, node: Inode) -> Attributes:
         """The node's attributes with its user metadata known (a HEAD if only listed)."""
         if node.is_dir or self._staged_of(node) is not None:
@@ -820,7 +823,7 @@ class OssFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        _check_xattr_name(name)
+        self._check_xattrs(name)
         node = self._inode(inode)
         if name.startswith(b"security."):
             # Asked by `ls -l` for every name (security.selinux) and by the kernel before
@@ -836,6 +839,7 @@ class OssFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        self._check_xattrs(b"")
         node = self._inode(inode)
         return [
             os.fsencode(name) for name in decode_xattrs((await self._exact_attributes(node)).xattrs)
@@ -846,7 +850,7 @@ class OssFs(pyfuse3.Operations):
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         # (pyfuse3 checks XATTR_CREATE and XATTR_REPLACE through getxattr before this.)
-        _check_xattr_name(name)
+        self._check_xattrs(name)
         node = self._inode(inode)
         xattrs = decode_xattrs((await self._exact_attributes(node)).xattrs)
         xattrs[os.fsdecode(name)] = value
@@ -854,7 +858,7 @@ class OssFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        _check_xattr_name(name)
+        self._check_xattrs(name)
         node = self._inode(inode)
         xattrs = decode_xattrs((await self._exact_attributes(node)).xattrs)
         if xattrs.pop(os.fsdecode(name), None) is None:

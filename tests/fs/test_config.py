@@ -46,8 +46,9 @@ def test_ossfs_option_names() -> None:
 
 
 def test_ossfs_options_with_the_same_behaviour(tmp_path: Path) -> None:
-    items = split_option_list("kernel_cache,noxattr,enable_noobj_cache,dbglevel=debug,mp_umask=022")
+    items = split_option_list("kernel_cache,enable_noobj_cache,dbglevel=debug,mp_umask=022")
     assert parse_options(items) == {"debug": True, "mp_umask": 0o022}
+    assert parse_options(["noxattr"]) == {"noxattr": True}
     config = build_config("b", tmp_path, options=["mp_umask=077", "umask=000"])
     assert config.root_dir_mode == 0o700
     assert config.default_dir_mode == 0o777

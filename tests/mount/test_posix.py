@@ -536,6 +536,14 @@ def test_setfattr_getfattr_in_ossfs_format(
     assert (again.path / "f").read_bytes() == b"data"
 
 
+def test_noxattr_turns_them_off(mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket) -> None:
+    mounted = mount_ossmount(["allow_other", "noxattr"])
+    (mounted.path / "f").write_bytes(b"")
+    expect_errno(errno.EOPNOTSUPP, lambda: os.setxattr(mounted.path / "f", "user.a", b"1"))
+    expect_errno(errno.EOPNOTSUPP, lambda: os.getxattr(mounted.path / "f", "user.a"))
+    assert "xattr" not in stored_meta(oss2_bucket, "f")
+
+
 def test_xattrs_that_ossfs_wrote(mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket) -> None:
     # ossfs puts the name unescaped in the JSON and URL-encodes the whole document.
     ossfs_value = quote('{"user.from":"b3NzZnM="}', safe="")
