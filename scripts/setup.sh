@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
-# (attr and acl: setfattr/getfattr/setfacl, which the POSIX tests run on real mounts)
+# (attr, acl, strace: setfattr/getfattr, setfacl and strace, which the POSIX tests run on real
+# mounts)
 packages=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv curl rsync git
-          sqlite3 ca-certificates attr acl)
+          sqlite3 ca-certificates attr acl strace)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

@@ -803,12 +803,13 @@ class OssFs(pyfuse3.Operations):
     # (or a listing's HEADs) brought, so getxattr and listxattr after `ls -l` cost no request.
 
     def _check_xattrs(self, name: bytes) -> None:
-        """ENOSYS with -o noxattr (the kernel then stops sending the call); EOPNOTSUPP for
+        """ENOSYS with -o noxattr (the kernel then stops sending the call). EOPNOTSUPP for
         POSIX ACLs, which are not implemented (not "no such attribute", which would claim the
-        ACL is empty)."""
+        ACL is empty), and for SELinux labels, which are not kept: `ls -l` asks for one per
+        name until told they are unsupported, which it remembers for the whole mount."""
         if not self.options.xattrs:
             raise _fuse_error(errno.ENOSYS)
-        if name.startswith(b"system.posix_acl_"):
+        if name.startswith(b"system.posix_acl_") or name == b"security.selinux":
             raise _fuse_error(errno.EOPNOTSUPP)
 
     async def _exact_attributes(self, node: Inode) -> Attributes:

@@ -526,9 +526,15 @@ def test_setfattr_getfattr_in_ossfs_format(
     # Past OSS's 8 KB of user metadata: ENOSPC, and nothing changes.
     expect_errno(errno.ENOSPC, lambda: os.setxattr(root / "f", "user.big", b"v" * 7000))
     assert "over OSS's limit" in mounted.log()
-    # POSIX ACLs are not implemented.
+    # POSIX ACLs and SELinux labels are not kept.
     refused = attempt("setfacl", "-m", "u:nobody:r", str(root / "f"))
     assert refused.returncode != 0 and "Operation not supported" in refused.stderr
+    expect_errno(errno.EOPNOTSUPP, lambda: os.getxattr(root / "f", "security.selinux"))
+    expect_errno(errno.EOPNOTSUPP, lambda: os.setxattr(root / "f", "security.selinux", b"x"))
+    # `ls -l` learns that from its first name and asks no more (one call per mount, not per
+    # name: each would be a round trip through FUSE).
+    traced = attempt("strace", "-f", "-e", "trace=lgetxattr,getxattr", "ls", "-l", str(root))
+    assert traced.stderr.count("security.selinux") == 1, traced.stderr
     again = remount(mount_ossmount, mounted)
     assert os.listxattr(again.path / "f") == ["user.color"]
     assert os.getxattr(again.path / "f", "user.color") == b"red"
