@@ -154,17 +154,28 @@ class FileHandle:
 
 
 def _new_attributes(
-    kind: Kind, permissions: int, ctx: pyfuse3.RequestContext, *, symlink_target: str | None = None
+    kind: Kind,
+    permissions: int,
+    ctx: pyfuse3.RequestContext,
+    parent: Inode,
+    *,
+    symlink_target: str | None = None,
 ) -> Attributes:
-    """Attributes of a name the caller creates now: owned by the caller, exact, and empty (a
-    symlink's size is its target's length)."""
+    """Attributes of a name the caller creates now in ``parent``: owned by the caller, exact,
+    and empty (a symlink's size is its target's length). In a set-group-ID directory the
+    group is the directory's, and a new directory is set-group-ID too (as on Linux disks)."""
+    gid = ctx.gid
+    if parent.attrs.permissions & stat.S_ISGID:
+        gid = parent.attrs.gid
+        if kind is Kind.DIR:
+            permissions |= stat.S_ISGID
     return Attributes(
         kind=kind,
         size=len(os.fsencode(symlink_target)) if symlink_target is not None else 0,
         mtime_ns=time.time_ns(),
         permissions=permissions,
         uid=ctx.uid,
-        gid=ctx.gid,
+        gid=gid,
         symlink_target=symlink_target,
         exact=True,
     )
@@ -686,7 +697,7 @@ class OssFs(pyfuse3.Operations):
         staging = self._writable()
         text = _checked_name(parent, name)
         key = parent.key + text
-        attrs = _new_attributes(Kind.FILE, stat.S_IMODE(mode) & ~ctx.umask, ctx)
+        attrs = _new_attributes(Kind.FILE, stat.S_IMODE(mode) & ~ctx.umask, ctx, parent)
         staged = await staging.open(key, None, truncate=True, exclusive=bool(flags & os.O_EXCL))
         metadata = posix_metadata(attrs)
         staged.set_metadata({field: metadata[field] for field in (META_MODE, META_UID, META_GID)})
@@ -958,7 +969,7 @@ class OssFs(pyfuse3.Operations):
         self._writable()
         text = _checked_name(parent, name, directory=True)
         key = parent.key + text + "/"
-        attrs = _new_attributes(Kind.DIR, stat.S_IMODE(mode) & ~ctx.umask, ctx)
+        attrs = _new_attributes(Kind.DIR, stat.S_IMODE(mode) & ~ctx.umask, ctx, parent)
         await self.namespace.client.put_object(
             self.namespace.bucket, key, b"", metadata=posix_metadata(attrs)
         )
@@ -984,7 +995,7 @@ class OssFs(pyfuse3.Operations):
         text = _checked_name(parent, name)
         key = parent.key + text
         attrs = replace(
-            _new_attributes(kind, stat.S_IMODE(mode) & ~ctx.umask, ctx),
+            _new_attributes(kind, stat.S_IMODE(mode) & ~ctx.umask, ctx, parent),
             rdev=rdev if kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE) else 0,
         )
         put = await self.namespace.client.put_object(
@@ -1083,7 +1094,7 @@ class OssFs(pyfuse3.Operations):
         text = _checked_name(parent, name)
         key = parent.key + text
         target_text = os.fsdecode(target)
-        attrs = _new_attributes(Kind.SYMLINK, 0o777, ctx, symlink_target=target_text)
+        attrs = _new_attributes(Kind.SYMLINK, 0o777, ctx, parent, symlink_target=target_text)
         metadata = posix_metadata(attrs)
         del metadata[META_SYMLINK_TARGET]  # in the object itself (the target key or the body)
         client, bucket = self.namespace.client, self.namespace.bucket

@@ -306,6 +306,26 @@ def test_symlinks_to_a_directory_or_nothing_after_cache_expiry(
     assert symlink_meta(oss2_bucket, "dangling")["uid"] == "12"
 
 
+def test_names_made_in_a_set_group_id_directory_take_its_group(
+    mount_ossmount: MountFactory, oss2_bucket: oss2.Bucket
+) -> None:
+    mounted = mount_ossmount(["allow_other"])
+    shared = mounted.path / "shared"
+    shared.mkdir()
+    os.chown(shared, 0, 123)
+    os.chmod(shared, 0o2775)
+    (shared / "file").write_bytes(b"")
+    (shared / "dir").mkdir(mode=0o755)
+    os.mkfifo(shared / "fifo")
+    os.symlink("file", shared / "link")
+    expected = {"file": 0o644, "dir": 0o2755, "fifo": 0o644, "link": 0o777}
+    again = remount(mount_ossmount, mounted)
+    for name, mode in expected.items():
+        st = os.lstat(again.path / "shared" / name)
+        assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (123, mode), name
+    assert stored_meta(oss2_bucket, "shared/dir/")["gid"] == "123"
+
+
 def symlink_meta(bucket: oss2.Bucket, key: str) -> dict[str, str]:
     """The x-oss-meta-* of an OSS symlink itself (GetSymlink; a HEAD describes its target)."""
     headers = bucket.get_symlink(key).headers
