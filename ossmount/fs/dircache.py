@@ -59,7 +59,7 @@ from ossmount.fs.attrs import (
     native_symlink_path,
 )
 from ossmount.oss.client import OssClient
-from ossmount.oss.errors import NotFound, OssError
+from ossmount.oss.errors import NotFound, OssError, first_failure
 from ossmount.oss.model import ObjectInfo, ObjectSummary
 
 log = logging.getLogger(__name__)
@@ -550,9 +550,10 @@ class Namespace:
             for position, entry in work:
                 results[position] = await self._exact_entry(prefix, entry)
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(min(self.options.head_concurrency, len(entries))):
-                nursery.start_soon(worker)
+        with first_failure():
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(self.options.head_concurrency, len(entries))):
+                    nursery.start_soon(worker)
         exact = [entry for entry in results if entry is not None]
         if self.disk_cache is not None:
             fresh = [
@@ -694,13 +695,14 @@ class Namespace:
             first_below.extend(page.prefixes)
 
         key_bytes = len(key.encode("utf-8", "surrogateescape"))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(head_file)
-            # (Keys longer than OSS allows cannot exist: a 1,023-byte name is no directory.)
-            if key_bytes + len(FOLDER_SUFFIX) <= KEY_MAX:
-                nursery.start_soon(head_folder_marker)
-            if key_bytes + 1 <= KEY_MAX:
-                nursery.start_soon(list_below)
+        with first_failure():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(head_file)
+                # (Keys longer than OSS allows cannot exist: a 1,023-byte name is no directory.)
+                if key_bytes + len(FOLDER_SUFFIX) <= KEY_MAX:
+                    nursery.start_soon(head_folder_marker)
+                if key_bytes + 1 <= KEY_MAX:
+                    nursery.start_soon(list_below)
 
         if first_below or folder_info is not None:
             if head_info is not None:
