@@ -41,16 +41,19 @@ from pathlib import Path
 from typing import Any
 
 import pyfuse3
+import setproctitle
 import trio
 
+from ossmount import __version__
 from ossmount.config import (
+    GOOD_ENDPOINT_EXAMPLE,
     LIBFUSE_MAX_READ,
     ConfigError,
     MountConfig,
     build_config,
     split_option_list,
 )
-from ossmount.credentials import CredentialsError, resolve_credentials
+from ossmount.credentials import CredentialsError, places_searched, resolve_credentials
 from ossmount.fs.attrs import AttrDefaults, directory_attributes
 from ossmount.fs.dircache import DiskMetadataCache, Namespace, NamespaceOptions
 from ossmount.fs.inodes import Inode, InodeTable
@@ -161,6 +164,26 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise MountError(f"mountpoint {mountpoint} is not a directory")
 
 
+def check_mountpoint_empty(mountpoint: Path) -> None:
+    """Refuse a mountpoint with entries: the mount would hide them (-o nonempty allows it)."""
+    try:
+        with os.scandir(mountpoint) as entries:
+            occupied = next(entries, None) is not None
+    except OSError as exc:
+        raise MountError(f"mountpoint {mountpoint}: {exc.strerror}") from None
+    if occupied:
+        raise MountError(
+            f"mountpoint {mountpoint} is not empty: the mount would hide its files "
+            "(-o nonempty mounts over them)"
+        )
+
+
+def mount_title(config: MountConfig) -> str:
+    """``ossmount BUCKET[:/PREFIX] MOUNTPOINT``: the process title, and what a log names."""
+    spec = config.bucket + (":/" + config.prefix.rstrip("/") if config.prefix else "")
+    return f"ossmount {spec} {config.mountpoint}"
+
+
 def check_fuse_device() -> None:
     """Refuse to start without a usable /dev/fuse."""
     if not FUSE_DEVICE.exists():
@@ -183,7 +206,14 @@ def endpoint_url(config: MountConfig) -> str:
     raise MountError("no endpoint: give --endpoint, -o url=..., -o region=... or OSS_ENDPOINT")
 
 
-def _reason_for(exc: OssError, config: MountConfig, endpoint: str) -> str:
+def _reason_for(
+    exc: OssError, config: MountConfig, endpoint: str, *, anonymous: bool = False
+) -> str:
+    if anonymous and isinstance(exc, AccessDenied):
+        return (
+            f"no credentials found (looked in: {places_searched()}); the anonymous request "
+            f"got: access denied to bucket {config.bucket}: {exc.message}"
+        )
     if isinstance(exc, InvalidAccessKeyId):
         return f"wrong access key: the server does not know this AccessKeyId ({exc.code})"
     if isinstance(exc, SignatureDoesNotMatch):
@@ -197,6 +227,15 @@ def _reason_for(exc: OssError, config: MountConfig, endpoint: str) -> str:
     if isinstance(exc, TlsError):
         return f"endpoint {endpoint}: {exc.message}"
     return f"cannot list bucket {config.bucket}: {exc}"
+
+
+def bad_endpoint_reason(endpoint: str, exc: ValueError) -> str:
+    """One line for a client the endpoint (no region can be told from it, ...), CA file or
+    proxy does not allow: the reason, and what a good endpoint looks like."""
+    return (
+        f"endpoint {endpoint}: {exc} (endpoints look like {GOOD_ENDPOINT_EXAMPLE}; "
+        "give --region for one that names none)"
+    )
 
 
 async def preflight(config: MountConfig, endpoint: str, credentials: Credentials | None) -> None:
@@ -217,7 +256,7 @@ async def preflight(config: MountConfig, endpoint: str, credentials: Credentials
             ca_file=config.ssl_ca_file,
         )
     except ValueError as exc:  # an unusable endpoint, CA file or proxy
-        raise MountError(str(exc)) from None
+        raise MountError(bad_endpoint_reason(endpoint, exc)) from None
     try:
         with trio.fail_after(config.mount_timeout_s):
             async with client:
@@ -229,7 +268,9 @@ async def preflight(config: MountConfig, endpoint: str, credentials: Credentials
             f"endpoint {endpoint} unreachable: no answer within {config.mount_timeout_s:g} s"
         ) from None
     except OssError as exc:
-        raise MountError(_reason_for(exc, config, endpoint)) from None
+        raise MountError(
+            _reason_for(exc, config, endpoint, anonymous=credentials is None)
+        ) from None
 
 
 # -- the mount itself -----------------------------------------------------------------------
@@ -392,8 +433,12 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
     ``on_ready(None)`` is called once the mount answers; ``on_ready(reason)`` never is: a
     failure before that point raises MountError with the reason.
     """
+    log.info("ossmount %s (pid %d) mounting %s", __version__, os.getpid(), mount_title(config))
+    setproctitle.setproctitle(mount_title(config))
     check_fuse_device()
     check_mountpoint(config.mountpoint)
+    if not config.nonempty:
+        check_mountpoint_empty(config.mountpoint)
     endpoint = endpoint_url(config)
     credentials = find_credentials(config)
     await preflight(config, endpoint, credentials)
