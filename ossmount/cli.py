@@ -152,6 +152,24 @@ def _add_unmount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.set_defaults(run=_runs("ossmount.mount", "unmount_command"))
 
 
+def _add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "status",
+        help="show what a running mount is doing, and which data is not in OSS yet",
+        description="Ask the mount at MOUNTPOINT (over its private socket in the state "
+        "directory) for its requests, traffic, caches, memory, and the files whose data is "
+        "not in OSS yet, with the last error of each failed upload. "
+        f"See {docs_page('configuration.md')}.",
+    )
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
+    parser.add_argument("--json", action="store_true", help="print the status as JSON")
+    parser.add_argument(
+        "--socket", help="the mount's status socket (default: found from MOUNTPOINT)"
+    )
+
+    parser.set_defaults(run=_runs("ossmount.status", "status_command"))
+
+
 def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "demo", help="start the bundled server with a sample bucket and mount it until Ctrl-C"
@@ -223,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_parser(sub)
     _add_mount_parser(sub)
     _add_unmount_parser(sub)
+    _add_status_parser(sub)
     _add_demo_parser(sub)
     _add_cp_parser(sub)
     _add_recover_parser(sub)

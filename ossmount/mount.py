@@ -72,6 +72,12 @@ from ossmount.oss.errors import (
 )
 from ossmount.oss.retry import RetryPolicy
 from ossmount.oss.signer import Credentials
+from ossmount.status import (
+    MountStatus,
+    serve_metrics,
+    serve_status_socket,
+    status_socket_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +439,7 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
     ``on_ready(None)`` is called once the mount answers; ``on_ready(reason)`` never is: a
     failure before that point raises MountError with the reason.
     """
-    log.info("ossmount %s (pid %d) mounting %s", __version__, os.getpid(), mount_title(config))
+    log.info("ossmount %s (pid %d): mounting %s", __version__, os.getpid(), mount_title(config)[9:])
     setproctitle.setproctitle(mount_title(config))
     check_fuse_device()
     check_mountpoint(config.mountpoint)
@@ -460,6 +466,7 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
                     fs, _ = build_filesystem(
                         config, client, nursery, head_clients, disk_cache, staging=staging
                     )
+                    await start_status(config, endpoint, fs, staging, nursery)
                     try:
                         pyfuse3.init(fs, str(config.mountpoint), fuse_options(config))
                     except RuntimeError as exc:
@@ -490,9 +497,47 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
         raise MountError(mount_failure)
 
 
+def mount_state_dir(config: MountConfig) -> Path:
+    """The mount's state directory: journal, staging files, status socket, log file."""
+    return config.state_dir or default_state_dir(config.bucket, config.prefix)
+
+
+async def start_status(
+    config: MountConfig,
+    endpoint: str,
+    fs: OssFs,
+    staging: WriteStaging | None,
+    nursery: trio.Nursery,
+) -> None:
+    """What the mount tells operators: the status socket, and the metrics endpoint if asked."""
+    status = MountStatus(
+        bucket=config.bucket,
+        prefix=config.prefix,
+        endpoint=endpoint,
+        mountpoint=config.mountpoint,
+        counters=fs.namespace.client.counters,
+        namespace=fs.namespace,
+        inodes=fs.inodes,
+        read_cache=fs.read_cache,
+        staging=staging,
+        log_target=log_destination,
+    )
+    try:
+        await nursery.start(
+            serve_status_socket, status, status_socket_path(mount_state_dir(config))
+        )
+    except OSError as exc:
+        log.warning("no status socket in %s: %s", mount_state_dir(config), exc)
+    if config.metrics_addr is not None:
+        try:
+            await nursery.start(serve_metrics, status, config.metrics_addr)
+        except OSError as exc:
+            raise MountError(f"metrics_addr={config.metrics_addr}: {exc.strerror or exc}") from None
+
+
 def open_write_staging(config: MountConfig, client: OssClient) -> WriteStaging:
     """The write path of the mount: state directory (journal, staging files) and its budget."""
-    state_dir = config.state_dir or default_state_dir(config.bucket, config.prefix)
+    state_dir = mount_state_dir(config)
     try:
         return WriteStaging(
             client,
@@ -539,16 +584,35 @@ async def _announce_when_answering(
     on_ready(None)
 
 
+# Where this process logs (set by setup_logging; shown by `ossmount status`).
+log_destination = "stderr"
+# The log file a daemon writes when there is no syslog: bounded, rotated.
+DAEMON_LOG_NAME = "ossmount.log"
+DAEMON_LOG_BYTES = 10 * 1024 * 1024
+DAEMON_LOG_BACKUPS = 3
+
+
 def setup_logging(config: MountConfig, *, daemon: bool = False) -> None:
-    """Log to the log file if given, else stderr (foreground) or syslog (daemon, if present)."""
+    """Log to the log file if given, else stderr (foreground), or as a daemon to syslog if
+    /dev/log exists and otherwise to a rotating file in the state directory."""
+    global log_destination  # noqa: PLW0603 (one logging set-up per process)
     level = logging.DEBUG if config.debug else logging.INFO
     handler: logging.Handler
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.log_file is not None:
         handler = logging.FileHandler(config.log_file)
+        log_destination = str(config.log_file)
     elif daemon and os.path.exists(SYSLOG_SOCKET):
         handler = logging.handlers.SysLogHandler(SYSLOG_SOCKET)
         formatter = logging.Formatter(f"ossmount[{os.getpid()}]: %(levelname)s %(message)s")
+        log_destination = f"syslog ({SYSLOG_SOCKET})"
+    elif daemon:
+        log_path = mount_state_dir(config) / DAEMON_LOG_NAME
+        log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handler = logging.handlers.RotatingFileHandler(
+            log_path, maxBytes=DAEMON_LOG_BYTES, backupCount=DAEMON_LOG_BACKUPS
+        )
+        log_destination = str(log_path)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
