@@ -673,6 +673,7 @@ class OssClient:
         try:
             if response.status_code >= 300:
                 body = b"" if method == "HEAD" else await response.aread()
+                self.counters.bytes_in += len(body)
                 raise error_from_response(  # noqa: TRY301 (the handlers below close the response)
                     response.status_code, _lower_headers(response), body, method=method
                 )
