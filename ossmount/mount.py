@@ -521,11 +521,10 @@ async def start_status(
         read_cache=fs.read_cache,
         staging=staging,
         log_target=log_destination,
+        socket_path=status_socket_path(mount_state_dir(config)),
     )
     try:
-        await nursery.start(
-            serve_status_socket, status, status_socket_path(mount_state_dir(config))
-        )
+        await nursery.start(serve_status_socket, status, status.socket_path)
     except OSError as exc:
         log.warning("no status socket in %s: %s", mount_state_dir(config), exc)
     if config.metrics_addr is not None:

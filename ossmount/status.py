@@ -3,11 +3,13 @@
 The mount process keeps one :class:`MountStatus` (references to the client counters, the caches,
 the write staging and the inode table: nothing is copied until asked). Two readers:
 
-- a Unix socket ``status.sock`` in the mount's state directory, created with mode 0600 (only the
-  mounting user, and root, may connect): each connection gets one JSON document, the
-  :meth:`MountStatus.snapshot`, and is closed. `ossmount status MOUNTPOINT` finds the process
-  serving MOUNTPOINT by its title (``ossmount BUCKET[:/PREFIX] MOUNTPOINT``) and that process's
-  socket through /proc, so it needs no registry and works for any state directory;
+- a Unix socket ``status-PID.sock`` in the mount's state directory, created with mode 0600 (only
+  the mounting user, and root, may connect): each connection gets one JSON document, the
+  :meth:`MountStatus.snapshot`, and is closed. (Named by process: read-only mounts of one bucket
+  and prefix share a state directory; sockets of processes that are gone are removed.)
+  `ossmount status MOUNTPOINT` finds the process serving MOUNTPOINT by its title
+  (``ossmount BUCKET[:/PREFIX] MOUNTPOINT``) and that process's socket through /proc, so it
+  needs no registry and works for any state directory;
 - with ``-o metrics_addr=HOST:PORT``, prometheus_client's HTTP server, whose collector takes the
   same snapshot in the trio thread (``trio.from_thread``) at every scrape.
 
@@ -44,7 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATUS_SOCKET_NAME = "status.sock"
+STATUS_SOCKET_PREFIX = "status-"
+STATUS_SOCKET_SUFFIX = ".sock"
 # sun_path holds 108 bytes with its NUL.
 MAX_SOCKET_PATH = 107
 
@@ -63,6 +66,7 @@ class MountStatus:
     read_cache: ReadCache
     staging: WriteStaging | None
     log_target: str
+    socket_path: Path | None = None
     started_at: float = field(default_factory=time.time)
 
     def snapshot(self) -> dict[str, Any]:
@@ -77,6 +81,7 @@ class MountStatus:
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started_at, 3),
             "log": self.log_target,
+            "status_socket": str(self.socket_path) if self.socket_path else None,
             "requests": dict(sorted(counters.requests.items())),
             "retries": dict(sorted(counters.retries.items())),
             "errors": [
@@ -140,7 +145,29 @@ def _memory() -> dict[str, int]:
 
 
 def status_socket_path(state_dir: Path) -> Path:
-    return state_dir / STATUS_SOCKET_NAME
+    """This process's status socket in ``state_dir``."""
+    return state_dir / f"{STATUS_SOCKET_PREFIX}{os.getpid()}{STATUS_SOCKET_SUFFIX}"
+
+
+def _is_status_socket_name(name: str) -> bool:
+    pid = name.removeprefix(STATUS_SOCKET_PREFIX).removesuffix(STATUS_SOCKET_SUFFIX)
+    return (
+        name.startswith(STATUS_SOCKET_PREFIX)
+        and name.endswith(STATUS_SOCKET_SUFFIX)
+        and pid.isdigit()
+    )
+
+
+def _remove_dead_sockets(state_dir: Path) -> None:
+    """Status sockets in ``state_dir`` that no process answers any more (a crashed mount's)."""
+    for path in state_dir.glob(f"{STATUS_SOCKET_PREFIX}*{STATUS_SOCKET_SUFFIX}"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(os.fspath(path))
+            except ConnectionRefusedError:
+                path.unlink(missing_ok=True)
+            except OSError:
+                continue
 
 
 def _bind_status_socket(path: Path) -> socket.socket | None:
@@ -150,6 +177,7 @@ def _bind_status_socket(path: Path) -> socket.socket | None:
         log.warning("no status socket: its path %s is longer than a Unix socket allows", path)
         return None
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _remove_dead_sockets(path.parent)
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
@@ -329,7 +357,7 @@ def _status_sockets_of(pid: int) -> list[str]:
             fields = line.split(maxsplit=7)
             if len(fields) == 8 and fields[6] in inodes:
                 path = fields[7].rstrip("\n")
-                if path.endswith("/" + STATUS_SOCKET_NAME):
+                if _is_status_socket_name(path.rpartition("/")[2]):
                     paths.append(path)
     return paths
 

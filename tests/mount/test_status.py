@@ -58,7 +58,9 @@ def test_counters_move_as_a_program_writes_and_reads(mount_ossmount: MountFactor
     assert before["bucket"] == "test-bucket"
     assert before["mountpoint"] == str(mounted.path)
     assert before["not_in_oss"] == []
-    socket_path = Path(before["state_dir"]) / "status.sock"
+    socket_path = Path(before["status_socket"])
+    assert socket_path.parent == Path(before["state_dir"])
+    assert socket_path.name == f"status-{before['pid']}.sock"
     assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
     assert stat.S_ISSOCK(socket_path.stat().st_mode)
 
@@ -178,3 +180,20 @@ def test_daemon_logs_to_a_file_in_the_state_directory_without_syslog(
         assert TEST_SK not in text
     finally:
         force_unmount(mountpoint)
+
+
+def test_read_only_mounts_sharing_a_state_directory_each_answer(
+    mount_ossmount: MountFactory, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "shared-state"
+    state_dir.mkdir()
+    dead = state_dir / "status-999999999.sock"  # a crashed mount's socket: nobody listens
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as crashed:
+        crashed.bind(os.fspath(dead))
+    first = mount_ossmount(["ro", f"state_dir={state_dir}"])
+    second = mount_ossmount(["ro", f"state_dir={state_dir}"])
+    statuses = [status_of(first), status_of(second)]
+    assert [status["mountpoint"] for status in statuses] == [str(first.path), str(second.path)]
+    assert all(status["read_only"] and status["not_in_oss"] == [] for status in statuses)
+    assert not dead.exists()
+    assert "read-only mount" in status_text(first)
