@@ -361,10 +361,16 @@ def _endpoint_url(value: str) -> str:
 
 
 def _metrics_address(value: str) -> str:
-    host, separator, port = value.strip().rpartition(":")
+    """ "HOST:PORT", or a bare PORT on loopback (127.0.0.1): never all interfaces unasked."""
+    value = value.strip()
+    if value.isdigit():
+        value = f"127.0.0.1:{value}"
+    host, separator, port = value.rpartition(":")
     host = host.strip("[]")
     if not separator or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"option metrics_addr={value}: expected HOST:PORT, e.g. 127.0.0.1:9100")
+        raise ConfigError(
+            f"option metrics_addr={value}: expected HOST:PORT or PORT, e.g. 127.0.0.1:9100"
+        )
     return f"{host}:{int(port)}"
 
 

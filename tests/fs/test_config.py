@@ -113,7 +113,8 @@ def test_nonempty_and_metrics_addr_options() -> None:
     assert parse_options(["nonempty"]) == {"nonempty": True}
     assert parse_options(["metrics_addr=127.0.0.1:9100"]) == {"metrics_addr": "127.0.0.1:9100"}
     assert parse_options(["metrics_addr=[::1]:0"]) == {"metrics_addr": "::1:0"}
-    for bad in ("metrics_addr=9100", "metrics_addr=host:", "metrics_addr=h:70000"):
+    assert parse_options(["metrics_addr=9100"]) == {"metrics_addr": "127.0.0.1:9100"}
+    for bad in ("metrics_addr=host", "metrics_addr=host:", "metrics_addr=h:70000"):
         with pytest.raises(ConfigError, match="expected HOST:PORT"):
             parse_options([bad])
 

@@ -143,7 +143,7 @@ def scrape(port: int) -> dict[str, float]:
 
 def test_metrics_endpoint_is_scraped_over_http(mount_ossmount: MountFactory) -> None:
     port = free_port()
-    mounted = mount_ossmount([f"metrics_addr=127.0.0.1:{port}"])
+    mounted = mount_ossmount([f"metrics_addr={port}"])  # a bare port: loopback
     before = scrape(port)
     (mounted.path / "metered.txt").write_bytes(b"x" * 1000)
     after = scrape(port)
@@ -153,6 +153,13 @@ def test_metrics_endpoint_is_scraped_over_http(mount_ossmount: MountFactory) -> 
     assert after["ossmount_files_not_in_oss"] == 0
     assert after["ossmount_resident_memory_bytes"] > 0
     assert 'ossmount_cache_misses_total{cache="blocks"}' in after
+    # Listening on loopback only (/proc/net/tcp: local address 0100007F = 127.0.0.1).
+    listening = [
+        line.split()[1]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if line.split()[3] == "0A" and line.split()[1].endswith(f":{port:04X}")
+    ]
+    assert listening == [f"0100007F:{port:04X}"], listening
 
 
 def test_daemon_logs_to_a_file_in_the_state_directory_without_syslog(
