@@ -704,6 +704,7 @@ class OssClient:
         if payload is not None:
             all_headers["Content-Length"] = str(payload.length)
             body = payload.for_worker()
+            self.counters.bytes_out += payload.length or 0
         request = self._signed(self._build(method, bucket, key, params, all_headers, None))
         try:
             answer = await exchanges.exchange(request, body)
@@ -712,6 +713,7 @@ class OssClient:
         except OSError as exc:
             raise connection_error(f"{method} {self._describe(bucket, key)}", exc) from exc
         head = answer.head
+        self.counters.bytes_in += len(answer.body)
         if head.status >= 300:
             raise error_from_response(head.status, head.headers, answer.body, method=method)
         return httpx.Response(
