@@ -10,8 +10,30 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ossmount import __version__
 
 Runner = Callable[[argparse.Namespace], int]
+
+
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, [], argparse.SUPPRESS)
+        if shown and action.option_strings and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def docs_page(name: str) -> str:
+    """Where the documentation page ``name`` is: its absolute path when ossmount runs from a
+    checkout (as scripts/setup.sh installs it), else its place in the source tree."""
+    page = Path(__file__).resolve().parent.parent / "docs" / name
+    return str(page) if page.is_file() else f"docs/{name} in the ossmount source tree"
 
 
 def _runs(module: str, function: str) -> Runner:
@@ -31,7 +53,7 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="OPT[,OPT...]",
-        help="mount options (ossfs names accepted; see docs/configuration.md)",
+        help=f"mount options (ossfs names accepted; see {docs_page('configuration.md')})",
     )
 
 
@@ -47,7 +69,8 @@ def _add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="run the bundled OSS-compatible server",
         description="Serve the OSS REST API from a directory; prints the endpoint once it "
         "answers and serves until SIGINT/SIGTERM. Credentials default to the environment "
-        "(OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET).",
+        f"(OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET). See {docs_page('server.md')}.",
+        formatter_class=_DefaultsShown,
     )
     parser.add_argument("--root", required=True, help="directory holding the data and index")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -107,7 +130,7 @@ def _add_mount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "mount",
         help="mount a bucket (or a prefix of one) at a directory",
         description="Mount BUCKET[:/PREFIX] at MOUNTPOINT. Without -f, returns once the mount "
-        "answers. Options: docs/configuration.md.",
+        f"answers. Options: {docs_page('configuration.md')}.",
     )
     parser.add_argument("bucket", metavar="BUCKET[:/PREFIX]")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -129,6 +152,24 @@ def _add_unmount_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.set_defaults(run=_runs("ossmount.mount", "unmount_command"))
 
 
+def _add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "status",
+        help="show what a running mount is doing, and which data is not in OSS yet",
+        description="Ask the mount at MOUNTPOINT (over its private socket in the state "
+        "directory) for its requests, traffic, caches, memory, and the files whose data is "
+        "not in OSS yet, with the last error of each failed upload. "
+        f"See {docs_page('configuration.md')}.",
+    )
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
+    parser.add_argument("--json", action="store_true", help="print the status as JSON")
+    parser.add_argument(
+        "--socket", help="the mount's status socket (default: found from MOUNTPOINT)"
+    )
+
+    parser.set_defaults(run=_runs("ossmount.status", "status_command"))
+
+
 def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "demo", help="start the bundled server with a sample bucket and mount it until Ctrl-C"
@@ -147,7 +188,8 @@ def _add_cp_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "cp",
         help="copy files between OSS and the local disk, resumably",
         description="Copy SRC to DST; one is oss://bucket/key, the other a local path. "
-        "Run the same command again after an interruption to resume. See docs/client.md.",
+        "Run the same command again after an interruption to resume. "
+        f"See {docs_page('client.md')}.",
     )
     add_arguments(parser)
 
@@ -194,10 +236,12 @@ def _helper_syntax(argv: list[str]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ossmount", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ossmount {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_server_parser(sub)
     _add_mount_parser(sub)
     _add_unmount_parser(sub)
+    _add_status_parser(sub)
     _add_demo_parser(sub)
     _add_cp_parser(sub)
     _add_recover_parser(sub)

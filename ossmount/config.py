@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,11 @@ class MountConfig:
     read_cache_bytes: int = 64 * MiB
     max_inflight_reads: int = 8
 
+    # Operability: mount over a non-empty directory (hiding its files); serve Prometheus
+    # metrics at "HOST:PORT" (None: no metrics endpoint).
+    nonempty: bool = False
+    metrics_addr: str | None = None
+
     @property
     def default_file_mode(self) -> int:
         """Permission bits of a file that carries no x-oss-meta-mode."""
@@ -155,7 +161,6 @@ _IGNORED_OPTIONS = frozenset(
         "async",
         "sync",
         "dirsync",
-        "nonempty",
         "big_writes",
         "default_permissions",
         "auto_unmount",
@@ -176,6 +181,7 @@ _BOOL_OPTIONS = {
     "direct_io": "direct_io",
     "debug": "debug",
     "foreground": "foreground",
+    "nonempty": "nonempty",
 }
 
 _TIMEOUT_OPTIONS = {
@@ -310,6 +316,8 @@ def parse_options(options: list[str]) -> dict[str, Any]:
             fields["debug"] = value.lower() in ("dbg", "debug", "info")
         elif name == "region":
             fields["region"] = value
+        elif name == "metrics_addr":
+            fields["metrics_addr"] = _metrics_address(value)
         elif name == "signature_version":
             if value not in ("1", "4"):
                 raise ConfigError(f"option {item}: the signature version is 1 or 4")
@@ -327,13 +335,46 @@ def parse_options(options: list[str]) -> dict[str, Any]:
     return fields
 
 
+GOOD_ENDPOINT_EXAMPLE = (
+    "https://oss-cn-hangzhou.aliyuncs.com, or http://127.0.0.1:9000 for the bundled server"
+)
+
+
 def _endpoint_url(value: str) -> str:
-    value = value.strip().rstrip("/")
+    value = value.strip()
     if not value:
         raise ConfigError("the endpoint is empty")
     if "://" not in value:
         value = "https://" + value
-    return value
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or any(character.isspace() for character in value)
+    ):
+        raise ConfigError(f"bad endpoint {value!r}: expected a URL such as {GOOD_ENDPOINT_EXAMPLE}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _metrics_address(value: str) -> str:
+    """ "HOST:PORT", or a bare PORT on loopback (127.0.0.1): never all interfaces unasked."""
+    value = value.strip()
+    if value.isdigit():
+        value = f"127.0.0.1:{value}"
+    host, separator, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not separator or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"option metrics_addr={value}: expected HOST:PORT or PORT, e.g. 127.0.0.1:9100"
+        )
+    return f"{host}:{int(port)}"
 
 
 def parse_bucket_spec(spec: str) -> tuple[str, str]:

@@ -92,6 +92,15 @@ def read_passwd_file(
     return default
 
 
+def places_searched(*, home: Path | None = None, system_file: Path = SYSTEM_PASSWD_FILE) -> str:
+    """Where :func:`resolve_credentials` looks when given no passwd file, for messages."""
+    user_file = (home if home is not None else Path.home()) / USER_PASSWD_FILE
+    return (
+        f"{ENV_ACCESS_KEY_ID}/{ENV_ACCESS_KEY_SECRET} in the environment, {user_file}, "
+        f"{system_file}"
+    )
+
+
 def resolve_credentials(
     bucket: str | None,
     *,

@@ -132,6 +132,10 @@ def demo_command(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):  # exists, or a stale mount the mount will clear
             mountpoint.mkdir(parents=True, exist_ok=True)
         options = [item for value in args.options for item in split_option_list(value)]
+        if not any(option.startswith("state_dir=") for option in options):
+            # The write path's state directory lives and goes with the demo's data, not in
+            # ~/.cache/ossmount, where it would outlive a clean exit.
+            options.append(f"state_dir={data_dir / 'state'}")
         server = stack.enter_context(
             run_server_in_thread(
                 ServerConfig(

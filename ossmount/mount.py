@@ -41,16 +41,19 @@ from pathlib import Path
 from typing import Any
 
 import pyfuse3
+import setproctitle
 import trio
 
+from ossmount import __version__
 from ossmount.config import (
+    GOOD_ENDPOINT_EXAMPLE,
     LIBFUSE_MAX_READ,
     ConfigError,
     MountConfig,
     build_config,
     split_option_list,
 )
-from ossmount.credentials import CredentialsError, resolve_credentials
+from ossmount.credentials import CredentialsError, places_searched, resolve_credentials
 from ossmount.fs.attrs import AttrDefaults, directory_attributes
 from ossmount.fs.dircache import DiskMetadataCache, Namespace, NamespaceOptions
 from ossmount.fs.inodes import Inode, InodeTable
@@ -69,6 +72,12 @@ from ossmount.oss.errors import (
 )
 from ossmount.oss.retry import RetryPolicy
 from ossmount.oss.signer import Credentials
+from ossmount.status import (
+    MountStatus,
+    serve_metrics,
+    serve_status_socket,
+    status_socket_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +170,26 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise MountError(f"mountpoint {mountpoint} is not a directory")
 
 
+def check_mountpoint_empty(mountpoint: Path) -> None:
+    """Refuse a mountpoint with entries: the mount would hide them (-o nonempty allows it)."""
+    try:
+        with os.scandir(mountpoint) as entries:
+            occupied = next(entries, None) is not None
+    except OSError as exc:
+        raise MountError(f"mountpoint {mountpoint}: {exc.strerror}") from None
+    if occupied:
+        raise MountError(
+            f"mountpoint {mountpoint} is not empty: the mount would hide its files "
+            "(-o nonempty mounts over them)"
+        )
+
+
+def mount_title(config: MountConfig) -> str:
+    """``ossmount BUCKET[:/PREFIX] MOUNTPOINT``: the process title, and what a log names."""
+    spec = config.bucket + (":/" + config.prefix.rstrip("/") if config.prefix else "")
+    return f"ossmount {spec} {config.mountpoint}"
+
+
 def check_fuse_device() -> None:
     """Refuse to start without a usable /dev/fuse."""
     if not FUSE_DEVICE.exists():
@@ -183,7 +212,14 @@ def endpoint_url(config: MountConfig) -> str:
     raise MountError("no endpoint: give --endpoint, -o url=..., -o region=... or OSS_ENDPOINT")
 
 
-def _reason_for(exc: OssError, config: MountConfig, endpoint: str) -> str:
+def _reason_for(
+    exc: OssError, config: MountConfig, endpoint: str, *, anonymous: bool = False
+) -> str:
+    if anonymous and isinstance(exc, AccessDenied):
+        return (
+            f"no credentials found (looked in: {places_searched()}); the anonymous request "
+            f"got: access denied to bucket {config.bucket}: {exc.message}"
+        )
     if isinstance(exc, InvalidAccessKeyId):
         return f"wrong access key: the server does not know this AccessKeyId ({exc.code})"
     if isinstance(exc, SignatureDoesNotMatch):
@@ -197,6 +233,15 @@ def _reason_for(exc: OssError, config: MountConfig, endpoint: str) -> str:
     if isinstance(exc, TlsError):
         return f"endpoint {endpoint}: {exc.message}"
     return f"cannot list bucket {config.bucket}: {exc}"
+
+
+def bad_endpoint_reason(endpoint: str, exc: ValueError) -> str:
+    """One line for a client the endpoint (no region can be told from it, ...), CA file or
+    proxy does not allow: the reason, and what a good endpoint looks like."""
+    return (
+        f"endpoint {endpoint}: {exc} (endpoints look like {GOOD_ENDPOINT_EXAMPLE}; "
+        "give --region for one that names none)"
+    )
 
 
 async def preflight(config: MountConfig, endpoint: str, credentials: Credentials | None) -> None:
@@ -217,7 +262,7 @@ async def preflight(config: MountConfig, endpoint: str, credentials: Credentials
             ca_file=config.ssl_ca_file,
         )
     except ValueError as exc:  # an unusable endpoint, CA file or proxy
-        raise MountError(str(exc)) from None
+        raise MountError(bad_endpoint_reason(endpoint, exc)) from None
     try:
         with trio.fail_after(config.mount_timeout_s):
             async with client:
@@ -229,7 +274,9 @@ async def preflight(config: MountConfig, endpoint: str, credentials: Credentials
             f"endpoint {endpoint} unreachable: no answer within {config.mount_timeout_s:g} s"
         ) from None
     except OssError as exc:
-        raise MountError(_reason_for(exc, config, endpoint)) from None
+        raise MountError(
+            _reason_for(exc, config, endpoint, anonymous=credentials is None)
+        ) from None
 
 
 # -- the mount itself -----------------------------------------------------------------------
@@ -393,8 +440,12 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
     ``on_ready(None)`` is called once the mount answers; ``on_ready(reason)`` never is: a
     failure before that point raises MountError with the reason.
     """
+    log.info("ossmount %s (pid %d): mounting %s", __version__, os.getpid(), mount_title(config)[9:])
+    setproctitle.setproctitle(mount_title(config))
     check_fuse_device()
     check_mountpoint(config.mountpoint)
+    if not config.nonempty:
+        check_mountpoint_empty(config.mountpoint)
     endpoint = endpoint_url(config)
     credentials = find_credentials(config)
     await preflight(config, endpoint, credentials)
@@ -416,6 +467,7 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
                     fs, _ = build_filesystem(
                         config, client, nursery, head_clients, disk_cache, staging=staging
                     )
+                    await start_status(config, endpoint, fs, staging, nursery)
                     try:
                         pyfuse3.init(fs, str(config.mountpoint), fuse_options(config))
                     except RuntimeError as exc:
@@ -446,9 +498,46 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
         raise MountError(mount_failure)
 
 
+def mount_state_dir(config: MountConfig) -> Path:
+    """The mount's state directory: journal, staging files, status socket, log file."""
+    return config.state_dir or default_state_dir(config.bucket, config.prefix)
+
+
+async def start_status(
+    config: MountConfig,
+    endpoint: str,
+    fs: OssFs,
+    staging: WriteStaging | None,
+    nursery: trio.Nursery,
+) -> None:
+    """What the mount tells operators: the status socket, and the metrics endpoint if asked."""
+    status = MountStatus(
+        bucket=config.bucket,
+        prefix=config.prefix,
+        endpoint=endpoint,
+        mountpoint=config.mountpoint,
+        counters=fs.namespace.client.counters,
+        namespace=fs.namespace,
+        inodes=fs.inodes,
+        read_cache=fs.read_cache,
+        staging=staging,
+        log_target=log_destination,
+        socket_path=status_socket_path(mount_state_dir(config)),
+    )
+    try:
+        await nursery.start(serve_status_socket, status, status.socket_path)
+    except OSError as exc:
+        log.warning("no status socket in %s: %s", mount_state_dir(config), exc)
+    if config.metrics_addr is not None:
+        try:
+            await nursery.start(serve_metrics, status, config.metrics_addr)
+        except OSError as exc:
+            raise MountError(f"metrics_addr={config.metrics_addr}: {exc.strerror or exc}") from None
+
+
 def open_write_staging(config: MountConfig, client: OssClient) -> WriteStaging:
     """The write path of the mount: state directory (journal, staging files) and its budget."""
-    state_dir = config.state_dir or default_state_dir(config.bucket, config.prefix)
+    state_dir = mount_state_dir(config)
     try:
         return WriteStaging(
             client,
@@ -495,16 +584,35 @@ async def _announce_when_answering(
     on_ready(None)
 
 
+# Where this process logs (set by setup_logging; shown by `ossmount status`).
+log_destination = "stderr"
+# The log file a daemon writes when there is no syslog: bounded, rotated.
+DAEMON_LOG_NAME = "ossmount.log"
+DAEMON_LOG_BYTES = 10 * 1024 * 1024
+DAEMON_LOG_BACKUPS = 3
+
+
 def setup_logging(config: MountConfig, *, daemon: bool = False) -> None:
-    """Log to the log file if given, else stderr (foreground) or syslog (daemon, if present)."""
+    """Log to the log file if given, else stderr (foreground), or as a daemon to syslog if
+    /dev/log exists and otherwise to a rotating file in the state directory."""
+    global log_destination  # noqa: PLW0603 (one logging set-up per process)
     level = logging.DEBUG if config.debug else logging.INFO
     handler: logging.Handler
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.log_file is not None:
         handler = logging.FileHandler(config.log_file)
+        log_destination = str(config.log_file)
     elif daemon and os.path.exists(SYSLOG_SOCKET):
         handler = logging.handlers.SysLogHandler(SYSLOG_SOCKET)
         formatter = logging.Formatter(f"ossmount[{os.getpid()}]: %(levelname)s %(message)s")
+        log_destination = f"syslog ({SYSLOG_SOCKET})"
+    elif daemon:
+        log_path = mount_state_dir(config) / DAEMON_LOG_NAME
+        log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handler = logging.handlers.RotatingFileHandler(
+            log_path, maxBytes=DAEMON_LOG_BYTES, backupCount=DAEMON_LOG_BACKUPS
+        )
+        log_destination = str(log_path)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)

@@ -4,10 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-# A mount left over by an interrupted run would break the mount tests.
-{ grep -E ' fuse(\.[a-z0-9_]+)? ' /proc/mounts || true; } | awk '{print $2}' | while read -r leftover; do
-    fusermount3 -u -z "$leftover" 2>/dev/null || true
-done
+# Mounts an interrupted, finished run of the suite left (and only those: other FUSE mounts and
+# the mounts of test runs still going on stay mounted).
+.venv/bin/python scripts/clear_test_mounts.py
 echo "== ruff"; .venv/bin/ruff check ossmount tests scripts
 echo "== ruff format"; .venv/bin/ruff format --check ossmount tests scripts
 echo "== mypy"; .venv/bin/mypy

@@ -17,6 +17,8 @@ pass or remove those themselves.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +32,18 @@ TEST_AK = "test-ak"
 TEST_SK = "test-secret"
 TEST_BUCKET = "test-bucket"
 TEST_REGION = "cn-hangzhou"
+
+# Held (shared lock) in this run's pytest-N directory for the whole session, so that
+# scripts/clear_test_mounts.py (run by scripts/test.sh) knows this run's mounts are still in use.
+SUITE_LOCK_NAME = "ossmount-suite.lock"
+_suite_lock_fd: int | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _suite_lock_fd  # noqa: PLW0603 (one lock for the life of the process)
+    run_dir = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    _suite_lock_fd = os.open(run_dir / SUITE_LOCK_NAME, os.O_RDONLY | os.O_CREAT, 0o644)
+    fcntl.flock(_suite_lock_fd, fcntl.LOCK_SH)
 
 
 def server_config(root: Path, **overrides: object) -> ServerConfig:

@@ -59,7 +59,7 @@ from ossmount.fs.attrs import (
     native_symlink_path,
 )
 from ossmount.oss.client import OssClient
-from ossmount.oss.errors import NotFound, OssError
+from ossmount.oss.errors import NotFound, OssError, first_failure
 from ossmount.oss.model import ObjectInfo, ObjectSummary
 
 log = logging.getLogger(__name__)
@@ -259,14 +259,20 @@ class ListingCache:
         self._cache: LRUCache[str, DirListing] = LRUCache(
             maxsize=max(1, max_entries), getsizeof=lambda listing: len(listing) + 1
         )
+        # Lookups answered from the cache, and not (for `ossmount status`).
+        self.hits = 0
+        self.misses = 0
 
     def get(self, prefix: str) -> DirListing | None:
         listing = self._cache.get(prefix)
         if listing is None:
+            self.misses += 1
             return None
         if self._clock() - listing.taken_at >= self._ttl_s:
             self._cache.pop(prefix, None)
+            self.misses += 1
             return None
+        self.hits += 1
         return listing
 
     def put(self, listing: DirListing) -> None:
@@ -308,12 +314,17 @@ class StatCache:
         self._ttl_s = ttl_s
         self._clock = clock
         self._cache: LRUCache[str, _StatRecord] = LRUCache(maxsize=max(1, max_entries))
+        # Lookups answered from the cache, and not (for `ossmount status`).
+        self.hits = 0
+        self.misses = 0
 
     def get_fresh(self, key: str) -> Attributes | None:
         """Attributes fetched less than the TTL ago."""
         record = self._cache.get(key)
         if record is None or self._clock() - record.fetched_at >= self._ttl_s:
+            self.misses += 1
             return None
+        self.hits += 1
         return record.attrs
 
     def get_for_version(self, key: str, listed: Attributes) -> Attributes | None:
@@ -322,13 +333,16 @@ class StatCache:
         The version is its ETag, Last-Modified and (for regular files) size.
         """
         record = self._cache.get(key)
-        if record is None:
+        attrs = record.attrs if record is not None else None
+        if (
+            attrs is None
+            or attrs.etag != listed.etag
+            or attrs.last_modified != listed.last_modified
+            or (attrs.kind is Kind.FILE and attrs.size != listed.size)
+        ):
+            self.misses += 1
             return None
-        attrs = record.attrs
-        if attrs.etag != listed.etag or attrs.last_modified != listed.last_modified:
-            return None
-        if attrs.kind is Kind.FILE and attrs.size != listed.size:
-            return None
+        self.hits += 1
         return attrs
 
     def put(self, key: str, attrs: Attributes) -> None:
@@ -475,6 +489,13 @@ class Namespace:
         self._listing_flights: SingleFlight[DirSnapshot] = SingleFlight()
         self._probe_flights: SingleFlight[Attributes | None] = SingleFlight()
 
+    def cache_counters(self) -> dict[str, dict[str, int]]:
+        """Hits, misses and entries of the listing and stat caches (for `ossmount status`)."""
+        return {
+            name: {"hits": cache.hits, "misses": cache.misses, "entries": len(cache)}
+            for name, cache in (("listings", self._listings), ("stats", self._stats))
+        }
+
     def _head_client(self) -> OssClient:
         self._head_turn = (self._head_turn + 1) % len(self._head_clients)
         return self._head_clients[self._head_turn]
@@ -550,9 +571,10 @@ class Namespace:
             for position, entry in work:
                 results[position] = await self._exact_entry(prefix, entry)
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(min(self.options.head_concurrency, len(entries))):
-                nursery.start_soon(worker)
+        with first_failure():
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(self.options.head_concurrency, len(entries))):
+                    nursery.start_soon(worker)
         exact = [entry for entry in results if entry is not None]
         if self.disk_cache is not None:
             fresh = [
@@ -694,13 +716,14 @@ class Namespace:
             first_below.extend(page.prefixes)
 
         key_bytes = len(key.encode("utf-8", "surrogateescape"))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(head_file)
-            # (Keys longer than OSS allows cannot exist: a 1,023-byte name is no directory.)
-            if key_bytes + len(FOLDER_SUFFIX) <= KEY_MAX:
-                nursery.start_soon(head_folder_marker)
-            if key_bytes + 1 <= KEY_MAX:
-                nursery.start_soon(list_below)
+        with first_failure():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(head_file)
+                # (Keys longer than OSS allows cannot exist: a 1,023-byte name is no directory.)
+                if key_bytes + len(FOLDER_SUFFIX) <= KEY_MAX:
+                    nursery.start_soon(head_folder_marker)
+                if key_bytes + 1 <= KEY_MAX:
+                    nursery.start_soon(list_below)
 
         if first_below or folder_info is not None:
             if head_info is not None:

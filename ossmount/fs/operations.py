@@ -80,19 +80,23 @@ MAX_FILE_SIZE = MAX_PARTS * MAX_PART_SIZE
 DIRECTORY_TIMES_KEPT = 100_000
 
 
-def _fuse_error_for(operation: str, args: tuple[object, ...], exc: Exception) -> pyfuse3.FUSEError:
-    """The errno a failure of a handler reports: the one decision, for every handler."""
+def _fuse_error_for(
+    operation: str, args: tuple[object, ...], exc: Exception, target: str = ""
+) -> pyfuse3.FUSEError:
+    """The errno a failure of a handler reports: the one decision, for every handler.
+    ``target`` names the key(s) the request was about, for the log line of an EIO."""
     if isinstance(exc, pyfuse3.FUSEError):
         return exc
+    on = f" of {target!r}" if target else ""
     if isinstance(exc, OssError):
         log.debug("%s%r failed: %s", operation, args, exc)
         if exc.errno == errno.EIO:
-            log.warning("%s failed: %s", operation, exc)
+            log.warning("%s%s failed (EIO): %s", operation, on, exc)
         return pyfuse3.FUSEError(exc.errno)
     if isinstance(exc, OSError):
         # The write path's own failures carry their errno: ENOSPC (staging budget), EIO
         # (upload failed after retries, data kept staged), EBUSY.
-        log.warning("%s failed: %s", operation, exc)
+        log.warning("%s%s failed: %s", operation, on, exc)
         return pyfuse3.FUSEError(exc.errno or errno.EIO)
     log.error("internal error in %s%r", operation, args, exc_info=exc)
     return pyfuse3.FUSEError(errno.EIO)
@@ -112,7 +116,8 @@ def _errno_boundary(
             failures = group_failures(exc)
             first = failures[0] if failures else exc
             cause = first if isinstance(first, Exception) else exc
-            raise _fuse_error_for(handler.__name__, args, cause) from None
+            target = self.request_target(handler.__name__, args)
+            raise _fuse_error_for(handler.__name__, args, cause, target) from None
 
     wrapper.__name__ = handler.__name__
     wrapper.__qualname__ = handler.__qualname__
@@ -321,6 +326,31 @@ class OssFs(pyfuse3.Operations):
         inode.attrs_expire_at = self._clock() + self.options.stat_cache_ttl_s
         inode.stale = False
         return inode
+
+    # Handlers whose first argument is a file or directory handle, not an inode.
+    _HANDLE_OPERATIONS = frozenset(
+        {"read", "write", "flush", "fsync", "release", "readdir", "releasedir", "fsyncdir"}
+    )
+
+    def request_target(self, operation: str, args: tuple[object, ...]) -> str:
+        """The key a request is about (its first inode or handle, then a name if it has
+        one), for log lines; "" when unknown."""
+        if not args or not isinstance(args[0], int):
+            return ""
+        first = args[0]
+        inode: Inode | None
+        if operation in self._HANDLE_OPERATIONS:
+            handle = self._file_handles.get(first) or self._dir_handles.get(first)
+            inode = handle.inode if handle is not None else None
+        else:
+            inode = self.inodes.get(first)
+        if inode is None:
+            return ""
+        target = inode.key
+        if len(args) > 1 and isinstance(args[1], bytes):
+            name = os.fsdecode(args[1])
+            target = f"{target.rstrip('/')}/{name}" if target else name
+        return target
 
     # -- namespace -----------------------------------------------------------------------
 

@@ -331,6 +331,20 @@ class StagedFile:
         return self._handles
 
     @property
+    def upload_state(self) -> str:
+        """Where the data of a dirty file stands, for `ossmount status`: "failed, retrying"
+        (an upload failed, ``last_error`` says why, the background retries it), "uploading"
+        (a flush or close is sending it) or "staged" (written, not flushed yet)."""
+        if self.last_error is not None:
+            return "failed, retrying"
+        return "uploading" if self._state == STATE_FLUSHING else "staged"
+
+    @property
+    def retry_due_s(self) -> float | None:
+        """trio time of the next background retry of a failed upload (None: none planned)."""
+        return self._retry_due_s
+
+    @property
     def remote_crc64(self) -> int | None:
         """CRC-64 of the object at ``remote_etag`` when known (after an upload), else None."""
         return None if self._dirty else self._base_crc64

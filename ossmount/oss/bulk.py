@@ -68,6 +68,7 @@ import trio
 
 # The client's own parsers of a GET's headers: one decision, one place.
 from ossmount.oss.client import _object_info, _parse_content_range
+from ossmount.oss.counters import RequestCounters
 from ossmount.oss.crc64 import crc64
 from ossmount.oss.errors import (
     IntegrityError,
@@ -308,9 +309,15 @@ class BulkBody:
     object's) and, by iteration, the pieces in order, each ending at a multiple of the piece
     size in object offsets or at the end of the range."""
 
-    def __init__(self, receive: trio.MemoryReceiveChannel[_Event], info: ObjectInfo) -> None:
+    def __init__(
+        self,
+        receive: trio.MemoryReceiveChannel[_Event],
+        info: ObjectInfo,
+        counters: RequestCounters | None = None,
+    ) -> None:
         self._receive = receive
         self.info = info
+        self._counters = counters
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._pieces()
@@ -319,6 +326,8 @@ class BulkBody:
         while True:
             event = await self._receive.receive()
             if isinstance(event, bytes):
+                if self._counters is not None:
+                    self._counters.bytes_in += len(event)
                 yield event
             elif isinstance(event, _End):
                 return
@@ -371,9 +380,11 @@ class BulkGetter:
             request = self._client.signed_request("GET", bucket, key, headers)
             return await self._open(request, key, (start, end_inclusive), piece_size)
 
-        exchange, receive, info = await self._client.retry.call(attempt, what=f"GET {bucket}/{key}")
+        exchange, receive, info = await self._client.counted_call(
+            "GetObject", attempt, what=f"GET {bucket}/{key}"
+        )
         try:
-            yield BulkBody(receive, info)
+            yield BulkBody(receive, info, self._client.counters)
         finally:
             exchange.stop()
             receive.close()

@@ -24,7 +24,15 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from http.client import HTTPResponse
@@ -40,6 +48,7 @@ import httpx
 import trio
 
 from ossmount.oss import xml as oss_xml
+from ossmount.oss.counters import PROCESS_COUNTERS, RequestCounters, operation_name
 from ossmount.oss.crc64 import Crc64, crc64_combine
 from ossmount.oss.errors import (
     IntegrityError,
@@ -65,7 +74,7 @@ from ossmount.oss.model import (
     PutResult,
 )
 from ossmount.oss.network import proxy_for, tls_context
-from ossmount.oss.retry import RetryPolicy
+from ossmount.oss.retry import NO_RETRY, RetryPolicy
 from ossmount.oss.signer import (
     BUCKET_EXTENSION,
     KEY_EXTENSION,
@@ -397,6 +406,7 @@ class ObjectReader:
             try:
                 async for chunk in self._response.aiter_raw():
                     self._consumed += len(chunk)
+                    self._client.counters.bytes_in += len(chunk)
                     self._crc.update(chunk)
                     yield chunk
             except httpx.TransportError as exc:
@@ -475,10 +485,13 @@ class OssClient:
         timeout_s: float = 60,
         transport: httpx.AsyncBaseTransport | None = None,
         ca_file: str | Path | None = None,
+        counters: RequestCounters | None = None,
     ) -> None:
         """``transport`` replaces httpx's network transport (unit tests use httpx.MockTransport).
         ``ca_file``: the certificates to trust instead of the defaults (see
-        :mod:`ossmount.oss.network`, which also picks the proxy from the environment)."""
+        :mod:`ossmount.oss.network`, which also picks the proxy from the environment).
+        ``counters`` gets this client's traffic (default: :data:`PROCESS_COUNTERS`)."""
+        self.counters = counters if counters is not None else PROCESS_COUNTERS
         if "://" not in endpoint:
             endpoint = "https://" + endpoint
         url = httpx.URL(endpoint)
@@ -651,6 +664,7 @@ class OssClient:
             content = payload.content()
             if payload.length is not None:
                 all_headers["Content-Length"] = str(payload.length)
+                self.counters.bytes_out += payload.length
         request = self._build(method, bucket, key, params, all_headers, content)
         try:
             response = await self._http.send(request, stream=True)
@@ -659,11 +673,12 @@ class OssClient:
         try:
             if response.status_code >= 300:
                 body = b"" if method == "HEAD" else await response.aread()
+                self.counters.bytes_in += len(body)
                 raise error_from_response(  # noqa: TRY301 (the handlers below close the response)
                     response.status_code, _lower_headers(response), body, method=method
                 )
             if not stream:
-                await response.aread()
+                self.counters.bytes_in += len(await response.aread())
         except httpx.TransportError as exc:
             await response.aclose()
             raise connection_error(f"{method} {self._describe(bucket, key)}", exc) from exc
@@ -689,6 +704,7 @@ class OssClient:
         if payload is not None:
             all_headers["Content-Length"] = str(payload.length)
             body = payload.for_worker()
+            self.counters.bytes_out += payload.length or 0
         request = self._signed(self._build(method, bucket, key, params, all_headers, None))
         try:
             answer = await exchanges.exchange(request, body)
@@ -697,6 +713,7 @@ class OssClient:
         except OSError as exc:
             raise connection_error(f"{method} {self._describe(bucket, key)}", exc) from exc
         head = answer.head
+        self.counters.bytes_in += len(answer.body)
         if head.status >= 300:
             raise error_from_response(head.status, head.headers, answer.body, method=method)
         return httpx.Response(
@@ -737,9 +754,34 @@ class OssClient:
             return await self._attempt(method, bucket, key, params, headers, payload, stream)
 
         what = f"{method} {self._describe(bucket, key)}"
+        operation = operation_name(method, bucket, key, params, headers)
         if payload is not None and not payload.replayable:
-            return await attempt(), payload
-        return await self.retry.call(attempt, what=what), payload
+            return await self.counted_call(operation, attempt, what=what, policy=NO_RETRY), payload
+        return await self.counted_call(operation, attempt, what=what), payload
+
+    async def counted_call(
+        self,
+        operation: str,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        what: str,
+        policy: RetryPolicy | None = None,
+    ) -> T:
+        """``attempt()`` under the retry policy, counted: the one place requests, retries and
+        failures are counted (:attr:`counters`)."""
+        attempts = 0
+
+        async def counted() -> T:
+            nonlocal attempts
+            attempts += 1
+            self.counters.attempt(operation, attempts)
+            return await attempt()
+
+        try:
+            return await (policy or self.retry).call(counted, what=what)
+        except OssError as exc:
+            self.counters.failed(operation, exc.code or type(exc).__name__)
+            raise
 
     async def _xml(
         self,
@@ -827,7 +869,11 @@ class OssClient:
                 raise error_from_response(head.status, head.headers, b"", method="HEAD")
             return head.headers
 
-        return await self.retry.call(attempt, what=f"HEAD {self._describe(bucket, key)}")
+        return await self.counted_call(
+            operation_name("HEAD", bucket, key, params),
+            attempt,
+            what=f"HEAD {self._describe(bucket, key)}",
+        )
 
     async def head_object(self, bucket: str, key: str) -> ObjectInfo:
         return _object_info(key, await self._head(bucket, key))
@@ -959,7 +1005,7 @@ class OssClient:
             return await self._attempt("POST", bucket, key, params, all_headers, payload, False)
 
         try:
-            response = await self.retry.call(attempt, what=f"APPEND {key}")
+            response = await self.counted_call("AppendObject", attempt, what=f"APPEND {key}")
         except PositionNotEqualToLength:
             if attempts < 2:
                 raise
@@ -1276,7 +1322,9 @@ class OssClient:
             return await self._attempt("POST", bucket, key, params, all_headers, payload, False)
 
         try:
-            response = await self.retry.call(attempt, what=f"CompleteMultipartUpload {key}")
+            response = await self.counted_call(
+                "CompleteMultipartUpload", attempt, what=f"CompleteMultipartUpload {key}"
+            )
         except NoSuchUpload:
             if attempts < 2 or combined is None:
                 raise

@@ -108,3 +108,31 @@ def test_block_size_floor(tmp_path: Path) -> None:
 def test_direct_io_is_off_unless_asked(tmp_path: Path) -> None:
     assert build_config("b", tmp_path, options=[]).direct_io is False
     assert build_config("b", tmp_path, options=["direct_io"]).direct_io is True
+
+
+def test_nonempty_and_metrics_addr_options() -> None:
+    assert parse_options(["nonempty"]) == {"nonempty": True}
+    assert parse_options(["metrics_addr=127.0.0.1:9100"]) == {"metrics_addr": "127.0.0.1:9100"}
+    assert parse_options(["metrics_addr=[::1]:0"]) == {"metrics_addr": "::1:0"}
+    assert parse_options(["metrics_addr=9100"]) == {"metrics_addr": "127.0.0.1:9100"}
+    for bad in ("metrics_addr=host", "metrics_addr=host:", "metrics_addr=h:70000"):
+        with pytest.raises(ConfigError, match="expected HOST:PORT"):
+            parse_options([bad])
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("oss-cn-hangzhou.aliyuncs.com", "https://oss-cn-hangzhou.aliyuncs.com"),
+        ("http://127.0.0.1:9000/", "http://127.0.0.1:9000"),
+        ("https://oss-cn-beijing.aliyuncs.com", "https://oss-cn-beijing.aliyuncs.com"),
+    ],
+)
+def test_good_endpoints(given: str, kept: str) -> None:
+    assert parse_options([f"url={given}"]) == {"endpoint": kept}
+
+
+@pytest.mark.parametrize("bad", ["http://", "ftp://host", "http://h:99999", "http://h/x", "a b"])
+def test_bad_endpoint_is_named_with_a_good_example(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"bad endpoint .*https://oss-cn-hangzhou\.aliyuncs\.com"):
+        parse_options([f"url={bad}"])

@@ -25,6 +25,8 @@ def test_demo_mounts_sample_bucket_until_ctrl_c(tmp_path: Path) -> None:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OSS_")}
+    cache_home = tmp_path / "xdg-cache"
+    env["XDG_CACHE_HOME"] = str(cache_home)
     process = subprocess.Popen(
         ossmount_command("demo", str(mountpoint), "--data-dir", str(tmp_path / "data")),
         stdout=subprocess.PIPE,
@@ -63,6 +65,9 @@ def test_demo_mounts_sample_bucket_until_ctrl_c(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
         assert not is_mounted(mountpoint)
+        # Nothing is left in the user's cache after a clean exit (the state directory went
+        # with the demo's data directory).
+        assert not (cache_home / "ossmount").exists(), list(cache_home.rglob("*"))
     finally:
         if process.poll() is None:
             process.kill()

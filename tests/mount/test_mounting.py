@@ -280,7 +280,10 @@ def test_anonymous_on_private_bucket(oss_server: Any, mountpoint: Path, tmp_path
     env = {k: v for k, v in ossmount_env().items() if not k.startswith("OSS_")}
     env["HOME"] = str(tmp_path)  # no ~/.passwd-ossfs: anonymous access
     line = one_line_error(mount_daemon(oss_server.endpoint, mountpoint, env=env))
-    assert line.startswith(f"ossmount: access denied to bucket {TEST_BUCKET}"), line
+    # First that no key was found and where ossmount looked, then what the anonymous request got.
+    assert line.startswith("ossmount: no credentials found (looked in: OSS_ACCESS_KEY_ID/"), line
+    assert f"{tmp_path}/.passwd-ossfs, /etc/passwd-ossfs)" in line, line
+    assert f"the anonymous request got: access denied to bucket {TEST_BUCKET}" in line, line
 
 
 def test_passwd_file_readable_by_others_is_refused(
@@ -362,3 +365,67 @@ def test_https_to_the_http_port_says_so(oss_server: Any, mountpoint: Path) -> No
         "(wrong version number): use an http:// endpoint, or the server's https port"
     ), line
     assert not is_mounted(mountpoint)
+
+
+@pytest.mark.parametrize("endpoint", ["notaurl", "http://", "ftp://host", "http://h:99999"])
+def test_bad_endpoint_is_one_line_naming_it(endpoint: str, mountpoint: Path) -> None:
+    # (No --region: "notaurl" names none, which is how the client met it first.)
+    command = ossmount_command("mount", TEST_BUCKET, str(mountpoint), "--endpoint", endpoint)
+    result = subprocess.run(
+        command, env=ossmount_env(), capture_output=True, text=True, timeout=90, check=False
+    )
+    line = one_line_error(result)
+    assert "endpoint" in line, line
+    assert endpoint.rsplit("://", maxsplit=1)[-1] in line, line
+    assert "https://oss-cn-hangzhou.aliyuncs.com" in line, line
+    assert "ValueError" not in line, line
+
+
+def test_version_option_and_first_log_line(
+    oss_server: Any, mountpoint: Path, tmp_path: Path
+) -> None:
+    from ossmount import __version__  # noqa: PLC0415
+
+    result = subprocess.run(
+        ossmount_command("--version"), capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"ossmount {__version__}"
+    log = tmp_path / "mount.log"
+    state = f"state_dir={tmp_path / 'state'}"
+    result = mount_daemon(oss_server.endpoint, mountpoint, "--log-file", str(log), "-o", state)
+    assert result.returncode == 0, result.stderr
+    first = log.read_text().splitlines()[0]
+    assert f"ossmount {__version__}" in first, first
+
+
+def test_process_title_names_bucket_prefix_and_mountpoint(
+    oss_server: Any, mountpoint: Path, tmp_path: Path
+) -> None:
+    state = f"state_dir={tmp_path / 'state'}"
+    assert mount_daemon(oss_server.endpoint, mountpoint, "-o", state).returncode == 0
+    titles = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            titles.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip())
+        except OSError:
+            continue
+    expected = f"ossmount {TEST_BUCKET} {mountpoint}".encode()
+    assert expected in titles, [t for t in titles if b"ossmount" in t]
+
+
+def test_nonempty_mountpoint_is_refused_unless_nonempty(
+    oss_server: Any, mountpoint: Path, tmp_path: Path
+) -> None:
+    (mountpoint / "precious.txt").write_text("keep me visible")
+    line = one_line_error(mount_daemon(oss_server.endpoint, mountpoint))
+    assert line == (
+        f"ossmount: mountpoint {mountpoint} is not empty: the mount would hide its files "
+        "(-o nonempty mounts over them)"
+    )
+    assert not is_mounted(mountpoint)
+    state = f"state_dir={tmp_path / 'state'}"
+    result = mount_daemon(oss_server.endpoint, mountpoint, "-o", "nonempty", "-o", state)
+    assert result.returncode == 0, result.stderr
+    assert is_mounted(mountpoint)
+    assert not (mountpoint / "precious.txt").exists()
