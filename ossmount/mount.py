@@ -100,15 +100,16 @@ def _is_mountpoint(path: Path) -> bool:
             target = os.fsencode(str(path))
             for line in mounts:
                 fields = line.split()
-                if len(fields) > 4 and _unescape_mount_path(fields[4]) == target:
+                if len(fields) > 4 and unescape_mount_path(fields[4]) == target:
                     return True
     except OSError:
         return os.path.ismount(path)
     return False
 
 
-def _unescape_mount_path(field: str) -> bytes:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+def unescape_mount_path(field: str) -> bytes:
+    """A path field of /proc/self/mountinfo, which escapes space, tab, newline and backslash
+    as \\ooo, as the bytes it stands for."""
     raw = field.encode()
     out = bytearray()
     index = 0

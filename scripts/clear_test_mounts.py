@@ -28,6 +28,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ossmount.mount import unescape_mount_path
+
 # tests/conftest.py locks this file (the same name there) for the whole session.
 SUITE_LOCK_NAME = "ossmount-suite.lock"
 OSSMOUNT_FSTYPE = "fuse.ossmount"
@@ -52,18 +54,7 @@ def pytest_temp_root() -> Path:
 
 
 def _unescape(field: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
-    raw = field.encode()
-    out = bytearray()
-    index = 0
-    while index < len(raw):
-        if raw[index] == 0x5C and index + 4 <= len(raw):
-            out.append(int(raw[index + 1 : index + 4], 8))
-            index += 4
-        else:
-            out.append(raw[index])
-            index += 1
-    return os.fsdecode(bytes(out))
+    return os.fsdecode(unescape_mount_path(field))
 
 
 def parse_mountinfo(text: str) -> list[FuseMount]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import oss2
 import pytest
 
 from tests.conftest import SCHEMES, TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
@@ -198,3 +199,11 @@ def mount_ossmount(oss_server: Any, tmp_path: Path) -> Iterator[MountFactory]:
 def mounted(mount_ossmount: MountFactory) -> Mounted:
     """TEST_BUCKET mounted in the foreground with default options."""
     return mount_ossmount()
+
+
+def object_bytes(bucket: oss2.Bucket, key: str) -> bytes | None:
+    """The object's bytes read through oss2 (an independent client), or None when it is gone."""
+    try:
+        return bytes(bucket.get_object(key).read())
+    except oss2.exceptions.NoSuchKey:
+        return None

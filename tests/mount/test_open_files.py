@@ -16,16 +16,9 @@ import oss2
 import pytest
 
 from ossmount.fs.journal import MODE_LOCAL, STATE_FLUSHING, Journal
-from tests.mount.conftest import Mounted, MountFactory
+from tests.mount.conftest import Mounted, MountFactory, object_bytes
 
 MiB = 1024 * 1024
-
-
-def object_bytes(bucket: oss2.Bucket, key: str) -> bytes | None:
-    try:
-        return bytes(bucket.get_object(key).read())
-    except oss2.exceptions.NoSuchKey:
-        return None
 
 
 def test_rename_onto_a_file_open_for_writing_keeps_the_renamed_data(

@@ -16,16 +16,9 @@ import oss2
 import pytest
 
 from ossmount.server import RunningServer
-from tests.mount.conftest import Mounted, MountFactory
+from tests.mount.conftest import Mounted, MountFactory, object_bytes
 
 MiB = 1024 * 1024
-
-
-def object_bytes(bucket: oss2.Bucket, key: str) -> bytes | None:
-    try:
-        return bytes(bucket.get_object(key).read())
-    except oss2.exceptions.NoSuchKey:
-        return None
 
 
 def test_read_your_writes_before_close(mounted: Mounted, oss2_bucket: oss2.Bucket) -> None:
