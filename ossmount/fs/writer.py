@@ -62,8 +62,10 @@ their errno: ENOSPC, EIO, EBUSY):
 - truncate / chmod / chown / utimens: ``staged.truncate(size)`` / ``staged.set_metadata(...)``
   on the open StagedFile, or on one opened for the call and flushed and released at once
   (metadata alone is a CopyObject onto itself).
-- unlink: ``staging.unlink(key)`` before deleting the object. rename: ``rename_file`` /
-  ``rename_directory`` (journalled; they flush staged data first and move the staged state).
+- unlink: if the file is open, ``staged.make_private()`` first; then the DeleteObject inside
+  ``async with staging.removing(key)``. rename: ``rename_file`` / ``rename_directory``
+  (journalled; they flush staged data first, detach a replaced target through ``removing`` and
+  move the staged state).
 """
 
 from __future__ import annotations
@@ -514,14 +516,9 @@ class StagedFile:
                 self.key,
             )
 
-    async def detach(self) -> None:
-        """The file is being unlinked while open: keep a full local copy so that open handles
-        keep working, never upload it again, and drop it at the last release."""
-        async with self._lock:
-            await self._make_private_locked()
-            await self._detach_locked()
-
     async def _detach_locked(self) -> None:
+        """The file leaves its key for good (unlinked, or replaced by a rename): never uploaded
+        again; open handles go on with its local copy; dropped at the last release."""
         self._unlinked = True
         self._dirty = False
         self._retry_due_s = None

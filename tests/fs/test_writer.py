@@ -475,7 +475,10 @@ async def test_uploaded_parts_stay_on_disk_while_the_budget_has_room(
         assert await _in_thread(_get, oss2_bucket, "kept.bin") == bytes(data)
         await staged.write(7 * PART, b"again")
         data[7 * PART : 7 * PART + 5] = b"again"
-        await staged.detach()  # what an unlink while open does
+        # What an unlink while open does:
+        await staged.make_private()
+        async with staging.removing("kept.bin"):
+            await client.delete_object(TEST_BUCKET, "kept.bin")
         assert await staged.read(0, len(data)) == bytes(data)
         await staged.release()
     assert _staging_bytes(tmp_path / "state") == 0
@@ -489,8 +492,10 @@ async def test_unlink_while_open_keeps_working_and_uploads_nothing(
         staged = await staging.open(
             "gone", await client.head_object(TEST_BUCKET, "gone"), truncate=False
         )
-        await staged.detach()
-        await client.delete_object(TEST_BUCKET, "gone")  # what unlink does next
+        # What an unlink while open does:
+        await staged.make_private()
+        async with staging.removing("gone"):
+            await client.delete_object(TEST_BUCKET, "gone")
         await staged.write(10, b"ab")
         assert await staged.read(0, 100) == b"0123456789ab"
         await staged.flush()
