@@ -39,10 +39,10 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 from cachetools import LRUCache, TTLCache
@@ -248,6 +248,13 @@ def build_entries(
     return [merged[name] for name in sorted(merged)]
 
 
+def _drop_keys_under(cache: MutableMapping[str, Any], prefix: str) -> None:
+    """Remove every key of ``cache`` that starts with ``prefix`` (a scan: for directory renames,
+    which copy every object anyway)."""
+    for key in [key for key in cache if key.startswith(prefix)]:
+        cache.pop(key, None)
+
+
 class ListingCache:
     """Recent directory listings, bounded by their total number of entries, with a TTL."""
 
@@ -292,8 +299,7 @@ class ListingCache:
 
     def invalidate_under(self, prefix: str) -> None:
         """Drop the listings of ``prefix`` and of every directory below it."""
-        for key in [key for key in self._cache if key.startswith(prefix)]:
-            self._cache.pop(key, None)
+        _drop_keys_under(self._cache, prefix)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -352,8 +358,7 @@ class StatCache:
         self._cache.pop(key, None)
 
     def invalidate_under(self, prefix: str) -> None:
-        for key in [key for key in self._cache if key.startswith(prefix)]:
-            self._cache.pop(key, None)
+        _drop_keys_under(self._cache, prefix)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -380,8 +385,7 @@ class NegativeCache:
 
     def discard_under(self, prefix: str) -> None:
         if self._cache is not None:
-            for key in [key for key in self._cache if key.startswith(prefix)]:
-                self._cache.pop(key, None)
+            _drop_keys_under(self._cache, prefix)
 
 
 class DiskMetadataCache:
