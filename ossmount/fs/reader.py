@@ -268,6 +268,14 @@ class ReadCache:
             )
         return FileReader(self, source, key=key, size=size, etag=etag, crc64=crc64)
 
+    def offer_object(self, key: str, etag: str, data: bytes) -> None:
+        """Keep the whole body of version ``etag`` of ``key``, fetched by someone else (a small
+        object read with GET where a HEAD was asked for), so that reads of it need no request."""
+        for index in range(max(1, math.ceil(len(data) / self.block_size))):
+            block = data[index * self.block_size : (index + 1) * self.block_size]
+            if self._is_missing((key, etag, index)) and len(block) <= self._blocks.maxsize:
+                self._blocks[(key, etag, index)] = block
+
     def invalidate(self, key: str, etag: str | None = None) -> None:
         """Drop the cached blocks of ``key`` (of one version only, if ``etag`` is given)."""
         stale = [b for b in self._blocks if b[0] == key and (etag is None or b[1] == etag)]
