@@ -112,6 +112,11 @@ class MountConfig:
     block_size: int = 1 * MiB
     read_cache_bytes: int = 64 * MiB
     max_inflight_reads: int = 8
+    # The persistent data cache (fs/datacache.py): off unless a directory is given; its bound
+    # in bytes; del_cache empties it at mount.
+    use_cache: Path | None = None
+    cache_size: int = 10 * 1024 * MiB
+    del_cache: bool = False
 
     # Operability: mount over a non-empty directory (hiding its files); serve Prometheus
     # metrics at "HOST:PORT" (None: no metrics endpoint).
@@ -182,6 +187,7 @@ _BOOL_OPTIONS = {
     "debug": "debug",
     "foreground": "foreground",
     "nonempty": "nonempty",
+    "del_cache": "del_cache",
 }
 
 _TIMEOUT_OPTIONS = {
@@ -214,6 +220,7 @@ _INT_OPTIONS = {
     "part_size": "part_size",
     "multipart_threshold": "multipart_threshold",
     "upload_concurrency": "upload_concurrency",
+    "cache_size": "cache_size",
 }
 
 _OCTAL_OPTIONS = {
@@ -239,7 +246,12 @@ _PATH_OPTIONS = {
     "cache_dir": "cache_dir",
     "state_dir": "state_dir",
     "ssl_ca_file": "ssl_ca_file",
+    "use_cache": "use_cache",
 }
+
+
+# A bare `use_cache`: the data cache goes to `cache_dir`/data (resolved in build_config).
+_USE_CACHE_UNDER_CACHE_DIR = Path("\0cache_dir")
 
 
 def split_option_list(value: str) -> list[str]:
@@ -302,6 +314,8 @@ def parse_options(options: list[str]) -> dict[str, Any]:
             continue
         if name == "rw" and not has_value:
             fields["read_only"] = False
+        elif name == "use_cache" and not has_value:
+            fields["use_cache"] = _USE_CACHE_UNDER_CACHE_DIR
         elif name in _BOOL_OPTIONS and not has_value:
             fields[_BOOL_OPTIONS[name]] = True
         elif name in _BOOL_OPTIONS and value.lower() in ("true", "1", "yes", "false", "0", "no"):
@@ -408,6 +422,10 @@ def build_config(
     config = MountConfig(
         bucket=bucket, prefix=prefix, mountpoint=Path(mountpoint).expanduser().resolve(), **fields
     )
+    if config.use_cache == _USE_CACHE_UNDER_CACHE_DIR:
+        config = dataclasses.replace(config, use_cache=config.cache_dir / "data")
+    if config.use_cache is not None:
+        config = dataclasses.replace(config, use_cache=config.use_cache.absolute())
     _validate(config)
     return config
 
@@ -419,6 +437,8 @@ def _validate(config: MountConfig) -> None:
         raise ConfigError("head_concurrency and max_connections must be at least 1")
     if config.read_cache_bytes < config.block_size:
         raise ConfigError("read_cache_bytes must hold at least one block")
+    if config.use_cache is not None and config.cache_size < config.block_size:
+        raise ConfigError("cache_size must hold at least one block")
     if not 100 * 1024 <= config.part_size <= 5 * 1024 * MiB:
         raise ConfigError("part_size must be between 100 KiB and 5 GiB (OSS part limits)")
     if config.upload_concurrency < 1:

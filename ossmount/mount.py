@@ -55,6 +55,7 @@ from ossmount.config import (
 )
 from ossmount.credentials import CredentialsError, places_searched, resolve_credentials
 from ossmount.fs.attrs import AttrDefaults, directory_attributes
+from ossmount.fs.datacache import DataCache, DataCacheError, cache_namespace
 from ossmount.fs.dircache import DiskMetadataCache, Namespace, NamespaceOptions
 from ossmount.fs.inodes import Inode, InodeTable
 from ossmount.fs.operations import FsOptions, OssFs
@@ -328,6 +329,7 @@ def build_filesystem(
     head_clients: Sequence[OssClient] = (),
     disk_cache: DiskMetadataCache | None = None,
     staging: WriteStaging | None = None,
+    data_cache: DataCache | None = None,
 ) -> tuple[OssFs, ReadCache]:
     """Wire the namespace, inode table and block cache of one mount (and its write path,
     ``staging``, unless the mount is read-only)."""
@@ -371,6 +373,7 @@ def build_filesystem(
         cache_bytes=config.read_cache_bytes,
         max_inflight=config.max_inflight_reads,
         nursery=nursery,
+        data_cache=data_cache,
     )
     fs = OssFs(
         namespace,
@@ -452,10 +455,12 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
     await preflight(config, endpoint, credentials)
     mount_failure: str | None = None
     disk_cache = open_disk_cache(config, endpoint)
+    data_cache = open_data_cache(config, endpoint)
     # Signals are caught from before the mount exists, so none can kill it half-way.
     with (
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals,
         contextlib.closing(disk_cache) if disk_cache is not None else contextlib.nullcontext(),
+        contextlib.closing(data_cache) if data_cache is not None else contextlib.nullcontext(),
     ):
         async with open_clients(config, endpoint, credentials) as (client, head_clients):
             # Loads the journal: keys with uploads pending read as their staged data at once.
@@ -466,7 +471,13 @@ async def serve(config: MountConfig, on_ready: Callable[[str | None], None]) -> 
                         await nursery.start(staging.run)
                         nursery.start_soon(staging.recover)
                     fs, _ = build_filesystem(
-                        config, client, nursery, head_clients, disk_cache, staging=staging
+                        config,
+                        client,
+                        nursery,
+                        head_clients,
+                        disk_cache,
+                        staging=staging,
+                        data_cache=data_cache,
                     )
                     await start_status(config, endpoint, fs, staging, nursery)
                     try:
@@ -568,6 +579,22 @@ def open_disk_cache(config: MountConfig, endpoint: str) -> DiskMetadataCache | N
         raise MountError(f"metadata cache in {config.cache_dir}: {exc}") from None
 
 
+def open_data_cache(config: MountConfig, endpoint: str) -> DataCache | None:
+    """The persistent data cache of this endpoint, bucket and prefix (``use_cache``), if on."""
+    if config.use_cache is None:
+        return None
+    root = config.use_cache / cache_namespace(endpoint, config.bucket, config.prefix)
+    try:
+        return DataCache(
+            root,
+            capacity=config.cache_size,
+            block_size=config.block_size,
+            clear=config.del_cache,
+        )
+    except DataCacheError as exc:
+        raise MountError(str(exc.strerror or exc)) from None
+
+
 async def _stop_on_signals(signals: AsyncIterator[int]) -> None:
     async for signum in signals:
         log.info("signal %d: unmounting", signum)
@@ -648,7 +675,7 @@ def config_to_json(config: MountConfig) -> str:
 
 def config_from_json(text: str) -> MountConfig:
     raw: dict[str, Any] = json.loads(text)
-    for name in ("mountpoint", "passwd_file", "log_file", "cache_dir", "state_dir"):
+    for name in ("mountpoint", "passwd_file", "log_file", "cache_dir", "state_dir", "use_cache"):
         if raw.get(name) is not None:
             raw[name] = Path(raw[name])
     return MountConfig(**raw)

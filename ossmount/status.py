@@ -93,10 +93,30 @@ class MountStatus:
             "caches": {
                 "blocks": {"hits": read_stats.cache_hits, "misses": read_stats.cache_misses},
                 **self.namespace.cache_counters(),
+                **self._data_cache_state(),
             },
             **self._write_state(),
             "inodes": len(self.inodes),
             "memory": _memory(),
+        }
+
+    def _data_cache_state(self) -> dict[str, Any]:
+        cache = self.read_cache.data_cache
+        if cache is None:
+            return {}
+        stats = cache.stats
+        return {
+            "data": {
+                "hits": stats.hits,
+                "misses": stats.misses,
+                "directory": str(cache.root),
+                "cached_bytes": cache.cached_bytes,
+                "capacity_bytes": cache.capacity,
+                "bytes_read": stats.bytes_read,
+                "bytes_stored": stats.bytes_stored,
+                "bytes_evicted": stats.bytes_evicted,
+                "corrupt_chunks": stats.corrupt_chunks,
+            }
         }
 
     def _write_state(self) -> dict[str, Any]:

@@ -66,7 +66,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -74,6 +74,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 from cachetools import Cache, LRUCache
 
+from ossmount.fs.datacache import CachedObject, DataCache, chunk_size_for
 from ossmount.oss.bulk import BulkBody, BulkGetter
 from ossmount.oss.crc64 import crc64
 from ossmount.oss.errors import (
@@ -102,6 +103,7 @@ _MAX_CHECK_AHEAD_BYTES = 16 * 1024 * 1024
 _MAX_CHECK_AHEAD_PIECES = 256
 
 BlockId = tuple[str, str, int]  # (key, etag, block index)
+ChunkId = tuple[str, str, int]  # (key, etag, chunk index): what a random reader fetched
 
 
 class RangeSource(Protocol):
@@ -218,6 +220,7 @@ class ReadCache:
         max_prefetch_bytes: int = DEFAULT_MAX_PREFETCH_BYTES,
         resume_attempts: int = DEFAULT_RESUME_ATTEMPTS,
         threaded_gets: bool = True,
+        data_cache: DataCache | None = None,
     ) -> None:
         if block_size <= 0:
             raise ValueError("block_size must be positive")
@@ -244,6 +247,14 @@ class ReadCache:
             maxsize=max(cache_bytes, 1), getsizeof=len
         )
         self._pending: dict[BlockId, _PendingBlock] = {}
+        # Random readers fetch chunks, not blocks (see Random reads); kept apart, in an eighth
+        # of the block cache's bytes.
+        self.chunk_size = chunk_size_for(block_size)
+        self._chunks: LRUCache[ChunkId, bytes] = LRUCache(
+            maxsize=max(cache_bytes // 8, self.chunk_size), getsizeof=len
+        )
+        self._pending_chunks: dict[ChunkId, _PendingBlock] = {}
+        self.data_cache = data_cache
 
     def open(
         self,
@@ -254,7 +265,11 @@ class ReadCache:
         *,
         source: RangeSource | None = None,
     ) -> FileReader:
-        """A reader for one open handle of version ``etag`` of ``key`` (``size`` bytes)."""
+        """A reader for one open handle of version ``etag`` of ``key`` (``size`` bytes).
+
+        The data cache, when the mount has one, is used only for the object's own bytes (no
+        ``source`` given): another source's bytes are not the object's."""
+        disk: CachedObject | None = None
         if source is None:
             if self._client is None:
                 raise ValueError("ReadCache without a client needs an explicit source")
@@ -266,7 +281,9 @@ class ReadCache:
                 bulk=self._bulk,
                 piece_size=self.block_size,
             )
-        return FileReader(self, source, key=key, size=size, etag=etag, crc64=crc64)
+            if self.data_cache is not None:
+                disk = self.data_cache.open_object(key, etag, size)
+        return FileReader(self, source, key=key, size=size, etag=etag, crc64=crc64, disk=disk)
 
     def offer_object(self, key: str, etag: str, data: bytes) -> None:
         """Keep the whole body of version ``etag`` of ``key``, fetched by someone else (a small
@@ -275,12 +292,22 @@ class ReadCache:
             block = data[index * self.block_size : (index + 1) * self.block_size]
             if self._is_missing((key, etag, index)) and len(block) <= self._blocks.maxsize:
                 self._blocks[(key, etag, index)] = block
+        if self.data_cache is not None and data:
+            disk = self.data_cache.open_object(key, etag, len(data))
+            try:
+                disk.store(0, data)
+            finally:
+                self.data_cache.release(disk)
 
     def invalidate(self, key: str, etag: str | None = None) -> None:
         """Drop the cached blocks of ``key`` (of one version only, if ``etag`` is given)."""
         stale = [b for b in self._blocks if b[0] == key and (etag is None or b[1] == etag)]
         for block_id in stale:
             self._blocks.pop(block_id, None)
+        for chunk_id in [c for c in self._chunks if c[0] == key and (etag is None or c[1] == etag)]:
+            self._chunks.pop(chunk_id, None)
+        if self.data_cache is not None:
+            self.data_cache.discard(key, etag)
 
     @property
     def cached_bytes(self) -> int:
@@ -308,6 +335,10 @@ class ReadCache:
 
     def _is_missing(self, block_id: BlockId) -> bool:
         return block_id not in self._blocks and block_id not in self._pending
+
+    def _keep(self, block_id: BlockId, data: bytes) -> None:
+        if len(data) <= self._blocks.maxsize:
+            self._blocks[block_id] = data
 
     def _settle(
         self,
@@ -391,9 +422,11 @@ class FileReader:
         size: int,
         etag: str,
         crc64: int | None,
+        disk: CachedObject | None = None,
     ) -> None:
         self._cache = cache
         self._source = source
+        self._disk = disk  # this version's bytes in the data cache
         self.key = key
         self.size = size
         self.etag = etag
@@ -435,9 +468,30 @@ class FileReader:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
+        self._note_access(offset, end)
+        if self._window_blocks == 0:
+            data = await self._read_chunks(offset, end)
+        else:
+            data = await self._read_blocks(offset, end)
+        if self._check.add(offset, data):
+            self._verify_whole_file()
+        return data
+
+    async def close(self) -> None:
+        """Cancel this handle's fetches and wait for them to stop."""
+        if self._closed:
+            return
+        self._closed = True
+        for scope in list(self._task_scopes):
+            scope.cancel()
+        await self._tasks_done.wait()
+        if self._disk is not None and self._cache.data_cache is not None:
+            self._cache.data_cache.release(self._disk)
+
+    async def _read_blocks(self, offset: int, end: int) -> bytes:
+        """A sequential read: whole blocks, the prefetch window's GETs started."""
         first_block = offset // self._block_size
         last_block = (end - 1) // self._block_size
-        self._note_access(offset, end)
         self._schedule(first_block, last_block)
         pieces: list[bytes | memoryview] = []
         for index in range(first_block, last_block + 1):
@@ -451,17 +505,44 @@ class FileReader:
                 pieces.append(memoryview(block)[lo:hi])
         # An aligned whole block goes out as it is: no copy.
         only = pieces[0]
-        data = only if len(pieces) == 1 and isinstance(only, bytes) else b"".join(pieces)
-        if self._check.add(offset, data):
-            self._verify_whole_file()
-        return data
+        return only if len(pieces) == 1 and isinstance(only, bytes) else b"".join(pieces)
 
-    async def close(self) -> None:
-        """Cancel this handle's fetches and wait for them to stop."""
-        self._closed = True
-        for scope in list(self._task_scopes):
-            scope.cancel()
-        await self._tasks_done.wait()
+    async def _read_chunks(self, offset: int, end: int) -> bytes:
+        """A random read: only the chunks it touches, each from a cached block, the chunk
+        cache or the data cache, and the missing ones with one GET per run of them."""
+        chunk_size = self._cache.chunk_size
+        first = offset // chunk_size
+        last = (end - 1) // chunk_size
+        pieces: dict[int, bytes] = {}
+        while len(pieces) < last - first + 1:
+            missing: list[int] = []
+            others: dict[int, _PendingBlock] = {}  # fetched by another reader
+            for chunk in range(first, last + 1):
+                if chunk in pieces:
+                    continue
+                data = self._cached_chunk(chunk)
+                pending = self._cache._pending_chunks.get((self.key, self.etag, chunk))
+                if data is not None:
+                    pieces[chunk] = data
+                elif pending is not None:
+                    others[chunk] = pending
+                else:
+                    missing.append(chunk)
+            run: list[int] = []
+            for chunk in [*missing, -1]:
+                if run and chunk != run[-1] + 1:
+                    await self._fetch_chunks(run[0], run[-1], pieces)
+                    run = []
+                run.append(chunk)
+            for chunk, pending in others.items():
+                await pending.done.wait()
+                if pending.error is not None:
+                    raise pending.error
+                if pending.data is not None:
+                    pieces[chunk] = pending.data
+                # Abandoned: the next round fetches it.
+        joined = b"".join(pieces[chunk] for chunk in range(first, last + 1))
+        return joined[offset - first * chunk_size : end - first * chunk_size]
 
     # -- access pattern --------------------------------------------------------------------
 
@@ -486,14 +567,14 @@ class FileReader:
     def _schedule(self, first_block: int, last_block: int) -> None:
         """Start GETs for the missing blocks of this read and for the prefetch window."""
         cache = self._cache
-        wanted = [i for i in range(first_block, last_block + 1) if cache._is_missing(self._id(i))]
+        wanted = [i for i in range(first_block, last_block + 1) if self._is_missing(i)]
         if self._window_blocks:
             stream_block = (self._stream_end - 1) // self._block_size
             target = min(stream_block + 1 + self._window_blocks, self._block_count)
             start = max(self._frontier, last_block + 1)
             step = max(1, min(cache.part_blocks, self._window_blocks // 2))
             if target > start and (wanted or target - start >= step or target == self._block_count):
-                wanted.extend(i for i in range(start, target) if cache._is_missing(self._id(i)))
+                wanted.extend(i for i in range(start, target) if self._is_missing(i))
                 self._frontier = target
         run: list[int] = []
         for index in wanted:
@@ -509,11 +590,83 @@ class FileReader:
     def _id(self, index: int) -> BlockId:
         return (self.key, self.etag, index)
 
+    def _is_missing(self, index: int) -> bool:
+        """Whether block ``index`` is neither cached (in memory or on disk) nor being fetched."""
+        if not self._cache._is_missing(self._id(index)):
+            return False
+        return self._disk is None or not self._disk.has_block(index, self._block_size)
+
+    def _from_disk(self, start: int, end: int) -> bytes | None:
+        if self._disk is None:
+            return None
+        return self._disk.read(start, end)
+
+    def _cached_chunk(self, chunk: int) -> bytes | None:
+        """Chunk ``chunk`` of the object if some cache holds it (without a request)."""
+        chunk_size = self._cache.chunk_size
+        start = chunk * chunk_size
+        stop = min(start + chunk_size, self.size)
+        index = start // self._block_size
+        block = self._cache._lookup(self._id(index))
+        if block is not None:
+            base = index * self._block_size
+            return block[start - base : stop - base]
+        chunk_id = (self.key, self.etag, chunk)
+        data = self._cache._chunks.get(chunk_id)
+        if data is None:
+            data = self._from_disk(start, stop)
+            if data is not None:
+                self._cache._chunks[chunk_id] = data
+        return data
+
+    async def _fetch_chunks(self, first: int, last: int, pieces: dict[int, bytes]) -> None:
+        """GET chunks ``first..last`` (a random read's missing run) into ``pieces``, the chunk
+        cache and the data cache."""
+        cache = self._cache
+        chunk_size = cache.chunk_size
+        start = first * chunk_size
+        stop = min((last + 1) * chunk_size, self.size)
+        ids = [(self.key, self.etag, chunk) for chunk in range(first, last + 1)]
+        pendings = [_PendingBlock() for _ in ids]
+        cache._pending_chunks.update(zip(ids, pendings, strict=True))
+        received: list[bytes | memoryview] = []
+        error: BaseException | None = None
+        try:
+            async with cache.limiter:
+                await self._receive(start, stop, received.append)
+        except PreconditionFailed as exc:
+            self._failure = error = exc
+            log.info("%s changed since it was opened (etag %s): %s", self.key, self.etag, exc)
+            raise
+        except OssError as exc:
+            error = exc
+            raise
+        finally:
+            data = b"".join(received) if error is None else b""
+            for chunk_id, pending in zip(ids, pendings, strict=True):
+                if cache._pending_chunks.get(chunk_id) is pending:
+                    del cache._pending_chunks[chunk_id]
+                offset = (chunk_id[2] - first) * chunk_size
+                piece = data[offset : offset + chunk_size] if len(data) == stop - start else None
+                if piece is not None:
+                    pieces[chunk_id[2]] = piece
+                    cache._chunks[chunk_id] = piece
+                pending.data = piece
+                pending.error = error
+                pending.done.set()
+        if self._disk is not None:
+            self._disk.store(start, data)
+
     async def _block(self, index: int) -> bytes:
         block_id = self._id(index)
         while True:
             data = self._cache._lookup(block_id, refresh=self._window_blocks == 0)
             if data is not None:
+                return data
+            block_start = index * self._block_size
+            data = self._from_disk(block_start, min(block_start + self._block_size, self.size))
+            if data is not None:
+                self._cache._keep(block_id, data)
                 return data
             pending = self._cache._pending.get(block_id)
             if pending is None:
@@ -589,33 +742,48 @@ class FileReader:
         block = first
         block_end = min(position + block_size, end)
         parts: list[bytes | memoryview] = []
+
+        def take(piece: bytes | memoryview) -> None:
+            nonlocal position, block, block_end, parts
+            view = piece
+            while view:
+                length = min(len(view), block_end - position)
+                parts.append(view if length == len(view) else memoryview(view)[:length])
+                position += length
+                view = memoryview(view)[length:] if length < len(view) else b""
+                if position == block_end:
+                    only = parts[0]
+                    data = only if len(parts) == 1 and isinstance(only, bytes) else b"".join(parts)
+                    parts = []
+                    cache._settle(self._id(block), pendings[block - first], data=data)
+                    if self._disk is not None:
+                        self._disk.store(block * block_size, data)
+                    block += 1
+                    block_end = min(block_end + block_size, end)
+
+        await self._receive(position, end, take)
+
+    async def _receive(
+        self, start: int, end: int, take: Callable[[bytes | memoryview], None]
+    ) -> None:
+        """GET bytes ``[start, end)`` and hand the body to ``take`` piece by piece, in order;
+        a GET that breaks off transiently is reopened from the byte it reached."""
+        cache = self._cache
+        position = start
         attempts_left = cache.resume_attempts
         while position < end:
             resume_from = position
             try:
                 cache.stats.gets += 1
                 async with self._source.open_range(position, end - 1) as stream:
-                    async for chunk in stream:
-                        if position + len(chunk) > end:
+                    async for piece in stream:
+                        if position + len(piece) > end:
                             raise OssProtocolError(
                                 f"GET {self.key}: more bytes than the range asked for", status=206
                             )
-                        cache.stats.bytes_fetched += len(chunk)
-                        view: bytes | memoryview = chunk
-                        while view:
-                            take = min(len(view), block_end - position)
-                            parts.append(view if take == len(view) else memoryview(view)[:take])
-                            position += take
-                            view = memoryview(view)[take:] if take < len(view) else b""
-                            if position == block_end:
-                                if len(parts) == 1 and isinstance(parts[0], bytes):
-                                    data = parts[0]
-                                else:
-                                    data = b"".join(parts)
-                                parts = []
-                                cache._settle(self._id(block), pendings[block - first], data=data)
-                                block += 1
-                                block_end = min(block_end + block_size, end)
+                        cache.stats.bytes_fetched += len(piece)
+                        position += len(piece)
+                        take(piece)
                 if position < end:
                     raise OssProtocolError(
                         f"GET {self.key}: body ended at {position}, expected {end}", status=206

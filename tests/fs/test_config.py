@@ -52,8 +52,21 @@ def test_ossfs_options_with_the_same_behaviour(tmp_path: Path) -> None:
     config = build_config("b", tmp_path, options=["mp_umask=077", "umask=000"])
     assert config.root_dir_mode == 0o700
     assert config.default_dir_mode == 0o777
-    with pytest.raises(ConfigError, match="unknown mount option 'use_cache=/tmp/x'"):
-        parse_options(["use_cache=/tmp/x"])  # a local data cache: not the same thing
+
+
+def test_data_cache_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_config("b", tmp_path).use_cache is None
+    config = build_config("b", tmp_path, options=["use_cache=/tmp/x", "cache_size=2G"])
+    assert config.use_cache == Path("/tmp/x") and config.cache_size == 2 * 1024**3
+    config = build_config("b", tmp_path, options=["use_cache", f"cache_dir={tmp_path}/c"])
+    assert config.use_cache == tmp_path / "c" / "data"  # a bare use_cache: under cache_dir
+    monkeypatch.chdir(tmp_path)
+    assert build_config("b", tmp_path, options=["use_cache=rel"]).use_cache == tmp_path / "rel"
+    assert build_config("b", tmp_path, options=["del_cache"]).del_cache
+    with pytest.raises(ConfigError, match="cache_size must hold at least one block"):
+        build_config("b", tmp_path, options=["use_cache=/tmp/x", "cache_size=1000"])
+    with pytest.raises(ConfigError, match="cache_size=lots: not a whole number"):
+        build_config("b", tmp_path, options=["cache_size=lots"])
 
 
 def test_fstab_options_are_ignored() -> None:
