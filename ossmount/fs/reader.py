@@ -98,6 +98,9 @@ DEFAULT_RESUME_ATTEMPTS = 4
 _RESUME_BACKOFF_S = 0.05
 # How far before or after the end of the previous reads a read still counts as sequential.
 _SEQUENTIAL_SLACK = 4 * 1024 * 1024
+# A read this close to the end of the previous ones continues them, whatever its size; further
+# off, only a large read of a running stream does.
+_NEAR_STREAM = 128 * 1024
 # Bytes of out-of-order replies the whole-file check holds before it gives up.
 _MAX_CHECK_AHEAD_BYTES = 16 * 1024 * 1024
 _MAX_CHECK_AHEAD_PIECES = 256
@@ -549,12 +552,21 @@ class FileReader:
     def _note_access(self, offset: int, end: int) -> None:
         """Classify this read as sequential or random and size the prefetch window."""
         # pyfuse3 calls read() in the order the kernel sent the requests, so a sequential
-        # reader's next offset is the end of the previous read; the slack allows for pages the
-        # kernel already had cached (a skip ahead) and for requests of a readahead batch
-        # answered by an earlier read of ours (a step back).
+        # reader's next offset is the end of the previous read (give or take the read's own
+        # size). Once a stream runs, its large reads may also land further off: ahead, past
+        # pages the kernel already had cached, or back, for requests of a readahead batch
+        # answered by an earlier read of ours. Small reads that far off are a random reader
+        # (a database's pages, an archive's directory), which must not start a prefetch.
+        distance = offset - self._stream_end
+        near = max(end - offset, _NEAR_STREAM)
         back_slack = max(4 * self._block_size, _SEQUENTIAL_SLACK)
         ahead_slack = max(2 * self._block_size, _SEQUENTIAL_SLACK // 2)
-        if self._stream_end - back_slack <= offset <= self._stream_end + ahead_slack:
+        in_stream = -near <= distance <= near or (
+            self._window_blocks > 0
+            and end - offset >= _NEAR_STREAM
+            and -back_slack <= distance <= ahead_slack
+        )
+        if in_stream:
             self._window_blocks = min(
                 max(1, self._window_blocks * 2), self._cache.max_window_blocks
             )
