@@ -41,6 +41,21 @@ window could be at most half the cache.) The window is at most three quarters of
 rest is for other handles' blocks. Memory is therefore about ``cache_bytes`` plus one partial
 block per GET in flight.
 
+Random reads
+------------
+A random read (window zero) does not fetch blocks: it needs the chunks (16 KiB,
+:data:`~ossmount.fs.datacache.CHUNK_SIZE`) that cover it, each from a cached block, the mount's
+chunk cache (an eighth of ``cache_bytes`` more), the data cache, a GET of another reader in
+flight, or one GET per run of missing chunks, made inline by the read. So a 4 KiB read of a
+database page costs a 16 KiB GET, not a 1 MiB one.
+
+Data cache
+----------
+With a :class:`~ossmount.fs.datacache.DataCache`, each handle of an object's own bytes (no
+``source`` given) holds its :class:`~ossmount.fs.datacache.CachedObject`: a block or chunk is
+looked up there after memory and before any GET, and whatever a GET brings is stored there.
+Blocks on disk count as present for the prefetcher, so a re-read sends no request at all.
+
 Fetch tasks belong to the handle that started them and are cancelled by :meth:`FileReader.close`;
 waiters of another handle then find the block abandoned and fetch it themselves.
 
