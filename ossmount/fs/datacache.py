@@ -37,9 +37,12 @@ index SQLite cannot read is thrown away with the data.
 Size bound
 ----------
 ``capacity`` bounds the bytes of cached chunks. Room is made before a write: the least recently
-used blocks (by a clock kept in the index) are punched out of their files (``fallocate
+used blocks are punched out of their files (``fallocate
 PUNCH_HOLE``, or the whole file goes where the file system cannot punch). The index itself is
 small (a row of ``block_size / CHUNK_SIZE`` CRCs per cached block) and outside the bound.
+"Recently" is counted in index flushes: a block's ``used`` is the number of the flush period it
+was last read or written in, so that reading from the cache costs an index write per block and
+period, not per read (the order within a period is the blocks' order in their objects).
 Memory holds the rows of the objects in use plus a few recently used ones: it depends on what is
 open, never on how much is cached or how big the bucket is.
 
@@ -325,6 +328,7 @@ class DataCache:
         self._objects: dict[str, CachedObject] = {}
         self._recent: OrderedDict[str, CachedObject] = OrderedDict()  # no reader left
         self._dirty: dict[tuple[int, int], _Block | None] = {}  # None: row to delete
+        self._touched: dict[tuple[int, int], int] = {}  # rows read since the last flush: used
         self._last_flush = time.monotonic()
         self._paused_until = 0.0
         try:
@@ -389,9 +393,14 @@ class DataCache:
 
     def flush(self) -> None:
         """Write the pending index rows (one transaction)."""
-        if not self._dirty:
+        if not self._dirty and not self._touched:
             self._last_flush = time.monotonic()
             return
+        touches = [
+            (used, object_id, index)
+            for (object_id, index), used in self._touched.items()
+            if (object_id, index) not in self._dirty
+        ]
         upserts = [
             (object_id, index, block.crcs.tobytes(), block.bytes, block.used)
             for (object_id, index), block in self._dirty.items()
@@ -406,12 +415,17 @@ class DataCache:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)", upserts
                 )
+                self._db.executemany(
+                    "UPDATE blocks SET used = ? WHERE object_id = ? AND block = ?", touches
+                )
         except sqlite3.Error as exc:
             log.warning("data cache: writing the index failed (%s); rows kept for later", exc)
             self._paused_until = time.monotonic() + _DISK_TROUBLE_PAUSE_S
             return
         self._dirty.clear()
+        self._touched.clear()
         self._last_flush = time.monotonic()
+        self._clock += 1
 
     def close(self) -> None:
         """Write the index and mark it clean; release the directory."""
@@ -531,19 +545,19 @@ class DataCache:
 
     def _maybe_flush(self) -> None:
         if (
-            len(self._dirty) >= _FLUSH_ROWS
+            len(self._dirty) + len(self._touched) >= _FLUSH_ROWS
             or time.monotonic() - self._last_flush >= _FLUSH_INTERVAL_S
         ):
             self.flush()
 
     def _touch(self, obj: CachedObject, first_chunk: int, last_chunk: int) -> None:
-        self._clock += 1
         per_block = self.chunks_per_block
         for index in range(first_chunk // per_block, last_chunk // per_block + 1):
             block = obj.blocks.get(index)
             if block is not None and block.used != self._clock:
                 block.used = self._clock
-                self._mark(obj, index)
+                self._touched[(obj.object_id, index)] = self._clock
+        self._maybe_flush()
 
     def _forget_chunk(self, obj: CachedObject, chunk: int) -> None:
         index, slot = divmod(chunk, self.chunks_per_block)
@@ -595,7 +609,6 @@ class DataCache:
             with contextlib.suppress(OSError):
                 _punch_hole(obj.fd(), offset, len(data))
             return
-        self._clock += 1
         view = memoryview(data)
         for chunk in range(first, last + 1):
             index, slot = divmod(chunk, self.chunks_per_block)
@@ -661,6 +674,7 @@ class DataCache:
         if loaded is not None:
             loaded.blocks.pop(index, None)
             self._dirty.pop((object_id, index), None)
+            self._touched.pop((object_id, index), None)
             punched = _punch_hole(loaded.fd(), start, self.block_size)
         else:
             try:
