@@ -48,9 +48,11 @@ open, never on how much is cached or how big the bucket is.
 
 Threads
 -------
-Everything runs on the trio thread, inline: local preads and pwrites of at most a block, and
-SQLite writes batched as above. A full or failing disk never fails a read: the cache stops
-storing for a while (:data:`_DISK_TROUBLE_PAUSE_S`) and reads go to OSS.
+Lookups, reads back (local preads of at most a block) and the bookkeeping run on the trio thread;
+SQLite writes are batched as above. What a GET brought is written, and its CRC-64s computed, in a
+worker thread (:meth:`CachedObject.store_in_thread`): a cold read that fills the cache is not
+slowed by the disk. A full or failing disk never fails a read: the cache stops storing for a
+while (:data:`_DISK_TROUBLE_PAUSE_S`) and reads go to OSS.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+import trio
 
 from ossmount.oss.crc64 import crc64
 
@@ -197,6 +201,19 @@ def _connect_index(path: Path) -> sqlite3.Connection:
     return db
 
 
+def write_chunks(
+    fd: int, offset: int, data: bytes | memoryview, chunk_size: int
+) -> list[int] | OSError:
+    """Write ``data`` at ``offset`` and return the CRC-64 of each chunk, or the error; touches
+    nothing shared, so it may run in a worker thread."""
+    try:
+        _write_all(fd, data, offset)
+    except OSError as exc:
+        return exc
+    view = memoryview(data)
+    return [crc64(view[start : start + chunk_size]) for start in range(0, len(view), chunk_size)]
+
+
 class CachedObject:
     """The cached bytes of one object version, shared by every reader of it."""
 
@@ -298,6 +315,20 @@ class CachedObject:
         short tail. Failures are logged, never raised: the cache only loses the data."""
         self._cache._store(self, offset, data)
 
+    async def store_in_thread(self, offset: int, data: bytes | memoryview) -> None:
+        """:meth:`store`, with the write and the checksums in a worker thread."""
+        fd = self._cache._reserve(self, offset, len(data))
+        if fd is None:
+            return
+        self.readers += 1  # keeps the file open
+        try:
+            crcs = await trio.to_thread.run_sync(
+                write_chunks, fd, offset, data, self._cache.chunk_size
+            )
+            self._cache._record(self, offset, len(data), crcs)
+        finally:
+            self._cache.release(self)
+
 
 class DataCache:
     """The cache directory of one mount (see the module docstring)."""
@@ -369,16 +400,20 @@ class DataCache:
 
     def release(self, obj: CachedObject) -> None:
         obj.readers -= 1
-        if obj.readers > 0 or self._objects.get(obj.key) is not obj:
-            if obj.readers <= 0 and not obj.valid:
-                obj.close_file()
+        if obj.readers > 0:
             return
-        del self._objects[obj.key]
-        self._recent[obj.key] = obj
-        while len(self._recent) > _RECENT_OBJECTS:
-            _, old = self._recent.popitem(last=False)
-            old.close_file()
-        self._maybe_flush()
+        if self._objects.get(obj.key) is obj:
+            del self._objects[obj.key]
+            if obj.valid:
+                self._recent[obj.key] = obj
+                while len(self._recent) > _RECENT_OBJECTS:
+                    _, old = self._recent.popitem(last=False)
+                    if old.readers <= 0:
+                        old.close_file()
+                self._maybe_flush()
+                return
+        if self._recent.get(obj.key) is not obj:
+            obj.close_file()
 
     def discard(self, key: str, etag: str | None = None) -> None:
         """Drop the cached bytes of ``key`` (of one version only, if ``etag`` is given)."""
@@ -577,48 +612,53 @@ class DataCache:
     # -- storing and eviction -----------------------------------------------------------------
 
     def _store(self, obj: CachedObject, offset: int, data: bytes | memoryview) -> None:
-        if not obj.valid or not data or time.monotonic() < self._paused_until:
-            return
-        if offset % self.chunk_size or (
-            len(data) % self.chunk_size and offset + len(data) != obj.size
-        ):
-            raise ValueError(f"data cache: unaligned store at {offset} of {len(data)} bytes")
-        first = offset // self.chunk_size
-        last = (offset + len(data) - 1) // self.chunk_size
+        fd = self._reserve(obj, offset, len(data))
+        if fd is not None:
+            self._record(obj, offset, len(data), write_chunks(fd, offset, data, self.chunk_size))
+
+    def _reserve(self, obj: CachedObject, offset: int, length: int) -> int | None:
+        """Make room for ``length`` bytes at ``offset`` of ``obj``: the file descriptor to write
+        them to, or None when they need not or cannot be stored."""
+        if not obj.valid or not length or time.monotonic() < self._paused_until:
+            return None
+        chunk_size = self.chunk_size
+        if offset % chunk_size or (length % chunk_size and offset + length != obj.size):
+            raise ValueError(f"data cache: unaligned store at {offset} of {length} bytes")
         new_bytes = sum(
             obj._chunk_length(chunk)
-            for chunk in range(first, last + 1)
+            for chunk in range(offset // chunk_size, (offset + length - 1) // chunk_size + 1)
             if obj._chunk_crc(chunk) == 0
         )
-        if new_bytes == 0:
-            return
-        if not self._make_room(new_bytes, keep=obj):
-            return
+        if new_bytes == 0 or not self._make_room(new_bytes, keep=obj):
+            return None
         try:
             if obj.object_id == _NO_ROW:
                 self._create_row(obj)
-            _write_all(obj.fd(), data, offset)
+            return obj.fd()
         except OSError as exc:
-            self._paused_until = time.monotonic() + _DISK_TROUBLE_PAUSE_S
-            log.warning(
-                "data cache: writing %s failed (%s); not storing for %d s",
-                obj.path,
-                exc.strerror or exc,
-                _DISK_TROUBLE_PAUSE_S,
-            )
+            self._disk_trouble(obj, exc)
+            return None
+
+    def _record(
+        self, obj: CachedObject, offset: int, length: int, crcs: list[int] | OSError
+    ) -> None:
+        """Account for chunks written at ``offset`` by :func:`write_chunks`."""
+        if isinstance(crcs, OSError):
+            self._disk_trouble(obj, crcs)
             with contextlib.suppress(OSError):
-                _punch_hole(obj.fd(), offset, len(data))
+                _punch_hole(obj.fd(), offset, length)
             return
-        view = memoryview(data)
-        for chunk in range(first, last + 1):
+        if not obj.valid:
+            return
+        first = offset // self.chunk_size
+        last = first + len(crcs) - 1
+        for chunk, crc in enumerate(crcs, start=first):
             index, slot = divmod(chunk, self.chunks_per_block)
             block = obj.blocks.get(index)
             if block is None:
                 block = _Block(array("Q", bytes(8 * self.chunks_per_block)), self._clock)
                 obj.blocks[index] = block
             length = obj._chunk_length(chunk)
-            start = chunk * self.chunk_size - offset
-            crc = crc64(view[start : start + length])
             if block.crcs[slot] == 0 and crc != 0:
                 block.bytes += length
                 self.cached_bytes += length
@@ -629,6 +669,15 @@ class DataCache:
                 if block.bytes == 0:
                     del obj.blocks[index]
                 self._mark(obj, index)
+
+    def _disk_trouble(self, obj: CachedObject, exc: OSError) -> None:
+        self._paused_until = time.monotonic() + _DISK_TROUBLE_PAUSE_S
+        log.warning(
+            "data cache: writing %s failed (%s); not storing for %d s",
+            obj.path,
+            exc.strerror or exc,
+            _DISK_TROUBLE_PAUSE_S,
+        )
 
     def _make_room(self, nbytes: int, keep: CachedObject | None = None) -> bool:
         """Evict least recently used blocks until ``nbytes`` more fit; False if they cannot."""

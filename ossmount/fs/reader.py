@@ -81,7 +81,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -119,6 +119,8 @@ _NEAR_STREAM = 128 * 1024
 # Bytes of out-of-order replies the whole-file check holds before it gives up.
 _MAX_CHECK_AHEAD_BYTES = 16 * 1024 * 1024
 _MAX_CHECK_AHEAD_PIECES = 256
+# Bytes fetched and waiting to be written to the data cache, at most.
+_MAX_DISK_BACKLOG = 64 * 1024 * 1024
 
 BlockId = tuple[str, str, int]  # (key, etag, block index)
 ChunkId = tuple[str, str, int]  # (key, etag, chunk index): what a random reader fetched
@@ -273,6 +275,9 @@ class ReadCache:
         )
         self._pending_chunks: dict[ChunkId, _PendingBlock] = {}
         self.data_cache = data_cache
+        self._disk_writers = trio.CapacityLimiter(2)
+        # Writes to the data cache waiting (fetched, not written yet), at most.
+        self._disk_backlog = trio.Semaphore(max(2, _MAX_DISK_BACKLOG // block_size))
 
     def open(
         self,
@@ -353,6 +358,25 @@ class ReadCache:
 
     def _is_missing(self, block_id: BlockId) -> bool:
         return block_id not in self._blocks and block_id not in self._pending
+
+    async def _store_later(self, disk: CachedObject, offset: int, data: bytes) -> None:
+        """Have ``data`` written to the data cache by a worker thread. When the disk falls
+        behind the network, the fetch waits here (the GET's body is paused) until the writes
+        waiting are fewer than ``_MAX_DISK_BACKLOG`` bytes' worth of blocks."""
+        await self._disk_backlog.acquire()
+        disk.readers += 1  # released by the task
+        self.nursery.start_soon(self._store_in_thread, disk, offset, data)
+
+    async def _store_in_thread(self, disk: CachedObject, offset: int, data: bytes) -> None:
+        try:
+            # Shielded: an unmount waits for the backlog rather than losing what was fetched.
+            with trio.CancelScope(shield=True):
+                async with self._disk_writers:
+                    await disk.store_in_thread(offset, data)
+        finally:
+            self._disk_backlog.release()
+            if self.data_cache is not None:
+                self.data_cache.release(disk)
 
     def _keep(self, block_id: BlockId, data: bytes) -> None:
         if len(data) <= self._blocks.maxsize:
@@ -658,9 +682,13 @@ class FileReader:
         cache._pending_chunks.update(zip(ids, pendings, strict=True))
         received: list[bytes | memoryview] = []
         error: BaseException | None = None
+
+        async def take(piece: bytes | memoryview) -> None:
+            received.append(piece)
+
         try:
             async with cache.limiter:
-                await self._receive(start, stop, received.append)
+                await self._receive(start, stop, take)
         except PreconditionFailed as exc:
             self._failure = error = exc
             log.info("%s changed since it was opened (etag %s): %s", self.key, self.etag, exc)
@@ -682,7 +710,7 @@ class FileReader:
                 pending.error = error
                 pending.done.set()
         if self._disk is not None:
-            self._disk.store(start, data)
+            await cache._store_later(self._disk, start, data)
 
     async def _block(self, index: int) -> bytes:
         block_id = self._id(index)
@@ -770,7 +798,7 @@ class FileReader:
         block_end = min(position + block_size, end)
         parts: list[bytes | memoryview] = []
 
-        def take(piece: bytes | memoryview) -> None:
+        async def take(piece: bytes | memoryview) -> None:
             nonlocal position, block, block_end, parts
             view = piece
             while view:
@@ -784,14 +812,14 @@ class FileReader:
                     parts = []
                     cache._settle(self._id(block), pendings[block - first], data=data)
                     if self._disk is not None:
-                        self._disk.store(block * block_size, data)
+                        await cache._store_later(self._disk, block * block_size, data)
                     block += 1
                     block_end = min(block_end + block_size, end)
 
         await self._receive(position, end, take)
 
     async def _receive(
-        self, start: int, end: int, take: Callable[[bytes | memoryview], None]
+        self, start: int, end: int, take: Callable[[bytes | memoryview], Awaitable[None]]
     ) -> None:
         """GET bytes ``[start, end)`` and hand the body to ``take`` piece by piece, in order;
         a GET that breaks off transiently is reopened from the byte it reached."""
@@ -810,7 +838,7 @@ class FileReader:
                             )
                         cache.stats.bytes_fetched += len(piece)
                         position += len(piece)
-                        take(piece)
+                        await take(piece)
                 if position < end:
                     raise OssProtocolError(
                         f"GET {self.key}: body ended at {position}, expected {end}", status=206
