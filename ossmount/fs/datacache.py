@@ -64,6 +64,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import shutil
 import sqlite3
@@ -309,6 +310,32 @@ class CachedObject:
         if lo == start and hi == end:
             return data
         return data[start - lo : end - lo]
+
+    def block_loader(self, index: int, block_size: int) -> Callable[[], bytes | None] | None:
+        """A function, safe to call in any thread, that reads block ``index`` back whole and
+        returns it if every chunk still matches its CRC-64 as of now (None otherwise); None if
+        the block is not all cached."""
+        if not self.has_block(index, block_size):
+            return None
+        start = index * block_size
+        end = min(start + block_size, self.size)
+        crcs = array("Q", self.blocks[index].crcs)  # a copy: the rows change on this thread
+        path = self.path  # not the fd, which may be closed by then (ids are never reused)
+        chunk_size = self.chunk_size
+
+        def load() -> bytes | None:
+            try:
+                with open(path, "rb", buffering=0) as file:
+                    data = os.pread(file.fileno(), end - start, start)
+            except OSError:
+                return None
+            view = memoryview(data)
+            for slot, crc in enumerate(crcs[: math.ceil((end - start) / chunk_size)]):
+                if crc64(view[slot * chunk_size : (slot + 1) * chunk_size]) != crc:
+                    return None
+            return data
+
+        return load
 
     def store(self, offset: int, data: bytes | memoryview) -> None:
         """Keep ``data``, read at ``offset``: whole chunks, the last one possibly the object's

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 from cachetools import LRUCache
 
 from ossmount.fs.attrs import (
@@ -60,7 +61,7 @@ from ossmount.fs.attrs import (
 )
 from ossmount.fs.dircache import FOLDER_SUFFIX, DirEntry, DirSnapshot, Namespace
 from ossmount.fs.inodes import Inode, InodeTable
-from ossmount.fs.reader import FileReader, ReadCache
+from ossmount.fs.reader import FileReader, ReadCache, Spare
 from ossmount.fs.writer import StagedFile, WriteStaging
 from ossmount.oss.errors import NotFound, OssError, PreconditionFailed, group_failures
 from ossmount.oss.model import ObjectInfo
@@ -78,6 +79,8 @@ STATFS_FILES = 1 << 32
 MAX_FILE_SIZE = MAX_PARTS * MAX_PART_SIZE
 # Directories whose in-memory mtime/ctime (entries changed through this mount) are remembered.
 DIRECTORY_TIMES_KEPT = 100_000
+# Page-cache pushes in flight for the whole mount; more spare bytes are dropped, not queued.
+MAX_PAGE_PUSHES = 8
 
 
 def _fuse_error_for(
@@ -255,6 +258,10 @@ class OssFs(pyfuse3.Operations):
         self._next_fh = 1
         # Per inode: the ETag whose data the kernel page cache may hold (keep_cache on open).
         self._kernel_cached_etag: dict[int, str] = {}
+        # Page-cache pushes (see _push_spare_pages) in flight, per inode, and their waiters.
+        self._page_pushes_enabled = not options.direct_io
+        self._page_pushes: dict[int, int] = {}
+        self._page_pushes_done: dict[int, trio.Event] = {}
         # Per directory key: when an entry of it last changed through this mount.
         self._directory_changed_ns: LRUCache[str, int] = LRUCache(maxsize=DIRECTORY_TIMES_KEPT)
 
@@ -473,6 +480,13 @@ class OssFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        info = await self._open(inode, flags)
+        # The kernel drops the file's pages when it gets this reply (keep_cache off): no
+        # page-cache push of older data may land after that.
+        await self._drain_page_pushes(inode)
+        return info
+
+    async def _open(self, inode: int, flags: int) -> pyfuse3.FileInfo:
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         if writable and self.staging is None:
             raise _fuse_error(errno.EROFS)
@@ -518,7 +532,7 @@ class OssFs(pyfuse3.Operations):
         else:
             reader = handle.reader
         try:
-            return await reader.read(off, size)
+            data = await reader.read(off, size)
         except (NotFound, PreconditionFailed) as exc:
             # A file this mount renamed (or whose directory it renamed) is read at its new key.
             moved = await self._follow_rename(handle, reader)
@@ -527,6 +541,66 @@ class OssFs(pyfuse3.Operations):
             if isinstance(exc, PreconditionFailed):
                 self._changed_while_open(handle)
             raise
+        self._push_spare_pages(handle, reader)
+        return data
+
+    # Page-cache pushes
+    # -----------------
+    # A random read of a file in the data cache offers its whole 1 MiB block (FileReader.
+    # take_spare). Handing it to the kernel's page cache (FUSE_NOTIFY_STORE) answers the next
+    # reads there without a FUSE request: once a random reader touched every block, it reads
+    # at page-cache speed. The kernel locks each page it stores, and pages of reads it sent
+    # and we have not answered yet are locked until we answer: so the push (and its disk read)
+    # runs in a worker thread, never on the trio thread that answers. It is only made while the
+    # page cache may hold this version (_kernel_cached_etag, no staged data), checked again in
+    # the thread; a handler after whose reply the kernel drops or cuts the pages (open, create,
+    # truncate) first waits for the pushes in flight, so none lands after the drop with older
+    # data.
+
+    def _push_spare_pages(self, handle: FileHandle, reader: FileReader) -> None:
+        spare = reader.take_spare()
+        node = handle.inode
+        if (
+            spare is None
+            or not self._page_pushes_enabled
+            or self._kernel_cached_etag.get(node.ino) != reader.etag
+            or handle.staged is not None
+            or self._staged_of(node) is not None
+            or sum(self._page_pushes.values()) >= MAX_PAGE_PUSHES
+        ):
+            return
+        self._page_pushes[node.ino] = self._page_pushes.get(node.ino, 0) + 1
+        self.read_cache.nursery.start_soon(self._push_pages, node.ino, reader.etag, spare)
+
+    async def _push_pages(self, ino: int, etag: str, spare: Spare) -> None:
+        try:
+            await trio.to_thread.run_sync(self._notify_store, ino, etag, spare)
+        finally:
+            left = self._page_pushes[ino] - 1
+            if left:
+                self._page_pushes[ino] = left
+            else:
+                del self._page_pushes[ino]
+                done = self._page_pushes_done.pop(ino, None)
+                if done is not None:
+                    done.set()
+
+    def _notify_store(self, ino: int, etag: str, spare: Spare) -> None:
+        """In a worker thread: store ``spare`` in the page cache of ``ino`` if still allowed."""
+        data = spare.load()
+        if data is None or self._kernel_cached_etag.get(ino) != etag:
+            return
+        try:
+            pyfuse3.notify_store(ino, spare.offset, data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSYS, errno.EOPNOTSUPP):
+                self._page_pushes_enabled = False
+            log.debug("page cache push to inode %d failed: %s", ino, exc)
+
+    async def _drain_page_pushes(self, ino: int) -> None:
+        while self._page_pushes.get(ino):
+            done = self._page_pushes_done.setdefault(ino, trio.Event())
+            await done.wait()
 
     async def _follow_rename(self, handle: FileHandle, reader: FileReader) -> FileReader | None:
         """The handle's reader at the key its inode has now, when this mount renamed the file
@@ -723,6 +797,18 @@ class OssFs(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        info, entry = await self._create(parent_inode, name, mode, flags, ctx)
+        await self._drain_page_pushes(entry.st_ino)
+        return info, entry
+
+    async def _create(
+        self,
+        parent_inode: int,
+        name: bytes,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._dir_inode(parent_inode)
         staging = self._writable()
         text = _checked_name(parent, name)
@@ -773,6 +859,22 @@ class OssFs(pyfuse3.Operations):
 
     @_errno_boundary
     async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            # The kernel cuts the file's pages to the new size on this reply: the pages kept
+            # belong to no object version, and no push may land after the cut.
+            self._kernel_cached_etag.pop(inode, None)
+        entry = await self._setattr(inode, attr, fields, fh, ctx)
+        await self._drain_page_pushes(inode)
+        return entry
+
+    async def _setattr(
         self,
         inode: int,
         attr: pyfuse3.EntryAttributes,

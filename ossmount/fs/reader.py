@@ -119,6 +119,8 @@ _NEAR_STREAM = 128 * 1024
 # Bytes of out-of-order replies the whole-file check holds before it gives up.
 _MAX_CHECK_AHEAD_BYTES = 16 * 1024 * 1024
 _MAX_CHECK_AHEAD_PIECES = 256
+# Blocks a handle remembers having handed out whole (take_spare), at most.
+_MAX_SPARED_BLOCKS = 65536
 # Bytes fetched and waiting to be written to the data cache, at most.
 _MAX_DISK_BACKLOG = 64 * 1024 * 1024
 
@@ -452,6 +454,15 @@ class _WholeFileCheck:
             self.checked_end = end
 
 
+@dataclass(frozen=True)
+class Spare:
+    """Bytes of an object at ``offset`` (page-aligned): what ``load()`` returns (a disk read,
+    safe to run in a worker thread; None if they could not be had)."""
+
+    offset: int
+    load: Callable[[], bytes | None]
+
+
 class FileReader:
     """Reads of one open handle: block lookups, shared fetches, prefetch, whole-file CRC check."""
 
@@ -485,6 +496,10 @@ class FileReader:
         self._tasks_done = trio.Event()
         self._tasks_done.set()
         self._closed = False
+        # Bytes around the last random read that the caller may hand to the kernel's page
+        # cache (see take_spare), and the blocks already handed out whole.
+        self._spare: Spare | None = None
+        self._spared_blocks: set[int] = set()
 
     @property
     def prefetch_window_blocks(self) -> int:
@@ -529,6 +544,15 @@ class FileReader:
         await self._tasks_done.wait()
         if self._disk is not None and self._cache.data_cache is not None:
             self._cache.data_cache.release(self._disk)
+
+    def take_spare(self) -> Spare | None:
+        """Bytes of the object around the last read that are cheap to have and were not asked
+        for: the whole block of a random read, the first time, when the data cache holds it;
+        None otherwise. Handing them to the kernel's page cache spares the FUSE requests of the
+        reads that follow there. (The rest of the chunks a read fetched from OSS are not
+        offered: measured, pushing them cost more than the few reads they spared.)"""
+        spare, self._spare = self._spare, None
+        return spare
 
     async def _read_blocks(self, offset: int, end: int) -> bytes:
         """A sequential read: whole blocks, the prefetch window's GETs started."""
@@ -584,7 +608,27 @@ class FileReader:
                     pieces[chunk] = pending.data
                 # Abandoned: the next round fetches it.
         joined = b"".join(pieces[chunk] for chunk in range(first, last + 1))
+        self._spare = self._whole_block_on_disk(offset, end)
         return joined[offset - first * chunk_size : end - first * chunk_size]
+
+    def _whole_block_on_disk(self, offset: int, end: int) -> Spare | None:
+        """The block of a random read, to be read whole from the data cache, the first time a
+        read falls in it (a random reader soon needs the whole cached file in the page cache)."""
+        index = offset // self._block_size
+        if (
+            self._disk is None
+            or (end - 1) // self._block_size != index
+            or index in self._spared_blocks
+            or not self._disk.has_block(index, self._block_size)
+        ):
+            return None
+        load = self._disk.block_loader(index, self._block_size)
+        if load is None:
+            return None
+        if len(self._spared_blocks) >= _MAX_SPARED_BLOCKS:
+            self._spared_blocks.clear()
+        self._spared_blocks.add(index)
+        return Spare(index * self._block_size, load)
 
     # -- access pattern --------------------------------------------------------------------
 

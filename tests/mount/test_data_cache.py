@@ -281,3 +281,63 @@ def test_unzip_lists_a_large_zip_reading_little_of_it(
     received = status_of(mounted)["bytes_in"] - before
     assert received < 2 * MIB, received  # the central directory, not 36 MiB of members
     assert gets(oss_server) <= 10
+
+
+def random_reads_one_per_block(path: Path, data: bytes, at: int) -> None:
+    """A 4 KiB read at ``at`` in every 1 MiB block, last block first (so none continues the
+    previous one: they are random reads)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        for block in reversed(range(len(data) // MIB)):
+            offset = block * MIB + at
+            assert os.pread(descriptor, 4096, offset) == data[offset : offset + 4096]
+    finally:
+        os.close(descriptor)
+
+
+def wait_for_quiet_data_cache(mounted: Mounted) -> int:
+    """The data cache's hit count once it stopped moving (page-cache pushes run behind)."""
+    hits = status_of(mounted)["caches"]["data"]["hits"]
+    for _ in range(50):
+        time.sleep(0.1)
+        now = status_of(mounted)["caches"]["data"]["hits"]
+        if now == hits:
+            return int(now)
+        hits = now
+    return int(hits)
+
+
+def test_random_reads_of_cached_blocks_are_then_served_by_the_page_cache(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory, tmp_path: Path
+) -> None:
+    data = os.urandom(8 * MIB)
+    oss2_bucket.put_object("pages.bin", data)
+    cache_dir = tmp_path / "cache"
+    first = mount_cached(mount_ossmount, cache_dir)
+    assert (first.path / "pages.bin").read_bytes() == data
+    first.unmount()
+
+    second = mount_cached(mount_ossmount, cache_dir)
+    random_reads_one_per_block(second.path / "pages.bin", data, at=8192)
+    hits = wait_for_quiet_data_cache(second)
+    # Elsewhere in the same blocks: the kernel has the pages, no read reaches the mount.
+    random_reads_one_per_block(second.path / "pages.bin", data, at=600_000)
+    assert status_of(second)["caches"]["data"]["hits"] == hits
+
+
+def test_pages_pushed_for_an_old_version_never_show_after_a_change(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory, tmp_path: Path
+) -> None:
+    old, new = os.urandom(8 * MIB), os.urandom(8 * MIB)
+    oss2_bucket.put_object("versions.bin", old)
+    cache_dir = tmp_path / "cache"
+    first = mount_cached(mount_ossmount, cache_dir, NO_METADATA_CACHES)
+    assert (first.path / "versions.bin").read_bytes() == old
+    first.unmount()
+    second = mount_cached(mount_ossmount, cache_dir, NO_METADATA_CACHES)
+    path = second.path / "versions.bin"
+    for round_number in range(3):
+        random_reads_one_per_block(path, old if round_number == 0 else new, at=4096)
+        if round_number == 0:
+            oss2_bucket.put_object("versions.bin", new)  # same size, another ETag
+        assert path.read_bytes() == new
