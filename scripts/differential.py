@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -59,8 +59,11 @@ LOG_TAIL_LINES = 30
 class Environment:
     """A bundled server and a foreground mount of its bucket, in ``workdir``."""
 
-    def __init__(self, workdir: Path, *, faults: bool, fault_seed: int) -> None:
+    def __init__(
+        self, workdir: Path, *, faults: bool, fault_seed: int, extra_options: Sequence[str] = ()
+    ) -> None:
         self.workdir = workdir
+        self.extra_options = [option.replace("{workdir}", str(workdir)) for option in extra_options]
         self.mountpoint = workdir / "mnt"
         self.mountpoint.mkdir(parents=True)
         self.log_path = workdir / "mount.log"
@@ -83,7 +86,7 @@ class Environment:
         command = mount_command(
             self.endpoint, TEST_BUCKET, self.mountpoint, "--log-file", str(self.log_path), "-f"
         )
-        for option in (*MOUNT_OPTIONS, f"state_dir={self.workdir / 'state'}"):
+        for option in (*MOUNT_OPTIONS, f"state_dir={self.workdir / 'state'}", *self.extra_options):
             command += ["-o", option]
         with (self.workdir / "mount.stderr").open("ab") as stderr:
             self.mount_process = subprocess.Popen(
@@ -147,7 +150,9 @@ def sides(args: argparse.Namespace, name: str, fault_seed: int) -> Iterator[tupl
             other.mkdir()
             yield Side("other", lambda: other), local
             return
-        environment = Environment(workdir, faults=args.faults, fault_seed=fault_seed)
+        environment = Environment(
+            workdir, faults=args.faults, fault_seed=fault_seed, extra_options=args.mount_option
+        )
         try:
             yield environment.side(), local
         finally:
@@ -286,6 +291,13 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--out", type=Path, default=Path("differential-out"))
     parser.add_argument("--keep", action="store_true", help="keep work directories")
+    parser.add_argument(
+        "--mount-option",
+        action="append",
+        default=[],
+        help="another -o option for the mount (repeatable; {workdir} is replaced by the run's "
+        "work directory), e.g. 'use_cache={workdir}/cache'",
+    )
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so that every mount made here is unmounted on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
