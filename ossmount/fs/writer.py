@@ -298,6 +298,9 @@ class StagedFile:
         # Writes into each part so far: an upload that raced a rewrite is not recorded.
         self._part_versions: dict[int, int] = {}
         self._parts_in_flight = 0
+        # The highest part file this process made for this file, when it knows every one it
+        # made (a file opened here, not recovered): deleting them then needs no directory scan.
+        self._part_files_made: int | None = None
         self._parts_changed = trio.Event()
         self._upload_init_lock = trio.Lock()
         # Background retry of a failed flush.
@@ -556,6 +559,8 @@ class StagedFile:
                 if self._uploaded_parts.pop(number, None) is not None:
                     # Sent by an earlier flush (part 1 or the last part): it must go again.
                     self._staging.journal.forget_part(self._file_id, number)
+                if self._part_files_made is not None:
+                    self._part_files_made = max(self._part_files_made, number)
                 fd = os.open(self._part_path(number), os.O_WRONLY | os.O_CREAT, 0o600)
                 try:
                     _pwrite_all(fd, view[:take], position - part_start)
@@ -1219,7 +1224,12 @@ class StagedFile:
 
     def _delete_staging_files(self) -> None:
         self._staging.forget_uploaded_parts(self)
-        for path in self._staging.staging_dir.glob(f"{self._file_id}.*"):
+        if self._part_files_made is None:
+            paths = list(self._staging.staging_dir.glob(f"{self._file_id}.*"))
+        else:
+            paths = [self._data_path()]
+            paths += [self._part_path(n) for n in range(1, self._part_files_made + 1)]
+        for path in paths:
             path.unlink(missing_ok=True)
         shutil.rmtree(self._staging.download_dir / str(self._file_id), ignore_errors=True)
 
@@ -1412,6 +1422,7 @@ class WriteStaging:
                 remote_etag=existing.etag if existing is not None and not truncate else None,
                 dirty=dirty,
             )
+            staged._part_files_made = 0  # a new journal entry: no files of it exist yet
             if dirty:
                 staged._data_changed_ns = time.time_ns()
             self._files[key] = staged

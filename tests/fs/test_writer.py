@@ -164,6 +164,7 @@ async def test_sequential_write_streams_parts_within_the_budget(
     assert await _in_thread(_server_crc, oss2_bucket, "big.bin") == crc64(data)
     assert await _in_thread(_open_uploads, oss2_bucket) == []
     assert _staging_bytes(state_dir) == 0
+    assert list((state_dir / "staging").iterdir()) == []  # no empty file left either
 
 
 async def test_header_rewrite_and_random_writes_of_new_file(
