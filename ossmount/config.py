@@ -437,8 +437,8 @@ def _validate(config: MountConfig) -> None:
         raise ConfigError("head_concurrency and max_connections must be at least 1")
     if config.read_cache_bytes < config.block_size:
         raise ConfigError("read_cache_bytes must hold at least one block")
-    if config.use_cache is not None and config.cache_size < config.block_size:
-        raise ConfigError("cache_size must hold at least one block")
+    if config.use_cache is not None and config.cache_size < config.block_size + MiB:
+        raise ConfigError("cache_size must hold at least one block and the 1 MiB of its index")
     if not 100 * 1024 <= config.part_size <= 5 * 1024 * MiB:
         raise ConfigError("part_size must be between 100 KiB and 5 GiB (OSS part limits)")
     if config.upload_concurrency < 1:

@@ -39,7 +39,8 @@ Size bound
 ``capacity`` bounds the bytes of cached chunks. Room is made before a write: the least recently
 used blocks are punched out of their files (``fallocate
 PUNCH_HOLE``, or the whole file goes where the file system cannot punch). The index itself is
-small (a row of ``block_size / CHUNK_SIZE`` CRCs per cached block) and outside the bound.
+small (a row of ``block_size / CHUNK_SIZE`` CRCs per cached block, its log at most 1 MiB) and
+counted in the bound: the data gets what the index leaves.
 "Recently" is counted in index flushes: a block's ``used`` is the number of the flush period it
 was last read or written in, so that reading from the cache costs an index write per block and
 period, not per read (the order within a period is the blocks' order in their objects).
@@ -90,6 +91,7 @@ _DISK_TROUBLE_PAUSE_S = 30.0
 # Objects whose rows stay in memory after their last reader closed.
 _RECENT_OBJECTS = 64
 _EVICT_BATCH = 64
+_WAL_LIMIT = 1024 * 1024
 
 _NO_ROW = -1  # a CachedObject with nothing stored yet has no row
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -177,6 +179,9 @@ def _connect_index(path: Path) -> sqlite3.Connection:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        # A small write-ahead log, emptied often: the directory's bound counts it.
+        db.execute("PRAGMA wal_autocheckpoint=256")
+        db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
         db.executescript(
             """
             BEGIN;
@@ -402,6 +407,7 @@ class DataCache:
         self.cached_bytes = int(
             self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM blocks").fetchone()[0]
         )
+        self._index_bytes = self._measure_index()
         if self._meta("clean") != "1":
             self._repair()
         self._set_meta("clean", "0")
@@ -487,7 +493,15 @@ class DataCache:
         self._dirty.clear()
         self._touched.clear()
         self._last_flush = time.monotonic()
+        self._index_bytes = self._measure_index()
         self._clock += 1
+
+    def _measure_index(self) -> int:
+        total = 0
+        for name in ("index.sqlite", "index.sqlite-wal"):
+            with contextlib.suppress(OSError):
+                total += (self.root / name).stat().st_blocks * 512
+        return total
 
     def close(self) -> None:
         """Write the index and mark it clean; release the directory."""
@@ -708,9 +722,11 @@ class DataCache:
 
     def _make_room(self, nbytes: int, keep: CachedObject | None = None) -> bool:
         """Evict least recently used blocks until ``nbytes`` more fit; False if they cannot."""
-        if nbytes > self.capacity:
+        # The index takes its room from the bound too, with a log of at most _WAL_LIMIT.
+        capacity = self.capacity - max(self._index_bytes, _WAL_LIMIT)
+        if nbytes > capacity:
             return False
-        while self.cached_bytes + nbytes > self.capacity:
+        while self.cached_bytes + nbytes > capacity:
             self.flush()
             victims = self._db.execute(
                 "SELECT object_id, block, bytes FROM blocks ORDER BY used LIMIT ?",
@@ -725,7 +741,7 @@ class DataCache:
                 break
             for object_id, index, nbytes_row in victims:
                 self._evict_block(int(object_id), int(index), int(nbytes_row), keep)
-                if self.cached_bytes + nbytes <= self.capacity:
+                if self.cached_bytes + nbytes <= capacity:
                     break
         return True
 

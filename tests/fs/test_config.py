@@ -63,8 +63,8 @@ def test_data_cache_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.chdir(tmp_path)
     assert build_config("b", tmp_path, options=["use_cache=rel"]).use_cache == tmp_path / "rel"
     assert build_config("b", tmp_path, options=["del_cache"]).del_cache
-    with pytest.raises(ConfigError, match="cache_size must hold at least one block"):
-        build_config("b", tmp_path, options=["use_cache=/tmp/x", "cache_size=1000"])
+    with pytest.raises(ConfigError, match="cache_size must hold at least one block and"):
+        build_config("b", tmp_path, options=["use_cache=/tmp/x", "cache_size=1536k"])
     with pytest.raises(ConfigError, match="cache_size=lots: not a whole number"):
         build_config("b", tmp_path, options=["cache_size=lots"])
 
