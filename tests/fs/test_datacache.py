@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,48 @@ def test_del_cache_empties_it(tmp_path: Path) -> None:
     cache = open_cache(tmp_path, clear=True)
     assert cache.cached_bytes == 0
     cache.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs (mounting needs root; skipped otherwise)."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_full_disk_stops_storing_and_serves_nothing_torn(small_disk: Path) -> None:
+    cache = open_cache(small_disk / "cache", capacity=64 * MIB)  # more than the disk holds
+    data = os.urandom(BLOCK)
+    obj = cache.open_object("big", '"e"', 8 * BLOCK)
+    for index in range(8):
+        obj.store(index * BLOCK, data)  # never raises
+    stored = [index for index in range(8) if obj.has_block(index, BLOCK)]
+    assert 0 < len(stored) < 8
+    for index in range(8):
+        expected = data if index in stored else None
+        assert obj.read(index * BLOCK, (index + 1) * BLOCK) == expected
+    assert cache.cached_bytes == len(stored) * BLOCK
+    cache.release(obj)
+    cache.close()
+    cache = open_cache(small_disk / "cache", capacity=64 * MIB)
+    obj = cache.open_object("big", '"e"', 8 * BLOCK)
+    assert [index for index in range(8) if obj.has_block(index, BLOCK)] == stored
+    cache.release(obj)
+    cache.close()
+
+
+def test_an_unusable_directory_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(DataCacheError, match=r"data cache .*file/cache"):
+        open_cache(tmp_path / "file" / "cache")
