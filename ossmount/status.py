@@ -454,6 +454,15 @@ def format_status(status: dict[str, Any]) -> str:
             for name, values in status["caches"].items()
         )
     )
+    data = status["caches"].get("data")
+    if data is not None:
+        corrupt = (
+            f", {data['corrupt_chunks']} torn chunks refetched" if data["corrupt_chunks"] else ""
+        )
+        lines.append(
+            f"  data cache {_size(data['cached_bytes'])} of {_size(data['capacity_bytes'])} "
+            f"in {data['directory']}{corrupt}"
+        )
     if status["read_only"]:
         lines.append("  writes     read-only mount")
         return "\n".join(lines)

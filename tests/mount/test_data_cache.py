@@ -26,7 +26,7 @@ from tests.mount.conftest import (
     mount_command,
     ossmount_env,
 )
-from tests.mount.test_status import status_of
+from tests.mount.test_status import status_of, status_text
 
 pytestmark = pytest.mark.mount
 
@@ -74,6 +74,7 @@ def test_a_remount_reads_from_the_cache_without_a_get(
     status = status_of(second)["caches"]["data"]
     assert status["hits"] > 0 and status["corrupt_chunks"] == 0
     assert status["cached_bytes"] == len(data)
+    assert f"data cache 8.0 MiB of 10.0 GiB in {cache_dir}" in status_text(second)
 
 
 def test_an_object_changed_in_oss_is_read_anew(
