@@ -342,3 +342,40 @@ def test_pages_pushed_for_an_old_version_never_show_after_a_change(
         if round_number == 0:
             oss2_bucket.put_object("versions.bin", new)  # same size, another ETag
         assert path.read_bytes() == new
+
+
+def test_writes_after_page_cache_pushes_read_back_as_written(
+    oss2_bucket: oss2.Bucket, mount_ossmount: MountFactory, tmp_path: Path
+) -> None:
+    data = bytearray(os.urandom(6 * MIB))
+    oss2_bucket.put_object("edited.bin", bytes(data))
+    cache_dir = tmp_path / "cache"
+    first = mount_cached(mount_ossmount, cache_dir)
+    assert (first.path / "edited.bin").read_bytes() == data
+    first.unmount()
+    second = mount_cached(mount_ossmount, cache_dir)
+    path = second.path / "edited.bin"
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        random_reads_one_per_block(path, bytes(data), at=4096)  # pushes whole blocks
+        writer = os.open(path, os.O_RDWR)
+        try:
+            patch = os.urandom(300_000)
+            os.pwrite(writer, patch, 2 * MIB + 1000)
+            data[2 * MIB + 1000 : 2 * MIB + 1000 + len(patch)] = patch
+            os.ftruncate(writer, 5 * MIB + 7)
+            del data[5 * MIB + 7 :]
+            # Random reads through the older read-only handle meanwhile.
+            for block in reversed(range(5)):
+                offset = block * MIB + 2 * 4096
+                assert os.pread(reader, 4096, offset) == data[offset : offset + 4096]
+        finally:
+            os.close(writer)
+        assert path.read_bytes() == data
+    finally:
+        os.close(reader)
+    second.unmount()
+    third = mount_cached(mount_ossmount, cache_dir)
+    random_reads_one_per_block(third.path / "edited.bin", bytes(data[: 5 * MIB]), at=8192)
+    assert (third.path / "edited.bin").read_bytes() == data
+    assert bytes(data) == oss2_bucket.get_object("edited.bin").read()
