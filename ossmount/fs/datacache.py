@@ -91,6 +91,8 @@ _DISK_TROUBLE_PAUSE_S = 30.0
 # Objects whose rows stay in memory after their last reader closed.
 _RECENT_OBJECTS = 64
 _EVICT_BATCH = 64
+# What makes the cache unusable for the rest of a mount (see DataCache._broke).
+_CACHE_FAILURES = (OSError, sqlite3.Error)
 _WAL_LIMIT = 1024 * 1024
 
 _NO_ROW = -1  # a CachedObject with nothing stored yet has no row
@@ -394,24 +396,26 @@ class DataCache:
         self._touched: dict[tuple[int, int], int] = {}  # rows read since the last flush: used
         self._last_flush = time.monotonic()
         self._paused_until = 0.0
+        self.broken = False
         try:
             if clear:
                 self._wipe("del_cache asked for it")
             self._db = self._open_index()
-        except OSError as exc:
+            self._clock = int(
+                self._db.execute("SELECT COALESCE(MAX(used), 0) FROM blocks").fetchone()[0]
+            )
+            self.cached_bytes = int(
+                self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM blocks").fetchone()[0]
+            )
+            self._index_bytes = self._measure_index()
+            if self._meta("clean") != "1":
+                self._repair()
+            self._set_meta("clean", "0")
+            self._make_room(0)  # capacity may have shrunk since the last mount
+        except (OSError, sqlite3.Error) as exc:
             self._lock_file.close()
-            raise DataCacheError(exc.errno or errno.EIO, f"data cache {root}: {exc}") from None
-        self._clock = int(
-            self._db.execute("SELECT COALESCE(MAX(used), 0) FROM blocks").fetchone()[0]
-        )
-        self.cached_bytes = int(
-            self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM blocks").fetchone()[0]
-        )
-        self._index_bytes = self._measure_index()
-        if self._meta("clean") != "1":
-            self._repair()
-        self._set_meta("clean", "0")
-        self._make_room(0)  # capacity may have shrunk since the last mount
+            errno_value = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+            raise DataCacheError(errno_value, f"data cache {root}: {exc}") from None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -421,17 +425,29 @@ class DataCache:
     def open_object(self, key: str, etag: str, size: int) -> CachedObject:
         """The cached bytes of version ``etag`` of ``key`` (empty if not cached yet); pair with
         :meth:`release`. Another version of the key that is cached is dropped."""
-        obj = self._objects.get(key) or self._recent.pop(key, None)
-        if obj is not None and (obj.etag != etag or obj.size != size):
-            self._drop_object(obj)
-            obj = None
-        if obj is None:
-            obj = self._load_object(key, etag, size)
-        self._objects[key] = obj
+        try:
+            obj = self._objects.get(key) or self._recent.pop(key, None)
+            if obj is not None and (obj.etag != etag or obj.size != size):
+                self._drop_object(obj)
+                obj = None
+            if obj is None:
+                obj = self._load_object(key, etag, size)
+        except _CACHE_FAILURES as exc:
+            self._broke(f"opening {key}", exc)
+            obj = CachedObject(self, _NO_ROW, key, etag, size, {})  # never cached
+            obj.valid = False
+        else:
+            self._objects[key] = obj
         obj.readers += 1
         return obj
 
     def release(self, obj: CachedObject) -> None:
+        try:
+            self._release(obj)
+        except _CACHE_FAILURES as exc:
+            self._broke(f"closing {obj.key}", exc)
+
+    def _release(self, obj: CachedObject) -> None:
         obj.readers -= 1
         if obj.readers > 0:
             return
@@ -450,6 +466,12 @@ class DataCache:
 
     def discard(self, key: str, etag: str | None = None) -> None:
         """Drop the cached bytes of ``key`` (of one version only, if ``etag`` is given)."""
+        try:
+            self._discard(key, etag)
+        except _CACHE_FAILURES as exc:
+            self._broke(f"dropping {key}", exc)
+
+    def _discard(self, key: str, etag: str | None) -> None:
         obj = self._objects.get(key) or self._recent.get(key)
         if obj is not None:
             if etag is None or obj.etag == etag:
@@ -507,7 +529,7 @@ class DataCache:
         """Write the index and mark it clean; release the directory."""
         try:
             self.flush()
-            if not self._dirty:
+            if not self._dirty and not self.broken:
                 self._set_meta("clean", "1")
             self._db.close()
         except sqlite3.Error as exc:
@@ -652,6 +674,19 @@ class DataCache:
 
     # -- storing and eviction -----------------------------------------------------------------
 
+    def _broke(self, what: str, exc: OSError | sqlite3.Error) -> None:
+        """Where the index or the disk fails beyond what the callers handle (a SQLite error,
+        a directory gone): the cache stops being used for the rest of the mount, loudly, and
+        the reads go on from OSS."""
+        if not self.broken:
+            log.error(
+                "data cache %s: %s failed (%s); not used until the next mount", self.root, what, exc
+            )
+        self.broken = True
+        self._paused_until = math.inf
+        for obj in [*self._objects.values(), *self._recent.values()]:
+            obj.valid = False
+
     def _store(self, obj: CachedObject, offset: int, data: bytes | memoryview) -> None:
         fd = self._reserve(obj, offset, len(data))
         if fd is not None:
@@ -660,6 +695,13 @@ class DataCache:
     def _reserve(self, obj: CachedObject, offset: int, length: int) -> int | None:
         """Make room for ``length`` bytes at ``offset`` of ``obj``: the file descriptor to write
         them to, or None when they need not or cannot be stored."""
+        try:
+            return self._reserve_unguarded(obj, offset, length)
+        except _CACHE_FAILURES as exc:
+            self._broke(f"storing into {obj.key}", exc)
+            return None
+
+    def _reserve_unguarded(self, obj: CachedObject, offset: int, length: int) -> int | None:
         if not obj.valid or not length or time.monotonic() < self._paused_until:
             return None
         chunk_size = self.chunk_size
@@ -684,6 +726,14 @@ class DataCache:
         self, obj: CachedObject, offset: int, length: int, crcs: list[int] | OSError
     ) -> None:
         """Account for chunks written at ``offset`` by :func:`write_chunks`."""
+        try:
+            self._record_unguarded(obj, offset, length, crcs)
+        except _CACHE_FAILURES as exc:
+            self._broke(f"storing into {obj.key}", exc)
+
+    def _record_unguarded(
+        self, obj: CachedObject, offset: int, length: int, crcs: list[int] | OSError
+    ) -> None:
         if isinstance(crcs, OSError):
             self._disk_trouble(obj, crcs)
             with contextlib.suppress(OSError):

@@ -206,3 +206,24 @@ def test_an_unusable_directory_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(DataCacheError, match=r"data cache .*file/cache"):
         open_cache(tmp_path / "file" / "cache")
+
+
+def test_an_index_that_fails_mid_mount_turns_the_cache_off_without_raising(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = open_cache(tmp_path)
+    data = os.urandom(BLOCK)
+    obj = cache.open_object("k", '"e"', 2 * BLOCK)
+    obj.store(0, data)
+    cache._db.close()  # from now on every index call raises sqlite3.ProgrammingError
+    other = cache.open_object("other", '"e"', 10)  # looks its rows up: fails
+    assert cache.broken and not other.valid and not obj.valid
+    assert obj.read(0, 100) is None  # nothing is served any more
+    obj.store(BLOCK, data)
+    other.store(0, b"0123456789")
+    assert not obj.has_block(1, BLOCK)
+    cache.discard("k")
+    cache.release(other)
+    cache.release(obj)
+    assert "not used until the next mount" in caplog.text
+    cache._lock_file.close()
