@@ -24,6 +24,7 @@ V4 (HMAC-SHA256 hex, with a key derived from secret, date, region and product)::
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import time
@@ -169,7 +170,9 @@ def v4_string_to_sign(canonical_request: str, timestamp: str, region: str) -> st
     return "\n".join([V4_ALGORITHM, timestamp, v4_scope(timestamp, region), digest])
 
 
+@functools.lru_cache(maxsize=16)
 def v4_signing_key(secret: str, date: str, region: str) -> bytes:
+    """The day's signing key (four HMACs): the same for every request of a day and region."""
     key = hmac.new(("aliyun_v4" + secret).encode(), date.encode(), hashlib.sha256).digest()
     for part in (region, V4_PRODUCT, V4_TERMINATOR):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
@@ -257,8 +260,12 @@ def http_date(epoch_s: float | None = None) -> str:
 
 
 def v4_timestamp(epoch_s: float | None = None) -> str:
-    moment = datetime.fromtimestamp(time.time() if epoch_s is None else epoch_s, UTC)
-    return moment.strftime("%Y%m%dT%H%M%SZ")
+    return _v4_timestamp_of_second(int(time.time() if epoch_s is None else epoch_s))
+
+
+@functools.lru_cache(maxsize=4)
+def _v4_timestamp_of_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 class OssV1Auth(httpx.Auth):
@@ -300,13 +307,19 @@ class OssV4Auth(httpx.Auth):
         timestamp = v4_timestamp()
         request.headers["x-oss-date"] = timestamp
         request.headers["x-oss-content-sha256"] = UNSIGNED_PAYLOAD
+        # One pass over the raw headers, decoded as httpx's Headers decode them (which they
+        # do again on every access).
+        encoding = request.headers.encoding
+        headers = {
+            name.decode(encoding).lower(): value.decode(encoding)
+            for name, value in request.headers.raw
+        }
         # Only headers the request really carries can be signed as additional ones.
-        additional = [name for name in self._additional_headers if name in request.headers]
+        additional = [name for name in self._additional_headers if name in headers]
         bucket, key = _request_target(request)
         canonical = v4_canonical_request(
-            request.method, bucket, key, request_query_params(request.url),
-            request.headers, additional,
-        )  # fmt: skip
+            request.method, bucket, key, request_query_params(request.url), headers, additional
+        )
         string_to_sign = v4_string_to_sign(canonical, timestamp, self._region)
         signature = v4_signature(
             credentials.access_key_secret, timestamp, self._region, string_to_sign
