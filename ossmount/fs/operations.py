@@ -559,15 +559,17 @@ class OssFs(pyfuse3.Operations):
 
     def _push_spare_pages(self, handle: FileHandle, reader: FileReader) -> None:
         spare = reader.take_spare()
+        if spare is None:
+            return
         node = handle.inode
         if (
-            spare is None
-            or not self._page_pushes_enabled
+            not self._page_pushes_enabled
             or self._kernel_cached_etag.get(node.ino) != reader.etag
             or handle.staged is not None
             or self._staged_of(node) is not None
             or sum(self._page_pushes.values()) >= MAX_PAGE_PUSHES
         ):
+            reader.return_spare(spare)
             return
         self._page_pushes[node.ino] = self._page_pushes.get(node.ino, 0) + 1
         self.read_cache.nursery.start_soon(self._push_pages, node.ino, reader.etag, spare)

@@ -365,7 +365,10 @@ class ReadCache:
         """Have ``data`` written to the data cache by a worker thread. When the disk falls
         behind the network, the fetch waits here (the GET's body is paused) until the writes
         waiting are fewer than ``_MAX_DISK_BACKLOG`` bytes' worth of blocks."""
-        await self._disk_backlog.acquire()
+        # Shielded: a block fetched and handed to its reader is stored even when the handle
+        # closes or the mount unmounts meanwhile (the wait is for the disk, at most the backlog).
+        with trio.CancelScope(shield=True):
+            await self._disk_backlog.acquire()
         disk.readers += 1  # released by the task
         self.nursery.start_soon(self._store_in_thread, disk, offset, data)
 
@@ -544,6 +547,10 @@ class FileReader:
         await self._tasks_done.wait()
         if self._disk is not None and self._cache.data_cache is not None:
             self._cache.data_cache.release(self._disk)
+
+    def return_spare(self, spare: Spare) -> None:
+        """``spare`` was not used: offer its block again at the next random read in it."""
+        self._spared_blocks.discard(spare.offset // self._block_size)
 
     def take_spare(self) -> Spare | None:
         """Bytes of the object around the last read that are cheap to have and were not asked
