@@ -229,12 +229,17 @@ def attributes_from_info(
 
 
 def attributes_from_summary(summary: ObjectSummary, defaults: AttrDefaults) -> Attributes:
-    """Attributes from a listing entry alone: mount defaults, Last-Modified as mtime."""
+    """Attributes from a listing entry alone: mount defaults, Last-Modified as mtime.
+
+    The listing gives Last-Modified in milliseconds, a HEAD in whole seconds (an HTTP date):
+    the mtime takes the whole seconds of either, so that it does not change when the HEAD
+    comes (the kernel drops a file's cached pages when its mtime changes; make and rsync would
+    see a change too)."""
     kind = Kind.SYMLINK if summary.object_type == "Symlink" else Kind.FILE
     return Attributes(
         kind=kind,
         size=summary.size,
-        mtime_ns=int(summary.last_modified * 1_000_000_000),
+        mtime_ns=int(summary.last_modified) * 1_000_000_000,
         permissions=0o777 if kind is Kind.SYMLINK else defaults.file_mode,
         uid=defaults.uid,
         gid=defaults.gid,
