@@ -122,7 +122,7 @@ _MAX_CHECK_AHEAD_PIECES = 256
 # Blocks a handle remembers having handed out whole (take_spare), at most.
 _MAX_SPARED_BLOCKS = 65536
 # Bytes fetched and waiting to be written to the data cache, at most.
-_MAX_DISK_BACKLOG = 64 * 1024 * 1024
+_MAX_DISK_BACKLOG = 16 * 1024 * 1024
 
 BlockId = tuple[str, str, int]  # (key, etag, block index)
 ChunkId = tuple[str, str, int]  # (key, etag, chunk index): what a random reader fetched
