@@ -104,3 +104,13 @@ def test_size_and_largest_file_of_a_cache_directory_with_a_sparse_file(tmp_path:
     du = subprocess.run(["du", "-sB1", str(tmp_path)], capture_output=True, text=True, check=True)
     assert bench_cache.allocated_bytes(tmp_path) == int(du.stdout.split()[0])
     assert bench_cache.allocated_bytes(tmp_path) < 4 * 1024 * 1024
+
+
+def test_the_largest_entries_and_the_bytes_outside_sqlite_files() -> None:
+    mib = 1024 * 1024
+    allocated = {".": 4096, "ns/data/01/1": 64 * mib, "ns/index.sqlite-wal": 4 * mib, "ns": 4096}
+    allocated["ns/index.sqlite"] = 100 * 1024
+    assert bench_cache.largest_entries(allocated, 2) == (
+        "ns/data/01/1 64.0 MiB, ns/index.sqlite-wal 4.0 MiB"
+    )
+    assert bench_cache.without_sqlite(allocated) == 64 * mib + 2 * 4096
