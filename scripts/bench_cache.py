@@ -870,7 +870,7 @@ def case_bound(bench: Bench) -> None:
             f"peak while reading (sampled every 50 ms) {sampler.peak / MIB:.1f} MiB, largest "
             f"parts then: {largest_entries(sampler.peak_entries)}; bound {bound / MIB:.0f} MiB "
             f"+ {readers} x 1 MiB = {allowance / MIB:.0f} MiB: {verdict}; without the SQLite "
-            f"files, at that peak: {data_peak / MIB:.1f} MiB, {data_verdict}",
+            f"files, at that peak: {data_peak:,} bytes, {data_verdict} ({allowance:,})",
         )
 
 
