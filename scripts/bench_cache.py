@@ -865,12 +865,11 @@ def case_bound(bench: Bench) -> None:
         data_verdict = "within" if data_peak <= allowance else "OVER"
         note(
             bench,
-            f"case 7, {readers} reader(s): cache dir after the read (du -sB1) "
-            f"{after / MIB:.1f} MiB, "
-            f"peak while reading (sampled every 50 ms) {sampler.peak / MIB:.1f} MiB, largest "
-            f"parts then: {largest_entries(sampler.peak_entries)}; bound {bound / MIB:.0f} MiB "
-            f"+ {readers} x 1 MiB = {allowance / MIB:.0f} MiB: {verdict}; without the SQLite "
-            f"files, at that peak: {data_peak:,} bytes, {data_verdict} ({allowance:,})",
+            f"case 7, {readers} reader(s): cache dir after the read (du -sB1) {after:,} bytes, "
+            f"peak while reading (sampled every 50 ms) {sampler.peak:,} bytes, largest parts "
+            f"then: {largest_entries(sampler.peak_entries)}; bound {bound / MIB:.0f} MiB + "
+            f"{readers} x 1 MiB = {allowance:,} bytes: {verdict}; without the SQLite files, "
+            f"at that peak: {data_peak:,} bytes, {data_verdict}",
         )
 
 
