@@ -32,9 +32,9 @@ apt_get() {
 }
 
 # (attr, acl, strace: setfattr/getfattr, setfacl and strace, which the POSIX tests run on real
-# mounts)
+# mounts; fio, unzip: scripts/bench_cache.py and its unit test)
 packages=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv curl rsync git
-          sqlite3 ca-certificates attr acl strace)
+          sqlite3 ca-certificates attr acl strace fio unzip)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

@@ -94,14 +94,27 @@ def unsupported_subresource(params: dict[str, str | None], on_object: bool, meth
 
 @dataclass
 class Stats:
-    """Request counters: total and per operation (GetObject, PutObject ...)."""
+    """Request counters: total and per operation (GetObject, PutObject ...), and the bytes of
+    the answers' bodies per operation (the Content-Length of each successful non-HEAD answer:
+    what the client asked for, whether or not it read it all)."""
 
     total: int = 0
     by_operation: dict[str, int] = field(default_factory=dict)
+    body_bytes_by_operation: dict[str, int] = field(default_factory=dict)
 
     def record(self, operation: str) -> None:
         self.total += 1
         self.by_operation[operation] = self.by_operation.get(operation, 0) + 1
+
+    def record_body(self, operation: str, length: int) -> None:
+        if length:
+            counts = self.body_bytes_by_operation
+            counts[operation] = counts.get(operation, 0) + length
+
+    def body_bytes(self, operation: str | None = None) -> int:
+        if operation is None:
+            return sum(self.body_bytes_by_operation.values())
+        return self.body_bytes_by_operation.get(operation, 0)
 
     def count(self, operation: str | None = None) -> int:
         if operation is None:
@@ -111,6 +124,7 @@ class Stats:
     def reset(self) -> None:
         self.total = 0
         self.by_operation = {}
+        self.body_bytes_by_operation = {}
 
 
 class App:
@@ -175,8 +189,10 @@ class App:
         if length:
             call.request.body.reset_after = self.faults.pick_reset(call.operation, length)
         response = await self._dispatch(call)
-        if response.segments and call.request.method != "HEAD":
-            response.reset_at = self.faults.pick_reset(call.operation, response.content_length)
+        if call.request.method != "HEAD":
+            self.stats.record_body(call.operation, response.content_length)
+            if response.segments:
+                response.reset_at = self.faults.pick_reset(call.operation, response.content_length)
         return response
 
     def error_response(self, exc: OssServerError, request_id: str, head: bool) -> Response:

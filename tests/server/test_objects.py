@@ -280,6 +280,23 @@ def test_request_ids_and_stats(bucket: oss2.Bucket, oss_server: RunningServer) -
     assert oss_server.stats.count() == 3
 
 
+def test_stats_count_the_body_bytes_of_answers(
+    bucket: oss2.Bucket, oss_server: RunningServer
+) -> None:
+    bucket.put_object("sized", b"0123456789" * 1000)
+    oss_server.stats.reset()
+    assert bucket.get_object("sized", byte_range=(100, 199)).read() == (b"0123456789" * 10)
+    bucket.head_object("sized")
+    assert bucket.get_object("sized").read() == b"0123456789" * 1000
+    with pytest.raises(NoSuchKey):
+        bucket.get_object("not-there")
+    assert oss_server.stats.body_bytes("GetObject") == 100 + 10_000
+    assert oss_server.stats.body_bytes("HeadObject") == 0
+    assert oss_server.stats.body_bytes() == 100 + 10_000
+    oss_server.stats.reset()
+    assert oss_server.stats.body_bytes() == 0
+
+
 def test_batch_delete_quiet_and_content_md5(oss2_bucket: oss2.Bucket, raw: RawClient) -> None:
     oss2_bucket.put_object("q1", b"x")
     oss2_bucket.put_object("q2", b"x")
