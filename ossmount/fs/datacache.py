@@ -396,6 +396,8 @@ class DataCache:
         self._touched: dict[tuple[int, int], int] = {}  # rows read since the last flush: used
         self._last_flush = time.monotonic()
         self._paused_until = 0.0
+        self._reservations: dict[tuple[int, int], int] = {}  # (id of object, offset): bytes
+        self._reserved_bytes = 0
         self.broken = False
         try:
             if clear:
@@ -717,15 +719,20 @@ class DataCache:
         try:
             if obj.object_id == _NO_ROW:
                 self._create_row(obj)
-            return obj.fd()
+            fd = obj.fd()
         except OSError as exc:
             self._disk_trouble(obj, exc)
             return None
+        # Counted against the bound until _record: writes in flight take room too.
+        self._reservations[(id(obj), offset)] = new_bytes
+        self._reserved_bytes += new_bytes
+        return fd
 
     def _record(
         self, obj: CachedObject, offset: int, length: int, crcs: list[int] | OSError
     ) -> None:
         """Account for chunks written at ``offset`` by :func:`write_chunks`."""
+        self._reserved_bytes -= self._reservations.pop((id(obj), offset), 0)
         try:
             self._record_unguarded(obj, offset, length, crcs)
         except _CACHE_FAILURES as exc:
@@ -776,22 +783,24 @@ class DataCache:
         capacity = self.capacity - max(self._index_bytes, _WAL_LIMIT)
         if nbytes > capacity:
             return False
-        while self.cached_bytes + nbytes > capacity:
+        while self.cached_bytes + self._reserved_bytes + nbytes > capacity:
             self.flush()
             victims = self._db.execute(
                 "SELECT object_id, block, bytes FROM blocks ORDER BY used LIMIT ?",
                 (_EVICT_BATCH,),
             ).fetchall()
             if not victims:
-                log.warning(
-                    "data cache: %d bytes accounted with nothing left to evict; recounting",
-                    self.cached_bytes,
-                )
-                self.cached_bytes = 0
-                break
+                if self.cached_bytes:
+                    log.warning(
+                        "data cache: %d bytes accounted with nothing left to evict; recounting",
+                        self.cached_bytes,
+                    )
+                    self.cached_bytes = 0
+                # What is left is writes in flight: this one waits for a later chance.
+                return self._reserved_bytes + nbytes <= capacity
             for object_id, index, nbytes_row in victims:
                 self._evict_block(int(object_id), int(index), int(nbytes_row), keep)
-                if self.cached_bytes + nbytes <= capacity:
+                if self.cached_bytes + self._reserved_bytes + nbytes <= capacity:
                     break
         return True
 

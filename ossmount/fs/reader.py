@@ -37,8 +37,11 @@ The number of concurrent GETs of the whole mount is bounded by ``max_inflight``.
 reader's lookups do not refresh a block's place in the LRU order, so blocks leave the cache in the
 order they were fetched: the blocks a stream has read go before the ones prefetched ahead of it.
 (If reads refreshed them, the blocks read since a prefetch would all be younger than it, and the
-window could be at most half the cache.) The window is at most three quarters of the cache; the
-rest is for other handles' blocks. Memory is therefore about ``cache_bytes`` plus one partial
+window could be at most half the cache.) The windows of all the handles streaming at once share
+three quarters of the cache (:meth:`ReadCache.window_limit`; measured: four readers of a quarter
+of one object each, with a window of three quarters each, made the server send 1.7-2.1 times
+the object, as blocks prefetched for one were dropped for another); the rest is for other
+handles' blocks. Memory is therefore about ``cache_bytes`` plus one partial
 block per GET in flight.
 
 Random reads
@@ -276,6 +279,8 @@ class ReadCache:
             maxsize=max(cache_bytes // 8, self.chunk_size), getsizeof=len
         )
         self._pending_chunks: dict[ChunkId, _PendingBlock] = {}
+        # Handles reading sequentially now: they share the room for prefetch windows.
+        self._streams: set[FileReader] = set()
         self.data_cache = data_cache
         self._disk_writers = trio.CapacityLimiter(2)
         # Writes to the data cache waiting (fetched, not written yet), at most.
@@ -309,6 +314,12 @@ class ReadCache:
             if self.data_cache is not None:
                 disk = self.data_cache.open_object(key, etag, size)
         return FileReader(self, source, key=key, size=size, etag=etag, crc64=crc64, disk=disk)
+
+    def window_limit(self) -> int:
+        """The largest prefetch window (in blocks) of one sequential reader now: the room for
+        windows shared by the readers streaming at once, so that blocks prefetched for one are
+        not dropped before it reads them to make room for another's."""
+        return max(1, self.max_window_blocks // max(1, len(self._streams)))
 
     def offer_object(self, key: str, etag: str, data: bytes) -> None:
         """Keep the whole body of version ``etag`` of ``key``, fetched by someone else (a small
@@ -542,6 +553,7 @@ class FileReader:
         if self._closed:
             return
         self._closed = True
+        self._cache._streams.discard(self)
         for scope in list(self._task_scopes):
             scope.cancel()
         await self._tasks_done.wait()
@@ -656,12 +668,16 @@ class FileReader:
             and end - offset >= _NEAR_STREAM
             and -back_slack <= distance <= ahead_slack
         )
+        cache = self._cache
         if in_stream:
-            self._window_blocks = min(
-                max(1, self._window_blocks * 2), self._cache.max_window_blocks
-            )
             self._stream_end = max(self._stream_end, end)
+            if self._stream_end < self.size:
+                cache._streams.add(self)
+            else:
+                cache._streams.discard(self)  # at the end: nothing more to prefetch
+            self._window_blocks = min(max(1, self._window_blocks * 2), cache.window_limit())
         else:
+            cache._streams.discard(self)
             self._window_blocks = 0
             self._frontier = 0
             self._stream_end = end
