@@ -41,8 +41,9 @@ window could be at most half the cache.) The windows of all the handles streamin
 three quarters of the cache (:meth:`ReadCache.window_limit`; measured: four readers of a quarter
 of one object each, with a window of three quarters each, made the server send 1.7-2.1 times
 the object, as blocks prefetched for one were dropped for another); the rest is for other
-handles' blocks. Memory is therefore about ``cache_bytes`` plus one partial
-block per GET in flight.
+handles' blocks. Memory is therefore about ``cache_bytes``, plus an eighth of it for random
+readers' chunks, one partial block per GET in flight, and, with a data cache, at most
+:data:`_MAX_DISK_BACKLOG` of fetched blocks waiting for the disk.
 
 Random reads
 ------------
