@@ -24,6 +24,8 @@ MiB = 1024 * 1024
 # passes the max_read mount option, which pyfuse3 cannot match in its init(), so the kernel's
 # limit is that maximum; how large sequential reads really arrive is set by read_ahead_kb.
 LIBFUSE_MAX_READ = MiB
+# The largest small_file_get: a GET of that size in place of a HEAD.
+SMALL_FILE_GET_MAX = MiB
 
 
 def default_cache_dir() -> Path:
@@ -75,6 +77,9 @@ class MountConfig:
     noxattr: bool = False
     head_concurrency: int = 32
     max_connections: int = 16
+    # Objects known to be at most this size are fetched whole by a GET where exact metadata
+    # needs a HEAD: the same headers plus the body in one round trip (0: always HEAD).
+    small_file_get: int = 64 * 1024
 
     # Kernel caches (FUSE entry/attribute timeouts).
     attr_timeout_s: float = 1.0
@@ -206,6 +211,7 @@ _INT_OPTIONS = {
     "gid": "gid",
     "head_concurrency": "head_concurrency",
     "max_connections": "max_connections",
+    "small_file_get": "small_file_get",
     # ossfs's name for the HEAD/list concurrency.
     "parallel_count": "head_concurrency",
     "max_stat_cache_size": "stat_cache_entries",
@@ -441,6 +447,11 @@ def _validate(config: MountConfig) -> None:
         raise ConfigError("cache_size must hold at least one block and the 1 MiB of its index")
     if not 100 * 1024 <= config.part_size <= 5 * 1024 * MiB:
         raise ConfigError("part_size must be between 100 KiB and 5 GiB (OSS part limits)")
+    if config.small_file_get > SMALL_FILE_GET_MAX:
+        raise ConfigError(
+            f"small_file_get must be at most {SMALL_FILE_GET_MAX // MiB} MiB (bodies of that "
+            "size are held in memory, head_concurrency at a time, while a directory is listed)"
+        )
     if config.upload_concurrency < 1:
         raise ConfigError("upload_concurrency must be at least 1")
     if config.ssl_ca_file is not None and not config.ssl_ca_file.is_file():

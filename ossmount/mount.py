@@ -340,6 +340,12 @@ def build_filesystem(
         dir_mode=config.default_dir_mode,
     )
     mount_time_ns = time.time_ns()
+
+    def offer_small_body(key: str, etag: str, body: bytes) -> None:
+        # Bodies of small files fetched with their metadata go to the read path (read_cache is
+        # made below, before the mount answers any request).
+        read_cache.offer_object(key, etag, body)
+
     namespace = Namespace(
         client,
         config.bucket,
@@ -352,10 +358,12 @@ def build_filesystem(
             negative_ttl_s=config.negative_timeout_s,
             list_cache_entries=config.list_cache_entries,
             stat_cache_entries=config.stat_cache_entries,
+            small_file_get_bytes=config.small_file_get,
         ),
         dir_mtime_ns=mount_time_ns,
         head_clients=head_clients,
         disk_cache=disk_cache,
+        on_small_body=offer_small_body,
     )
     root_attrs = replace(
         directory_attributes(defaults, mount_time_ns), permissions=config.root_dir_mode

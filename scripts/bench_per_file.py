@@ -4,6 +4,8 @@ grows with the directory.
 
 Usage: .venv/bin/python scripts/bench_per_file.py [--files 1000] [--big-dir 100000]
                                                   [--latency-ms 5] [--only NAME] [-o OPTION]
+       (the mount's per-file path: --only ops; the 4 KiB loop: --only small; small files
+       after `ls -l`: --latency-ms 5 --only lscat)
 
 The bundled server runs as a child process of this script (so that its CPU is its own), and
 answers "stats" on its stdin with the requests it served since the last "stats". Each case
@@ -21,6 +23,10 @@ runs on a fresh foreground mount and reports, per file: the mount daemon's CPU (
             listing the big directory costs no HEAD per object.
   cp        (only with --latency-ms > 0) `cp -r` of --files files of 4 KiB into the mount:
             seconds and requests per file.
+  lscat     --files files of 4 KiB (written through a first mount); on a fresh mount `ls -l`
+            of their directory, then `cat` of every file (the shell's glob, one `cat`):
+            requests per file of each step (exact metadata HEADs, or GETs of small files,
+            and the reads' GETs after them).
 """
 
 from __future__ import annotations
@@ -192,6 +198,27 @@ def bench_small(server: Server, state: Path, files: int, options: list[str]) -> 
         report("4 KiB files: read (page cache dropped)", files, measure(server, pid, read))
 
 
+def bench_lscat(server: Server, state: Path, files: int, options: list[str]) -> None:
+    data = os.urandom(4096)
+    with mounted(server, state, options) as (root, _):
+        (root / "lscat").mkdir()
+        for i in range(files):
+            write_file(root / "lscat" / f"s{i:06d}", data)
+    with mounted(server, state, options) as (root, pid):
+        directory = root / "lscat"
+
+        def ls_l() -> None:
+            subprocess.run(["ls", "-l", str(directory)], check=True, stdout=subprocess.DEVNULL)
+
+        def cat_all() -> None:
+            subprocess.run(
+                f"cat {directory}/* | wc -c", shell=True, check=True, stdout=subprocess.DEVNULL
+            )
+
+        report("ls -l of 4 KiB files (fresh mount)", files, measure(server, pid, ls_l))
+        report("cat * after ls -l", files, measure(server, pid, cat_all))
+
+
 def seed_directory(root: Path, prefix: str, objects: int) -> None:
     store = Store(root)
     try:
@@ -238,7 +265,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--big-dir", type=int, default=100_000)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--only", choices=["ops", "small", "growth", "cp"])
+    parser.add_argument("--only", choices=["ops", "small", "growth", "cp", "lscat"])
     parser.add_argument("-o", dest="options", action="append", default=[])
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -261,6 +288,8 @@ def main() -> int:
                 bench_growth(server, state, args.files, args.big_dir, args.options)
             if args.only == "cp" or (args.only is None and args.latency_ms > 0):
                 bench_cp(server, state, args.files, args.options)
+            if args.only in (None, "lscat"):
+                bench_lscat(server, state, args.files, args.options)
     return 0
 
 

@@ -157,7 +157,14 @@ class DirListing:
     (copy-on-write), so readdir never skips or repeats a name while the directory changes.
     """
 
-    __slots__ = ("_entries", "_snapshot", "prefix", "subdirectories", "taken_at")
+    __slots__ = (
+        "_entries",
+        "_snapshot",
+        "metadata_complete",
+        "prefix",
+        "subdirectories",
+        "taken_at",
+    )
 
     def __init__(
         self,
@@ -166,9 +173,13 @@ class DirListing:
         taken_at: float,
         *,
         snapshot: DirSnapshot | None = None,
+        metadata_complete: bool = True,
     ) -> None:
         self.prefix = prefix
         self.taken_at = taken_at
+        # False for a listing fetched to answer lookups: its entries carry what the listing
+        # says (no x-oss-meta-*, see Namespace.lookup), and readdir lists the directory again.
+        self.metadata_complete = metadata_complete
         self._entries: dict[str, DirEntry] = {entry.name: entry for entry in entries}
         self._snapshot = snapshot
         # Entries that are directories, kept as entries change (st_nlink of the directory).
@@ -456,6 +467,9 @@ class NamespaceOptions:
     list_cache_entries: int = 100_000
     stat_cache_entries: int = 100_000
     list_page_keys: int = LIST_PAGE_KEYS
+    # Objects listed at most this size are fetched whole by one GET where a HEAD would do (the
+    # body goes to the read path); 0: always HEAD.
+    small_file_get_bytes: int = 64 * 1024
 
 
 class Namespace:
@@ -471,10 +485,14 @@ class Namespace:
         dir_mtime_ns: int,
         head_clients: Sequence[OssClient] = (),
         disk_cache: DiskMetadataCache | None = None,
+        on_small_body: Callable[[str, str, bytes], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``on_small_body(key, etag, body)`` receives the whole body of a version of an object
+        that a small-object GET fetched in place of a HEAD (the mount's read cache)."""
         self.client = client
         self.disk_cache = disk_cache
+        self._on_small_body = on_small_body
         # HEADs go round-robin over several small connection pools when given: httpx's pool
         # spends time proportional to its size on every request, so for thousands of
         # concurrent HEADs, eight pools of four connections cost half the CPU of one of 32.
@@ -492,6 +510,13 @@ class Namespace:
         self.warn_once = WarnOnce()
         self._listing_flights: SingleFlight[DirSnapshot] = SingleFlight()
         self._probe_flights: SingleFlight[Attributes | None] = SingleFlight()
+        self._lookup_listing_flights: SingleFlight[DirListing | None] = SingleFlight()
+        # Directories found too large for a one-page listing to answer lookups (see lookup).
+        self._large_directories: TTLCache[str, bool] | None = (
+            TTLCache(maxsize=max(1, options.list_cache_entries), ttl=options.list_cache_ttl_s)
+            if options.list_cache_ttl_s > 0
+            else None
+        )
 
     def cache_counters(self) -> dict[str, dict[str, int]]:
         """Hits, misses and entries of the listing and stat caches (for `ossmount status`)."""
@@ -509,7 +534,7 @@ class Namespace:
     async def list_directory(self, prefix: str) -> DirSnapshot:
         """A snapshot of the directory ``prefix`` (all pages), from the cache if fresh."""
         cached = self._listings.get(prefix)
-        if cached is not None:
+        if cached is not None and cached.metadata_complete:
             return cached.snapshot()
         return await self._listing_flights.run(prefix, lambda: self._fetch_listing(prefix))
 
@@ -593,32 +618,37 @@ class Namespace:
         return exact
 
     async def _exact_entry(self, prefix: str, entry: DirEntry) -> DirEntry | None:
+        try:
+            attrs = await self._exact_attributes(prefix, entry)
+        except NotFound:
+            return None  # deleted since the listing
+        except OssError as exc:
+            key = prefix + entry.name
+            self.warn_once(key, "HEAD %r failed (%s): showing listing attributes", key, exc)
+            return entry
+        return replace(entry, attrs=attrs)
+
+    async def _exact_attributes(self, prefix: str, entry: DirEntry) -> Attributes:
+        """Exact attributes of a listed entry: from the stat cache (files: for the listed
+        version), else a HEAD (a GET for small files); NotFound when it is gone."""
         if entry.attrs.kind is Kind.DIR:
             key = prefix + entry.name + "/"
             cached = self._stats.get_fresh(key)
             if cached is None:
                 cached = await self._directory_marker_attributes(key, entry.marker_key)
                 self._stats.put(key, cached)
-            return replace(entry, attrs=cached)
+            return cached
         key = prefix + entry.name
         listed = entry.attrs
         assert listed.etag is not None
         cached = self._stats.get_for_version(key, listed)
         if cached is not None:
-            return replace(entry, attrs=cached)
-        try:
-            if listed.kind is Kind.SYMLINK:
-                # A HEAD of an OSS symlink describes its target (or fails if it dangles):
-                # the link itself is the listing entry plus its target.
-                attrs = await self._native_symlink_attributes(key, listed)
-            else:
-                attrs = await self._head(key)
-        except NotFound:
-            return None  # deleted since the listing
-        except OssError as exc:
-            self.warn_once(key, "HEAD %r failed (%s): showing listing attributes", key, exc)
-            return entry
-        return replace(entry, attrs=attrs)
+            return cached
+        if listed.kind is Kind.SYMLINK:
+            # A HEAD of an OSS symlink describes its target (or fails if it dangles):
+            # the link itself is the listing entry plus its target.
+            return await self._native_symlink_attributes(key, listed)
+        return await self._head(key, listed.size)
 
     async def _directory_marker_attributes(self, key: str, marker_key: str | None) -> Attributes:
         """A directory's attributes from its marker's metadata, or the defaults."""
@@ -631,10 +661,36 @@ class Namespace:
             return attributes_from_info(info, self.defaults, kind=Kind.DIR)
         return directory_attributes(self.defaults, self._dir_mtime_ns)
 
-    async def _head(self, key: str) -> Attributes:
+    def _gets_whole(self, size: int | None) -> bool:
+        """Whether an object of ``size`` bytes (None: unknown) is fetched by GET, not HEAD."""
+        threshold = self.options.small_file_get_bytes
+        return size is not None and 0 <= size <= threshold and threshold > 0
+
+    async def _head(self, key: str, known_size: int | None = None) -> Attributes:
+        """Exact attributes of the object ``key``, put in the stat cache: a HEAD, or, when
+        ``known_size`` (from a listing, or the version seen before) says the object is small,
+        a GET, which answers with the same headers plus the body in the same round trip. The
+        body goes to ``on_small_body`` under the ETag the GET returned: the headers of that
+        answer are the truth, whatever size was known before (the object may have been
+        replaced since)."""
+        body: bytes | None = None
         async with self._head_limiter:
-            info = await self._head_client().head_object(self.bucket, key)
-        attrs = await self._complete_symlink(key, info)
+            client = self._head_client()
+            if self._gets_whole(known_size):
+                limit = self.options.small_file_get_bytes
+                info, body = await client.get_small_object(self.bucket, key, limit=limit)
+            else:
+                info = await client.head_object(self.bucket, key)
+        attrs = await self._complete_symlink(key, info, body)
+        if (
+            body is not None
+            and self._on_small_body is not None
+            and attrs.kind is Kind.FILE
+            and info.object_type != "Symlink"  # the body and ETag would be the target's
+            and attrs.etag
+            and len(body) == attrs.size
+        ):
+            self._on_small_body(key, attrs.etag, body)
         self._stats.put(key, attrs)
         return attrs
 
@@ -651,7 +707,11 @@ class Namespace:
         self._stats.put(key, attrs)
         return attrs
 
-    async def _complete_symlink(self, key: str, info: ObjectInfo) -> Attributes:
+    async def _complete_symlink(
+        self, key: str, info: ObjectInfo, body: bytes | None = None
+    ) -> Attributes:
+        """Attributes from a HEAD's (or a GET's) headers, with an ossfs symlink's target read
+        from ``body`` when the GET brought it, else fetched."""
         if info.object_type == "Symlink":
             # A HEAD followed the link: the link's own attributes come from GetSymlink.
             return attributes_from_info(
@@ -659,29 +719,102 @@ class Namespace:
             )
         attrs = attributes_from_info(info, self.defaults)
         if attrs.kind is Kind.SYMLINK and attrs.symlink_target is None:
-            target = await self._fetch_symlink_target(key, attrs)
+            if body is not None and len(body) <= SYMLINK_BODY_LIMIT:
+                target = body.decode("utf-8", "surrogateescape")
+            else:
+                target = await self._fetch_symlink_target(key, attrs)
             attrs = replace(attrs, symlink_target=target, size=len(target.encode()))
         return attrs
 
     # -- single names --------------------------------------------------------------------
 
     async def lookup(self, parent_prefix: str, name: str) -> Attributes | None:
-        """What ``name`` in the directory ``parent_prefix`` is, or None when nothing is there."""
+        """What ``name`` in the directory ``parent_prefix`` is, or None when nothing is there.
+
+        In order: names found missing; the directory's cached listing made by readdir (its
+        entries are final: exact, or as readdir_optimize shows them); attributes fetched less
+        than the stat TTL ago. Otherwise the directory is listed (one page, once per listing
+        TTL, shared by every lookup in it, see :meth:`_lookup_listing`) and the entry found
+        there gets its exact attributes (one HEAD, or a GET of a small file, which also brings
+        its body for reads). A name that listing does not show is missing while the listing
+        is younger than the negative TTL. Only when no such listing can answer (directories of
+        more than one page, an expired negative answer, a name deleted since the listing) are
+        the three concurrent probes of :meth:`_probe` sent.
+        """
         key = parent_prefix + name
         if key in self._negative:
             return None
         listing = self._listings.get(parent_prefix)
-        if listing is not None:
+        if listing is not None and listing.metadata_complete:
             entry = listing.find(name)
             return None if entry is None else entry.attrs
         for cached_key in (key, key + "/"):
             cached = self._stats.get_fresh(cached_key)
             if cached is not None:
                 return cached
+        if listing is None:
+            listing = await self._lookup_listing(parent_prefix)
+        if listing is not None:
+            entry = listing.find(name)
+            if entry is not None and entry.attrs.etag is None and entry.attrs.kind is not Kind.DIR:
+                return entry.attrs  # put there by this mount (note_entry), not yet in OSS
+            if entry is not None:
+                found = await self._probe_flights.run(
+                    key, lambda: self._listed_attributes(parent_prefix, entry)
+                )
+                if found is not None:
+                    return found
+                listing.remove(name)  # gone since the listing: it may be a directory now
+            elif self._clock() - listing.taken_at < self.options.negative_ttl_s:
+                return None
         attrs = await self._probe_flights.run(key, lambda: self._probe(key))
         if attrs is None:
             self._negative.add(key)
         return attrs
+
+    async def _listed_attributes(self, prefix: str, entry: DirEntry) -> Attributes | None:
+        try:
+            return await self._exact_attributes(prefix, entry)
+        except NotFound:
+            return None
+
+    async def _lookup_listing(self, prefix: str) -> DirListing | None:
+        """A listing of the directory ``prefix`` to answer lookups in it: the first page of
+        ListObjectsV2 (delimiter "/"), without HEADs, kept in the listing cache; None when the
+        directory has more than one page (remembered for the listing TTL, so each lookup
+        there probes as before) or listings are not cached.
+
+        Why: with no listing, a lookup costs three requests (HEAD name, HEAD name_$folder$,
+        ListObjects name/) and the read after it a GET. Programs touch many names of one
+        directory (cat *, grep -r, cp -r, builds), so one listing answers them all: a name
+        missing costs nothing, a file costs the one HEAD that exact metadata needs, or one GET
+        that also brings the body of a small file. The listing sees files, "name/" prefixes
+        and "name_$folder$" markers together, so the directory-wins rule holds as in readdir.
+        """
+        if self._large_directories is None or prefix in self._large_directories:
+            return None
+
+        async def fetch() -> DirListing | None:
+            page = await self.client.list_objects_page(
+                self.bucket, prefix=prefix, delimiter="/", max_keys=self.options.list_page_keys
+            )
+            if page.is_truncated:
+                assert self._large_directories is not None
+                self._large_directories[prefix] = True
+                return None
+            entries = build_entries(
+                prefix,
+                page.objects,
+                page.prefixes,
+                self.defaults,
+                dir_mtime_ns=self._dir_mtime_ns,
+                warn=self.warn_once,
+            )
+            listing = DirListing(prefix, entries, self._clock(), metadata_complete=False)
+            self._listings.put(listing)
+            return listing
+
+        return await self._lookup_listing_flights.run(prefix, fetch)
 
     async def _probe(self, key: str) -> Attributes | None:
         """Find out, with concurrent requests, whether ``key`` is a directory, a file or nothing.
@@ -749,10 +882,12 @@ class Namespace:
         self._stats.put(key, attrs)
         return attrs
 
-    async def stat_file(self, key: str) -> Attributes | None:
-        """Fresh exact attributes of the object ``key`` (a HEAD), or None when it is gone."""
+    async def stat_file(self, key: str, read_size: int | None = None) -> Attributes | None:
+        """Fresh exact attributes of the object ``key`` (a HEAD), or None when it is gone.
+        ``read_size``: the caller is about to read the object, last seen at this size: when
+        that is small, a GET brings the body with the attributes (see :meth:`_head`)."""
         try:
-            return await self._head(key)
+            return await self._head(key, read_size)
         except NotFound as exc:
             if exc.code == "SymlinkTargetNotExist":
                 # An OSS symlink to nothing, or to a directory: the link itself is there.

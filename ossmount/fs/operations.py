@@ -321,11 +321,13 @@ class OssFs(pyfuse3.Operations):
         self._next_fh += 1
         return fh
 
-    async def _refresh(self, inode: Inode) -> Inode:
-        """Re-read a file's attributes from OSS when they expired or the object changed."""
+    async def _refresh(self, inode: Inode, *, reading: bool = False) -> Inode:
+        """Re-read a file's attributes from OSS when they expired or the object changed;
+        ``reading``: for an open to read, so a small file's body may come along (stat_file)."""
         if inode.is_dir or inode.attrs_fresh(self._clock()):
             return inode
-        attrs = await self.namespace.stat_file(inode.key)
+        read_size = inode.attrs.size if reading else None
+        attrs = await self.namespace.stat_file(inode.key, read_size)
         if attrs is None:
             self.inodes.detach(inode.key)
             raise _fuse_error(errno.ENOENT)
@@ -498,11 +500,11 @@ class OssFs(pyfuse3.Operations):
             raise _fuse_error(errno.ELOOP)
         if writable or self._staged_of(node) is not None:
             return await self._open_staged(node, flags, writable=writable)
-        node = await self._refresh(node)
+        node = await self._refresh(node, reading=True)
         etag = node.attrs.etag
         if etag is None:
             node.attrs_expire_at = 0.0
-            node = await self._refresh(node)
+            node = await self._refresh(node, reading=True)
             etag = node.attrs.etag
         assert etag is not None
         reader = self.read_cache.open(node.key, node.attrs.size, etag, node.attrs.crc64)

@@ -49,7 +49,7 @@ import trio
 
 from ossmount.oss import xml as oss_xml
 from ossmount.oss.counters import PROCESS_COUNTERS, RequestCounters, operation_name
-from ossmount.oss.crc64 import Crc64, crc64_combine
+from ossmount.oss.crc64 import Crc64, crc64, crc64_combine
 from ossmount.oss.errors import (
     IntegrityError,
     NoSuchUpload,
@@ -60,7 +60,7 @@ from ossmount.oss.errors import (
     connection_error,
     error_from_response,
 )
-from ossmount.oss.http1 import BodyError, Exchanges, Pools, RequestBody
+from ossmount.oss.http1 import Answer, BodyError, Exchanges, Pools, RequestBody
 from ossmount.oss.model import (
     AppendResult,
     BucketInfo,
@@ -881,6 +881,75 @@ class OssClient:
     async def get_object_meta(self, bucket: str, key: str) -> ObjectInfo:
         """GetObjectMeta: size, ETag, Last-Modified (and CRC-64 where sent); object_type ""."""
         return _object_info(key, await self._head(bucket, key, {"objectMeta": ""}))
+
+    async def get_small_object(
+        self, bucket: str, key: str, *, limit: int
+    ) -> tuple[ObjectInfo, bytes | None]:
+        """GetObject of an object expected to be at most ``limit`` bytes, in one round trip: its
+        metadata exactly as :meth:`head_object` reads it (a GET answers with the same headers)
+        and its whole body. The body is None when the object is larger than ``limit`` (it is not
+        downloaded: the connection is closed instead, see :meth:`Exchanges.exchange`) and when
+        it does not match the object's CRC-64 (logged). Retried by the policy, like a HEAD, on
+        the fast transport."""
+        small = self._exchanges
+        if small is None:
+            return await self._get_small_through_httpx(bucket, key, limit)
+
+        async def attempt() -> Answer:
+            request = self._signed(self._build("GET", bucket, key, None, None, None))
+            try:
+                answer = await small.exchange(request, body_limit=limit)
+            except OSError as exc:
+                raise connection_error(f"GET {self._describe(bucket, key)}", exc) from exc
+            self.counters.bytes_in += len(answer.body)
+            head = answer.head
+            if head.status >= 300:
+                raise error_from_response(head.status, head.headers, answer.body, method="GET")
+            return answer
+
+        answer = await self.counted_call(
+            operation_name("GET", bucket, key), attempt, what=f"GET {self._describe(bucket, key)}"
+        )
+        if answer.body_skipped:
+            return await self._small_object_too_large(bucket, key, answer.head.headers)
+        return self._checked_small_object(key, answer.head.headers, answer.body)
+
+    async def _get_small_through_httpx(
+        self, bucket: str, key: str, limit: int
+    ) -> tuple[ObjectInfo, bytes | None]:
+        response, _ = await self._request("GET", bucket, key, stream=True)
+        try:
+            headers = _lower_headers(response)
+            length = headers.get("content-length", "")
+            if not length.isdigit() or int(length) > limit:
+                return await self._small_object_too_large(bucket, key, headers)
+            body = await response.aread()
+            self.counters.bytes_in += len(body)
+        finally:
+            await response.aclose()
+        return self._checked_small_object(key, headers, body)
+
+    async def _small_object_too_large(
+        self, bucket: str, key: str, headers: Mapping[str, str]
+    ) -> tuple[ObjectInfo, None]:
+        if not headers.get("content-length", "").isdigit():
+            # No length (a chunked answer): only a HEAD tells the size.
+            return await self.head_object(bucket, key), None
+        return _object_info(key, headers), None
+
+    @staticmethod
+    def _checked_small_object(
+        key: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[ObjectInfo, bytes | None]:
+        info = _object_info(key, headers)
+        if info.crc64 is not None and crc64(body) != info.crc64:
+            log.warning(
+                "GET %s: body does not match its CRC-64 (%s); not kept",
+                key,
+                headers.get("x-oss-request-id", "no request id"),
+            )
+            return info, None
+        return info, body
 
     async def _open_get(
         self,

@@ -380,10 +380,13 @@ class Pools:
 
 @dataclass(frozen=True)
 class Answer:
-    """A response head and its (small) body."""
+    """A response head and its (small) body. ``body_skipped``: a successful answer's body was
+    longer than the caller's ``body_limit`` (or of unknown length), so it was not read and the
+    connection was closed instead."""
 
     head: ResponseHead
     body: bytes
+    body_skipped: bool = False
 
 
 class _ClosedBeforeAnswerError(Exception):
@@ -405,17 +408,24 @@ class Exchanges:
         self._pools = pools
         self._answer_limit = answer_limit
 
-    async def exchange(self, request: httpx.Request, body: RequestBody = b"") -> Answer:
+    async def exchange(
+        self, request: httpx.Request, body: RequestBody = b"", *, body_limit: int | None = None
+    ) -> Answer:
         """Send ``request`` (signed, with its Content-Length set when there is a body) and
         ``body``; the answer's head and body (none for HEAD). OssProtocolError for an answer
-        body over ``answer_limit``. What ``body`` raises (a local file that cannot be read)
-        comes out wrapped in :class:`BodyError`."""
+        body over ``answer_limit``. ``body_limit``: the GET of an object that should be small;
+        a successful answer whose Content-Length is larger (or missing) is not read
+        (``Answer.body_skipped``) and its connection is closed, since reading a large body only
+        to drop it costs more than a new connection. What ``body`` raises (a local file that
+        cannot be read) comes out wrapped in :class:`BodyError`."""
         pool = self._pools.for_url(request.url)
         wire = request_bytes(request, absolute_form=pool.route.absolute_form)
         head_only = request.method == "HEAD"
         state = _Stoppable()
         return await run_in_worker(
-            lambda: self._run(pool, wire, body, head_only, state), state.stop, request.method
+            lambda: self._run(pool, wire, body, head_only, body_limit, state),
+            state.stop,
+            request.method,
         )
 
     def _run(
@@ -424,6 +434,7 @@ class Exchanges:
         wire: bytes,
         body: RequestBody,
         head_only: bool,
+        body_limit: int | None,
         state: _Stoppable,
     ) -> Answer:
         while True:
@@ -432,7 +443,7 @@ class Exchanges:
                 connection.close()
                 raise ConnectionAbortedError("stopped")
             try:
-                answer = self._on(connection, wire, body, head_only, reused)
+                answer = self._on(connection, wire, body, head_only, body_limit, reused)
             except _ClosedBeforeAnswerError as exc:
                 state.detach()
                 connection.close()
@@ -443,7 +454,7 @@ class Exchanges:
                 state.detach()
                 connection.close()
                 raise
-            if state.detach() and answer.head.keep_alive:
+            if state.detach() and answer.head.keep_alive and not answer.body_skipped:
                 pool.give_back(connection)
             else:
                 connection.close()
@@ -455,6 +466,7 @@ class Exchanges:
         wire: bytes,
         body: RequestBody,
         head_only: bool,
+        body_limit: int | None,
         reused: bool,
     ) -> Answer:
         try:
@@ -473,6 +485,10 @@ class Exchanges:
             raise
         if head_only or head.status in (204, 304) or 100 <= head.status < 200:
             return Answer(head, b"")
+        if body_limit is not None and 200 <= head.status < 300:
+            length = head.headers.get("content-length", "")
+            if not length.isdigit() or int(length) > body_limit:
+                return Answer(head, b"", body_skipped=True)
         return Answer(head, self._answer_body(connection, head))
 
     def _answer_body(self, connection: Connection, head: ResponseHead) -> bytes:

@@ -75,6 +75,51 @@ async def test_conditional_gets(client: OssClient) -> None:
         await client.get_object(B, "c", if_none_match=put.etag)
 
 
+async def test_small_get_gives_the_head_metadata_and_the_body(
+    oss_server: RunningServer, client: OssClient
+) -> None:
+    data = b"small body"
+    await client.put_object(
+        B, "small", data, metadata={"Mode": "33188"}, headers={"Content-Type": "text/plain"}
+    )
+    oss_server.stats.reset()
+    info, body = await client.get_small_object(B, "small", limit=64 * 1024)
+    assert oss_server.stats.by_operation == {"GetObject": 1}
+    assert body == data
+    assert info == await client.head_object(B, "small")  # one place builds both
+    with pytest.raises(errors.NotFound):
+        await client.get_small_object(B, "absent", limit=64 * 1024)
+
+
+async def test_small_get_of_a_larger_object_skips_its_body(
+    oss_server: RunningServer, client: OssClient
+) -> None:
+    data = bytes(range(256)) * 1024  # 256 KiB: larger than the limit
+    await client.put_object(B, "large", data)
+    oss_server.stats.reset()
+    info, body = await client.get_small_object(B, "large", limit=1024)
+    assert body is None
+    assert (info.size, info.crc64) == (len(data), crc64(data))
+    assert oss_server.stats.by_operation == {"GetObject": 1}
+    # The connection was closed rather than drained; the next request gets a good one.
+    info, body = await client.get_small_object(B, "large", limit=len(data))
+    assert body == data
+
+
+async def test_small_get_drops_a_body_that_fails_its_crc(
+    oss_server: RunningServer, client: OssClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    await client.put_object(B, "rotten", b"good bytes")
+    record = oss_server.store.get_object(B, "rotten")
+    assert record is not None and record.data_file is not None
+    oss_server.store.object_path(record.data_file).write_bytes(b"evil bytes")  # same length
+    with caplog.at_level(logging.WARNING, logger="ossmount.oss.client"):
+        info, body = await client.get_small_object(B, "rotten", limit=1024)
+    assert body is None
+    assert info.size == 10
+    assert "does not match its CRC-64" in caplog.text
+
+
 async def test_put_from_file_slice_and_streams(client: OssClient, tmp_path: Path) -> None:
     data = random_file(tmp_path / "f", 3 * 1024 * 1024 + 5)
     await client.put_object(B, "whole", tmp_path / "f")

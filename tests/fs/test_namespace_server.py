@@ -39,7 +39,8 @@ async def test_cold_lookup_file_dir_missing_and_ossfs_marker(
     oss2_bucket.put_object("f.txt", b"abc", headers=MODE_0600)
     oss2_bucket.put_object("d/inner", b"x")
     oss2_bucket.put_object("old_$folder$", b"")
-    ns = namespace(client)
+    # No listing cache: every lookup probes (HEAD, one-key LIST, HEAD of the marker).
+    ns = namespace(client, list_cache_ttl_s=0.0)
     oss_server.stats.reset()
     file_attrs = await ns.lookup("", "f.txt")
     assert file_attrs is not None
@@ -65,7 +66,7 @@ async def test_listing_serves_lookups_and_reuses_heads_per_version(
 ) -> None:
     for index in range(30):
         oss2_bucket.put_object(f"dir/f{index:02d}", b"x", headers=MODE_0600)
-    ns = namespace(client, list_cache_ttl_s=0.0, head_concurrency=4)
+    ns = namespace(client, list_cache_ttl_s=0.0, head_concurrency=4, small_file_get_bytes=0)
     oss_server.stats.reset()
     snapshot = await ns.list_directory("dir/")
     assert [entry.name for entry in snapshot.entries] == [f"f{i:02d}" for i in range(30)]
@@ -135,7 +136,7 @@ async def test_concurrent_calls_share_one_listing_and_one_probe(
 ) -> None:
     for index in range(10):
         oss2_bucket.put_object(f"dir/f{index}", b"x")
-    ns = namespace(client)
+    ns = namespace(client, small_file_get_bytes=0, negative_ttl_s=30.0)
     oss_server.stats.reset()
     snapshots: list[DirSnapshot] = []
     misses: list[Attributes | None] = []
@@ -152,8 +153,9 @@ async def test_concurrent_calls_share_one_listing_and_one_probe(
             nursery.start_soon(look_up_missing)
     assert len({id(snapshot) for snapshot in snapshots}) == 1
     assert misses == [None] * 5
-    assert oss_server.stats.count("ListObjectsV2") == 1 + 1  # one listing, one probe
-    assert oss_server.stats.count("HeadObject") == 10 + 2  # the listing's, the probe's two
+    # One listing of dir/, one of the root for the lookups (which it answers: no probe).
+    assert oss_server.stats.count("ListObjectsV2") == 1 + 1
+    assert oss_server.stats.count("HeadObject") == 10
 
 
 async def test_single_flight_passes_errors_to_followers() -> None:
@@ -178,3 +180,147 @@ async def test_single_flight_passes_errors_to_followers() -> None:
             nursery.start_soon(run)
     assert calls == 1
     assert len(errors) == 3
+
+
+class Bodies:
+    """What the namespace hands to the read path (on_small_body): (key, etag) -> body."""
+
+    def __init__(self) -> None:
+        self.offered: dict[tuple[str, str], bytes] = {}
+
+    def __call__(self, key: str, etag: str, body: bytes) -> None:
+        self.offered[(key, etag)] = body
+
+
+def namespace_with_bodies(client: OssClient, **options: Any) -> tuple[Namespace, Bodies]:
+    bodies = Bodies()
+    ns = Namespace(
+        client,
+        TEST_BUCKET,
+        DEFAULTS,
+        NamespaceOptions(**options),
+        dir_mtime_ns=0,
+        on_small_body=bodies,
+    )
+    return ns, bodies
+
+
+async def test_listing_gets_small_files_whole_and_hands_their_bodies_on(
+    client: OssClient, oss2_bucket: oss2.Bucket, oss_server: RunningServer
+) -> None:
+    for index in range(5):
+        oss2_bucket.put_object(f"dir/f{index}", f"body {index}".encode(), headers=MODE_0600)
+    large = bytes(range(256)) * 400  # 100 KiB, over the 64 KiB default
+    oss2_bucket.put_object("dir/large", large, headers=MODE_0600)
+    oss2_bucket.put_object("dir/empty", b"")
+    # An ossfs symlink (its target is its body) and a FIFO (a zero-byte object with its mode).
+    oss2_bucket.put_object(
+        "dir/link", b"f0", headers={"x-oss-meta-mode": str(stat.S_IFLNK | 0o777)}
+    )
+    oss2_bucket.put_object("dir/fifo", b"", headers={"x-oss-meta-mode": str(stat.S_IFIFO | 0o600)})
+    ns, bodies = namespace_with_bodies(client)
+    oss_server.stats.reset()
+    snapshot = await ns.list_directory("dir/")
+    entries = {entry.name: entry.attrs for entry in snapshot.entries}
+    # One request per object: a GET for each small one (the symlink's target included), a
+    # HEAD for the large one.
+    assert oss_server.stats.by_operation == {"ListObjectsV2": 1, "GetObject": 8, "HeadObject": 1}
+    assert entries["link"].kind is Kind.SYMLINK and entries["link"].symlink_target == "f0"
+    assert entries["fifo"].kind is Kind.FIFO
+    assert all(entries[f"f{i}"].permissions == 0o600 for i in range(5))
+    assert entries["large"].size == len(large) and entries["large"].permissions == 0o600
+    expected = {(f"dir/f{i}", entries[f"f{i}"].etag): f"body {i}".encode() for i in range(5)}
+    expected[("dir/empty", entries["empty"].etag)] = b""
+    assert bodies.offered == expected  # not the large file's, the link's or the FIFO's
+
+
+async def test_small_file_get_zero_sends_heads(
+    client: OssClient, oss2_bucket: oss2.Bucket, oss_server: RunningServer
+) -> None:
+    for index in range(3):
+        oss2_bucket.put_object(f"dir/f{index}", b"x")
+    ns, bodies = namespace_with_bodies(client, small_file_get_bytes=0)
+    oss_server.stats.reset()
+    await ns.list_directory("dir/")
+    assert oss_server.stats.by_operation == {"ListObjectsV2": 1, "HeadObject": 3}
+    assert bodies.offered == {}
+
+
+async def test_stat_for_a_read_trusts_the_get_over_the_size_seen_before(
+    client: OssClient, oss2_bucket: oss2.Bucket, oss_server: RunningServer
+) -> None:
+    large = bytes(range(256)) * 400
+    oss2_bucket.put_object("grown", large)  # was 3 bytes when last seen
+    ns, bodies = namespace_with_bodies(client)
+    oss_server.stats.reset()
+    attrs = await ns.stat_file("grown", read_size=3)
+    assert attrs is not None and attrs.size == len(large)
+    assert oss_server.stats.by_operation == {"GetObject": 1}
+    assert bodies.offered == {}  # its body was not downloaded
+    oss2_bucket.put_object("grown", b"small again")
+    attrs = await ns.stat_file("grown", read_size=len(large))  # over the threshold: a HEAD
+    assert attrs is not None and attrs.size == 11 and bodies.offered == {}
+    attrs = await ns.stat_file("grown", read_size=11)
+    assert attrs is not None and attrs.etag is not None
+    assert bodies.offered == {("grown", attrs.etag): b"small again"}
+
+
+async def test_lookups_in_a_cold_directory_share_one_listing(
+    client: OssClient, oss2_bucket: oss2.Bucket, oss_server: RunningServer
+) -> None:
+    for index in range(10):
+        oss2_bucket.put_object(f"dir/f{index}", f"body {index}".encode(), headers=MODE_0600)
+    oss2_bucket.put_object("dir/sub/x", b"x")
+    oss2_bucket.put_object("dir/old_$folder$", b"", headers={"x-oss-meta-mode": "16832"})
+    oss2_bucket.put_object("dir/both", b"hidden")  # and a directory of the same name:
+    oss2_bucket.put_object("dir/both/inner", b"x")
+    ns, bodies = namespace_with_bodies(client, negative_ttl_s=30.0)
+    oss_server.stats.reset()
+    for index in range(10):
+        attrs = await ns.lookup("dir/", f"f{index}")
+        assert attrs is not None and attrs.permissions == 0o600 and attrs.size == 6
+    assert oss_server.stats.by_operation == {"ListObjectsV2": 1, "GetObject": 10}
+    assert len(bodies.offered) == 10
+    oss_server.stats.reset()
+    assert await ns.lookup("dir/", "missing") is None  # not in the listing: no request
+    assert oss_server.stats.total == 0
+    sub, old, both = [await ns.lookup("dir/", name) for name in ("sub", "old", "both")]
+    assert sub is not None and sub.kind is Kind.DIR
+    assert old is not None and old.kind is Kind.DIR and old.permissions == 0o700
+    assert both is not None and both.kind is Kind.DIR  # the directory wins, as in readdir
+    # Directories: their markers' HEADs only (sub/, old/ then old_$folder$, both/).
+    assert oss_server.stats.by_operation == {"HeadObject": 4}
+    # readdir does not serve the lookups' listing (no exact metadata): it lists again, and
+    # HEADs nothing it already knows.
+    oss_server.stats.reset()
+    snapshot = await ns.list_directory("dir/")
+    assert {entry.name for entry in snapshot.entries} >= {"both", "old", "sub", "f0"}
+    assert oss_server.stats.by_operation == {"ListObjectsV2": 1}
+
+
+async def test_a_name_missing_from_an_old_lookup_listing_is_probed(
+    client: OssClient, oss2_bucket: oss2.Bucket, oss_server: RunningServer
+) -> None:
+    oss2_bucket.put_object("dir/a", b"a")
+    ns, _ = namespace_with_bodies(client, negative_ttl_s=0.0)
+    assert await ns.lookup("dir/", "a") is not None
+    oss2_bucket.put_object("dir/late", b"late")  # after the listing
+    oss_server.stats.reset()
+    late = await ns.lookup("dir/", "late")
+    assert late is not None and late.size == 4
+    assert oss_server.stats.by_operation == {"HeadObject": 2, "ListObjectsV2": 1}  # the probe
+
+
+async def test_a_directory_of_several_pages_is_probed_not_listed_per_lookup(
+    client: OssClient, oss2_bucket: oss2.Bucket, oss_server: RunningServer
+) -> None:
+    for index in range(8):
+        oss2_bucket.put_object(f"big/f{index}", b"x")
+    ns, _ = namespace_with_bodies(client, list_page_keys=5)
+    oss_server.stats.reset()
+    assert await ns.lookup("big/", "f1") is not None
+    # The first page (truncated), then the probe: HEAD, HEAD of the marker, one-key LIST.
+    assert oss_server.stats.by_operation == {"ListObjectsV2": 2, "HeadObject": 2}
+    oss_server.stats.reset()
+    assert await ns.lookup("big/", "f2") is not None
+    assert oss_server.stats.by_operation == {"ListObjectsV2": 1, "HeadObject": 2}
