@@ -758,6 +758,12 @@ class Namespace:
             entry = listing.find(name)
             if entry is not None and entry.attrs.etag is None and entry.attrs.kind is not Kind.DIR:
                 return entry.attrs  # put there by this mount (note_entry), not yet in OSS
+            if (
+                entry is not None
+                and entry.attrs.kind is Kind.DIR
+                and not self.options.exact_metadata
+            ):
+                return entry.attrs  # as readdir_optimize shows directories: no marker HEAD
             if entry is not None:
                 found = await self._probe_flights.run(
                     key, lambda: self._listed_attributes(parent_prefix, entry)
@@ -795,8 +801,14 @@ class Namespace:
             return None
 
         async def fetch() -> DirListing | None:
+            # start-after the prefix itself: the directory's own "dir/" marker takes no place
+            # in the page (a directory of 1,000 names and a marker still fits in one).
             page = await self.client.list_objects_page(
-                self.bucket, prefix=prefix, delimiter="/", max_keys=self.options.list_page_keys
+                self.bucket,
+                prefix=prefix,
+                delimiter="/",
+                start_after=prefix,
+                max_keys=self.options.list_page_keys,
             )
             if page.is_truncated:
                 assert self._large_directories is not None

@@ -324,3 +324,17 @@ async def test_a_directory_of_several_pages_is_probed_not_listed_per_lookup(
     oss_server.stats.reset()
     assert await ns.lookup("big/", "f2") is not None
     assert oss_server.stats.by_operation == {"ListObjectsV2": 1, "HeadObject": 2}
+
+
+async def test_a_full_page_and_the_directory_marker_still_answer_lookups(
+    client: OssClient, oss2_bucket: oss2.Bucket, oss_server: RunningServer
+) -> None:
+    oss2_bucket.put_object("full/", b"")  # the marker mkdir makes
+    for index in range(5):
+        oss2_bucket.put_object(f"full/f{index}", b"x")
+    ns, _ = namespace_with_bodies(client, list_page_keys=5, negative_ttl_s=30.0)
+    oss_server.stats.reset()
+    for index in range(5):
+        assert await ns.lookup("full/", f"f{index}") is not None
+    assert await ns.lookup("full/", "f5") is None
+    assert oss_server.stats.by_operation == {"ListObjectsV2": 1, "GetObject": 5}
