@@ -118,6 +118,16 @@ def test_block_size_floor(tmp_path: Path) -> None:
         build_config("b", tmp_path, options=["block_size=4k"])
 
 
+def test_small_file_get_sizes(tmp_path: Path) -> None:
+    assert build_config("b", tmp_path).small_file_get == 64 * 1024
+    assert build_config("b", tmp_path, options=["small_file_get=16k"]).small_file_get == 16384
+    assert build_config("b", tmp_path, options=["small_file_get=0"]).small_file_get == 0
+    with pytest.raises(ConfigError, match="small_file_get must be at most 1 MiB"):
+        build_config("b", tmp_path, options=["small_file_get=2m"])
+    with pytest.raises(ConfigError, match="small_file_get=lots: not a whole number"):
+        build_config("b", tmp_path, options=["small_file_get=lots"])
+
+
 def test_direct_io_is_off_unless_asked(tmp_path: Path) -> None:
     assert build_config("b", tmp_path, options=[]).direct_io is False
     assert build_config("b", tmp_path, options=["direct_io"]).direct_io is True
