@@ -736,10 +736,11 @@ class Namespace:
         than the stat TTL ago. Otherwise the directory is listed (one page, once per listing
         TTL, shared by every lookup in it, see :meth:`_lookup_listing`) and the entry found
         there gets its exact attributes (one HEAD, or a GET of a small file, which also brings
-        its body for reads). A name that listing does not show is missing while the listing
-        is younger than the negative TTL. Only when no such listing can answer (directories of
-        more than one page, an expired negative answer, a name deleted since the listing) are
-        the three concurrent probes of :meth:`_probe` sent.
+        its body for reads), which also proves it still exists. A name that listing does not
+        show is probed all the same (the three concurrent requests of :meth:`_probe`), as in
+        directories of more than one page: an object another client created since the listing
+        must be found at once, and a name is only ever missing for the negative TTL after a
+        probe said so.
         """
         key = parent_prefix + name
         if key in self._negative:
@@ -771,8 +772,6 @@ class Namespace:
                 if found is not None:
                     return found
                 listing.remove(name)  # gone since the listing: it may be a directory now
-            elif self._clock() - listing.taken_at < self.options.negative_ttl_s:
-                return None
         attrs = await self._probe_flights.run(key, lambda: self._probe(key))
         if attrs is None:
             self._negative.add(key)
@@ -791,11 +790,12 @@ class Namespace:
         there probes as before) or listings are not cached.
 
         Why: with no listing, a lookup costs three requests (HEAD name, HEAD name_$folder$,
-        ListObjects name/) and the read after it a GET. Programs touch many names of one
-        directory (cat *, grep -r, cp -r, builds), so one listing answers them all: a name
-        missing costs nothing, a file costs the one HEAD that exact metadata needs, or one GET
-        that also brings the body of a small file. The listing sees files, "name/" prefixes
-        and "name_$folder$" markers together, so the directory-wins rule holds as in readdir.
+        ListObjects name/) and the read after it a GET. Programs read many names of one
+        directory (cat *, grep -r, builds), so one listing serves them all: each file costs
+        the one HEAD that exact metadata needs, or one GET that also brings the body of a small
+        file. The listing sees files, "name/" prefixes and "name_$folder$" markers together, so
+        the directory-wins rule holds as in readdir (up to the listing's age: a directory of
+        the same name made by another client since then shows once the listing expires).
         """
         if self._large_directories is None or prefix in self._large_directories:
             return None
