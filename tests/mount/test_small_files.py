@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import oss2
@@ -35,13 +36,18 @@ def put_small_files(bucket: oss2.Bucket, count: int) -> list[bytes]:
     return bodies
 
 
+@pytest.mark.parametrize("data_cache", [False, True], ids=["memory", "use_cache"])
 def test_cat_after_ls_l_sends_no_get(
-    oss2_bucket: oss2.Bucket, oss_server: Any, mount_ossmount: MountFactory
+    oss2_bucket: oss2.Bucket,
+    oss_server: Any,
+    mount_ossmount: MountFactory,
+    tmp_path: Path,
+    data_cache: bool,
 ) -> None:
     bodies = put_small_files(oss2_bucket, 30)
     large = os.urandom(100 * 1024)  # over the 64 KiB default: HEADed, read by GET
     oss2_bucket.put_object("small/zz-large", large, headers=MODE_0640)
-    mounted = mount_ossmount()
+    mounted = mount_ossmount([f"use_cache={tmp_path / 'cache'}"] if data_cache else [])
     stats = oss_server.stats
     stats.reset()
     lines = ls_l(mounted.path / "small")
