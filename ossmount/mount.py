@@ -346,6 +346,9 @@ def build_filesystem(
         # made below, before the mount answers any request).
         read_cache.offer_object(key, etag, body)
 
+    def holds_body(key: str, etag: str, size: int) -> bool:
+        return read_cache.holds_object(key, etag, size)
+
     namespace = Namespace(
         client,
         config.bucket,
@@ -364,6 +367,7 @@ def build_filesystem(
         head_clients=head_clients,
         disk_cache=disk_cache,
         on_small_body=offer_small_body,
+        holds_body=holds_body,
     )
     root_attrs = replace(
         directory_attributes(defaults, mount_time_ns), permissions=config.root_dir_mode

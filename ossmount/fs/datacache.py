@@ -466,6 +466,23 @@ class DataCache:
         if self._recent.get(obj.key) is not obj:
             obj.close_file()
 
+    def holds(self, key: str, etag: str) -> bool:
+        """Whether every byte of version ``etag`` of ``key`` is cached (no side effect)."""
+        if self.broken:
+            return False
+        obj = self._objects.get(key) or self._recent.get(key)
+        if obj is not None:
+            return obj.valid and obj.etag == etag and obj.has_range(0, obj.size)
+        try:
+            row = self._db.execute(
+                "SELECT o.size, COALESCE(SUM(b.bytes), 0) FROM objects o "
+                "LEFT JOIN blocks b ON b.object_id = o.id WHERE o.key = ? AND o.etag = ?",
+                (key, etag),
+            ).fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None and row[0] is not None and row[0] > 0 and row[1] == row[0]
+
     def discard(self, key: str, etag: str | None = None) -> None:
         """Drop the cached bytes of ``key`` (of one version only, if ``etag`` is given)."""
         try:

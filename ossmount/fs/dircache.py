@@ -486,6 +486,7 @@ class Namespace:
         head_clients: Sequence[OssClient] = (),
         disk_cache: DiskMetadataCache | None = None,
         on_small_body: Callable[[str, str, bytes], None] | None = None,
+        holds_body: Callable[[str, str, int], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``on_small_body(key, etag, body)`` receives the whole body of a version of an object
@@ -493,6 +494,8 @@ class Namespace:
         self.client = client
         self.disk_cache = disk_cache
         self._on_small_body = on_small_body
+        # Whether the read path already holds a version's whole body (then a HEAD will do).
+        self._holds_body = holds_body
         # HEADs go round-robin over several small connection pools when given: httpx's pool
         # spends time proportional to its size on every request, so for thousands of
         # concurrent HEADs, eight pools of four connections cost half the CPU of one of 32.
@@ -648,7 +651,7 @@ class Namespace:
             # A HEAD of an OSS symlink describes its target (or fails if it dangles):
             # the link itself is the listing entry plus its target.
             return await self._native_symlink_attributes(key, listed)
-        return await self._head(key, listed.size)
+        return await self._head(key, listed.size, listed.etag)
 
     async def _directory_marker_attributes(self, key: str, marker_key: str | None) -> Attributes:
         """A directory's attributes from its marker's metadata, or the defaults."""
@@ -666,17 +669,26 @@ class Namespace:
         threshold = self.options.small_file_get_bytes
         return size is not None and 0 <= size <= threshold and threshold > 0
 
-    async def _head(self, key: str, known_size: int | None = None) -> Attributes:
+    async def _head(
+        self, key: str, known_size: int | None = None, known_etag: str | None = None
+    ) -> Attributes:
         """Exact attributes of the object ``key``, put in the stat cache: a HEAD, or, when
         ``known_size`` (from a listing, or the version seen before) says the object is small,
         a GET, which answers with the same headers plus the body in the same round trip. The
         body goes to ``on_small_body`` under the ETag the GET returned: the headers of that
         answer are the truth, whatever size was known before (the object may have been
-        replaced since)."""
+        replaced since). Not when the read path holds the body of ``known_etag`` already (the
+        data cache after a remount): then a HEAD, which still proves the version."""
         body: bytes | None = None
+        get_body = self._gets_whole(known_size) and not (
+            known_etag is not None
+            and known_size is not None
+            and self._holds_body is not None
+            and self._holds_body(key, known_etag, known_size)
+        )
         async with self._head_limiter:
             client = self._head_client()
-            if self._gets_whole(known_size):
+            if get_body:
                 limit = self.options.small_file_get_bytes
                 info, body = await client.get_small_object(self.bucket, key, limit=limit)
             else:
@@ -894,12 +906,14 @@ class Namespace:
         self._stats.put(key, attrs)
         return attrs
 
-    async def stat_file(self, key: str, read_size: int | None = None) -> Attributes | None:
+    async def stat_file(
+        self, key: str, read_size: int | None = None, read_etag: str | None = None
+    ) -> Attributes | None:
         """Fresh exact attributes of the object ``key`` (a HEAD), or None when it is gone.
         ``read_size``: the caller is about to read the object, last seen at this size: when
         that is small, a GET brings the body with the attributes (see :meth:`_head`)."""
         try:
-            return await self._head(key, read_size)
+            return await self._head(key, read_size, read_etag)
         except NotFound as exc:
             if exc.code == "SymlinkTargetNotExist":
                 # An OSS symlink to nothing, or to a directory: the link itself is there.

@@ -327,7 +327,8 @@ class OssFs(pyfuse3.Operations):
         if inode.is_dir or inode.attrs_fresh(self._clock()):
             return inode
         read_size = inode.attrs.size if reading else None
-        attrs = await self.namespace.stat_file(inode.key, read_size)
+        read_etag = inode.attrs.etag if reading else None
+        attrs = await self.namespace.stat_file(inode.key, read_size, read_etag)
         if attrs is None:
             self.inodes.detach(inode.key)
             raise _fuse_error(errno.ENOENT)

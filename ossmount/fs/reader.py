@@ -322,6 +322,14 @@ class ReadCache:
         not dropped before it reads them to make room for another's."""
         return max(1, self.max_window_blocks // max(1, len(self._streams)))
 
+    def holds_object(self, key: str, etag: str, size: int) -> bool:
+        """Whether the whole of version ``etag`` of ``key`` (``size`` bytes) can be read with
+        no request: from memory, or from the data cache. No side effect."""
+        blocks = max(1, math.ceil(size / self.block_size))
+        if all((key, etag, index) in self._blocks for index in range(blocks)):
+            return True
+        return self.data_cache is not None and self.data_cache.holds(key, etag)
+
     def offer_object(self, key: str, etag: str, data: bytes) -> None:
         """Keep the whole body of version ``etag`` of ``key``, fetched by someone else (a small
         object read with GET where a HEAD was asked for), so that reads of it need no request."""

@@ -95,3 +95,22 @@ def test_file_replaced_after_the_listing_is_read_new_after_the_ttls(
     # directory "small" was looked up again too (its listing and its marker's HEAD).
     assert stats.count("GetObject") == 1
     assert stats.count("HeadObject") <= 1
+
+
+def test_after_a_remount_the_data_cache_spares_the_small_gets(
+    oss2_bucket: oss2.Bucket, oss_server: Any, mount_ossmount: MountFactory, tmp_path: Path
+) -> None:
+    bodies = put_small_files(oss2_bucket, 20)
+    paths = [Path("small") / f"s{index:03d}" for index in range(20)]
+    options = [f"use_cache={tmp_path / 'cache'}"]
+    first = mount_ossmount(options)
+    ls_l(first.path / "small")  # the GETs bring the bodies, kept in the data cache
+    first.unmount()
+    second = mount_ossmount(options)
+    oss_server.stats.reset()
+    ls_l(second.path / "small")
+    # The bodies of these versions are on disk: a HEAD proves each version, no GET.
+    assert oss_server.stats.count("GetObject") == 0
+    assert oss_server.stats.count("HeadObject") >= 20
+    assert cat(*(second.path / path for path in paths)) == b"".join(bodies)
+    assert oss_server.stats.count("GetObject") == 0
