@@ -337,12 +337,17 @@ class ReadCache:
             block = data[index * self.block_size : (index + 1) * self.block_size]
             if self._is_missing((key, etag, index)) and len(block) <= self._blocks.maxsize:
                 self._blocks[(key, etag, index)] = block
-        if self.data_cache is not None and data:
+        if self.data_cache is not None and data and not self.data_cache.holds(key, etag):
             disk = self.data_cache.open_object(key, etag, len(data))
             try:
-                disk.store(0, data)
-            finally:
+                self._disk_backlog.acquire_nowait()
+            except trio.WouldBlock:
+                disk.store(0, data)  # the disk is behind already: write here, once
                 self.data_cache.release(disk)
+            else:
+                # In a worker thread, as what GETs bring: an `ls -l` of many small files does
+                # not write them one by one on the thread that answers.
+                self.nursery.start_soon(self._store_in_thread, disk, 0, data)
 
     def invalidate(self, key: str, etag: str | None = None) -> None:
         """Drop the cached blocks of ``key`` (of one version only, if ``etag`` is given)."""
