@@ -125,6 +125,8 @@ _MAX_CHECK_AHEAD_BYTES = 16 * 1024 * 1024
 _MAX_CHECK_AHEAD_PIECES = 256
 # Blocks a handle remembers having handed out whole (take_spare), at most.
 _MAX_SPARED_BLOCKS = 65536
+# A block handed out whole is offered again no sooner than this (see take_spare).
+_RESPARE_AFTER_S = 1.0
 # Bytes fetched and waiting to be written to the data cache, at most.
 _MAX_DISK_BACKLOG = 16 * 1024 * 1024
 
@@ -527,7 +529,7 @@ class FileReader:
         # Bytes around the last random read that the caller may hand to the kernel's page
         # cache (see take_spare), and the blocks already handed out whole.
         self._spare: Spare | None = None
-        self._spared_blocks: set[int] = set()
+        self._spared_blocks: dict[int, float] = {}  # block: when it was handed out
 
     @property
     def prefetch_window_blocks(self) -> int:
@@ -576,7 +578,7 @@ class FileReader:
 
     def return_spare(self, spare: Spare) -> None:
         """``spare`` was not used: offer its block again at the next random read in it."""
-        self._spared_blocks.discard(spare.offset // self._block_size)
+        self._spared_blocks.pop(spare.offset // self._block_size, None)
 
     def take_spare(self) -> Spare | None:
         """Bytes of the object around the last read that are cheap to have and were not asked
@@ -645,13 +647,16 @@ class FileReader:
         return joined[offset - first * chunk_size : end - first * chunk_size]
 
     def _whole_block_on_disk(self, offset: int, end: int) -> Spare | None:
-        """The block of a random read, to be read whole from the data cache, the first time a
-        read falls in it (a random reader soon needs the whole cached file in the page cache)."""
+        """The block of a random read, to be read whole from the data cache (a random reader
+        soon needs the whole cached file in the page cache). Handed out again when a read still
+        falls in it a while after: the kernel dropped its pages since (memory pressure, an
+        fadvise, attributes that changed), at most once per :data:`_RESPARE_AFTER_S`."""
         index = offset // self._block_size
+        now = trio.current_time()
         if (
             self._disk is None
             or (end - 1) // self._block_size != index
-            or index in self._spared_blocks
+            or now - self._spared_blocks.get(index, -math.inf) < _RESPARE_AFTER_S
             or not self._disk.has_block(index, self._block_size)
         ):
             return None
@@ -660,7 +665,7 @@ class FileReader:
             return None
         if len(self._spared_blocks) >= _MAX_SPARED_BLOCKS:
             self._spared_blocks.clear()
-        self._spared_blocks.add(index)
+        self._spared_blocks[index] = now
         return Spare(index * self._block_size, load)
 
     # -- access pattern --------------------------------------------------------------------
