@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import mmap
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 
+from ossmount.oss.crc64 import crc64
 from ossmount.server.errors import OssServerError
 from ossmount.server.http import Body
-from ossmount.server.store import Blob, BlobWriter, Store
+from ossmount.server.store import INLINE_LIMIT, Blob, BlobWriter, Store, md5_digest
 
 SMALL_BODY = 256 * 1024
 PUMP_CHUNK = 8 << 20
@@ -83,27 +85,46 @@ async def receive_blob(
         raise
 
 
-async def receive_object_file(
-    store: Store, body: Body, limit: int, *, direct_io: bool, buffers: BufferPool
-) -> tuple[Blob, str]:
-    """Receive a body into a fsynced file installed in data/: its checksums and data file name.
+@dataclass(frozen=True, slots=True)
+class ObjectBody:
+    """A received object body: its checksums, and either the data file it was installed as in
+    data/ or, for a small body, the bytes to keep in the index (see store.py)."""
 
-    A small body is read whole on the event loop, then written, fsynced and installed in one
-    trip to a worker thread (a trip costs about as much CPU as the rest of a small PUT).
+    size: int
+    md5: bytes
+    crc64: int
+    data_file: str | None
+    inline: bytes | None
+
+
+async def receive_object_body(
+    store: Store, body: Body, limit: int, *, direct_io: bool, buffers: BufferPool
+) -> ObjectBody:
+    """Receive a PUT body: one of at most INLINE_LIMIT bytes (with a Content-Length) is read
+    whole and hashed on the event loop, for the index; a larger one goes into a fsynced file
+    installed in data/.
+
+    A body of at most SMALL_BODY bytes is read whole on the event loop, then written, fsynced
+    and installed in one trip to a worker thread (a trip costs about as much CPU as the rest of
+    a small PUT).
     """
-    if body.declared_length is None or body.declared_length > SMALL_BODY:
+    declared = body.declared_length
+    if declared is not None and declared > limit:
+        raise _entity_too_large()
+    if declared is not None and declared <= INLINE_LIMIT:
+        data = await body.read_all(INLINE_LIMIT)
+        return ObjectBody(len(data), md5_digest(data), crc64(data), None, data)
+    if declared is None or declared > SMALL_BODY:
         blob = await receive_blob(store, body, limit, direct_io=direct_io, buffers=buffers)
         try:
             data_file = await trio.to_thread.run_sync(store.install_object_file, blob.temp_path)
         except BaseException:
             blob.temp_path.unlink(missing_ok=True)
             raise
-        return blob, data_file
-    if body.declared_length > limit:
-        raise _entity_too_large()
+        return ObjectBody(blob.size, blob.md5, blob.crc64, data_file, None)
     data = await body.read_all(limit)
 
-    def write_and_install() -> tuple[Blob, str]:
+    def write_and_install() -> ObjectBody:
         writer = store.new_writer()
         try:
             writer.write(data)
@@ -112,10 +133,11 @@ async def receive_object_file(
             writer.discard()
             raise
         try:
-            return blob, store.install_object_file(blob.temp_path)
+            data_file = store.install_object_file(blob.temp_path)
         except BaseException:
             blob.temp_path.unlink(missing_ok=True)
             raise
+        return ObjectBody(blob.size, blob.md5, blob.crc64, data_file, None)
 
     return await trio.to_thread.run_sync(write_and_install)
 
