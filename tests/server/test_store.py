@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,7 +130,7 @@ def test_bodies_in_the_index_follow_their_objects(tmp_path: Path) -> None:
     store.commit_object(first, b"three")
     current = store.get_object("b", "k")
     assert current is not None
-    store.commit_object(ObjectRecord(**{**_fields(current), "tags": {"t": "v"}}))
+    store.commit_object(dataclasses.replace(current, tags={"t": "v"}))
     tagged = store.get_object("b", "k")
     assert tagged is not None and tagged.tags == {"t": "v"} and store.read_body(tagged) == b"three"
     assert store.delete_object("b", "k")
@@ -143,6 +144,3 @@ def test_bodies_in_the_index_follow_their_objects(tmp_path: Path) -> None:
     assert kept is not None and reopened.read_body(kept) == b"kept"
     reopened.close()
 
-
-def _fields(record: ObjectRecord) -> dict[str, object]:
-    return {name: getattr(record, name) for name in ObjectRecord.__slots__}
