@@ -143,4 +143,3 @@ def test_bodies_in_the_index_follow_their_objects(tmp_path: Path) -> None:
     kept = reopened.get_object("b", "kept")
     assert kept is not None and reopened.read_body(kept) == b"kept"
     reopened.close()
-
