@@ -34,7 +34,11 @@ POOL_IDLE_BUFFERS = 16
 
 class BufferPool:
     """Page-aligned buffers of PUMP_CHUNK bytes, reused from body to body; used from the trio
-    thread only. At most `max_idle` are kept when nobody uses them."""
+    thread only. At most `max_idle` are kept when nobody uses them.
+
+    A buffer holds what an earlier body left beyond the bytes received into it. Only O_DIRECT
+    writes pass such bytes on (the padding of a body's last block), and the temp file is
+    truncated back at once (BlobWriter.write_buffer)."""
 
     def __init__(self, max_idle: int = POOL_IDLE_BUFFERS) -> None:
         self._idle: list[mmap.mmap] = []

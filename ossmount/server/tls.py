@@ -235,8 +235,6 @@ class TlsSocket:
 
         def work() -> None:
             sock = self._sock
-            poller = select.poll()
-            poller.register(sock.fileno(), select.POLLOUT)
             position, end = offset, offset + length
             while position < end:
                 piece = os.pread(fd, min(end - position, FILE_PIECE), position)
@@ -250,10 +248,15 @@ class TlsSocket:
                         sock.send(piece)  # whole, once it returns (no partial writes)
                         break
                     except ssl.SSLWantWriteError:
-                        if not poller.poll(int(_POLL_INTERVAL_S * 1000)):
-                            waited += _POLL_INTERVAL_S
-                            if waited >= stall_timeout_s:
-                                raise TimeoutError(f"no progress for {stall_timeout_s} s") from None
+                        events = select.POLLOUT
+                    except ssl.SSLWantReadError:  # a TLS 1.3 key update, for one
+                        events = select.POLLIN
+                    poller = select.poll()
+                    poller.register(sock.fileno(), events)
+                    if not poller.poll(int(_POLL_INTERVAL_S * 1000)):
+                        waited += _POLL_INTERVAL_S
+                        if waited >= stall_timeout_s:
+                            raise TimeoutError(f"no progress for {stall_timeout_s} s")
                 position += len(piece)
 
         await _run_in_thread(work, stopped)
