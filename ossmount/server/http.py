@@ -189,9 +189,12 @@ class Connection:
             return
         raise PeerGoneError(f"no progress for {STALL_TIMEOUT_S} s")
 
-    async def _fill(self, size: int = 65536) -> bool:
+    async def _fill(self, size: int = 65536, *, stalling: bool = True) -> bool:
+        """Read more into the buffer; False at EOF. `stalling=False`: the caller's own timeout
+        bounds the wait (one cancel scope fewer per request)."""
         try:
-            data = await self._stalling(self.sock.recv(size))
+            receive = self.sock.recv(size)
+            data = await (self._stalling(receive) if stalling else receive)
         except OSError as exc:
             raise PeerGoneError(str(exc)) from exc
         if not data:
@@ -200,7 +203,8 @@ class Connection:
         return True
 
     async def read_head(self) -> bytes | None:
-        """The bytes of the next request head (without the blank line); None at a clean EOF."""
+        """The bytes of the next request head (without the blank line); None at a clean EOF.
+        Only under the caller's idle timeout (serve_connection), which bounds its waits."""
         searched = 0
         while True:
             end = self._buffer.find(b"\r\n\r\n", max(0, searched - 3))
@@ -213,7 +217,7 @@ class Connection:
             searched = len(self._buffer)
             if searched > MAX_HEAD_BYTES:
                 raise ProtocolError("request head too large", 431)
-            if not await self._fill():
+            if not await self._fill(stalling=False):
                 if self._buffer.strip():
                     raise PeerGoneError("connection closed inside a request head")
                 return None
