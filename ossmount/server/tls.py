@@ -8,10 +8,11 @@ through TLS (no kernel TLS on this stack), so file bodies are read and written i
 (:attr:`TlsSocket.zero_copy` is False). Without a bandwidth cap that is done by a worker thread
 (:meth:`TlsSocket.send_file`): ``pread`` and OpenSSL's encryption and writes run with the GIL
 released, off the event loop, so one connection's body does not hold up the others' requests.
-Measured (256 MiB bodies, quiet machine): the same throughput within the noise, and 20-25% less
-server CPU per GiB for four parallel GETs and for a read through the mount (see
-docs/benchmarks.md). The thread owns the socket until it returns; the connection's task waits
-for it, and cancellation (the server stopping) makes it stop within a poll interval.
+Measured (docs/benchmarks.md): the same throughput within the noise of a shared machine, and
+the same or up to a fifth less server CPU per GiB; what it buys is that one body's encryption
+no longer holds up the other connections' requests. The thread owns the socket until it
+returns; the connection's task waits for it, and cancellation (the server stopping) makes it
+stop within a poll interval.
 
 The first bytes of a connection tell the two protocols apart (a TLS record starts with 0x16, a
 request with a method name). Each port answers the other protocol with one plain-text 400 and
