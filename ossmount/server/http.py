@@ -104,6 +104,9 @@ class Response:
     declared_length: int | None = None
     # A body of unknown length, sent with chunked transfer coding (a compressed GET).
     chunks: AsyncGenerator[bytes, None] | None = None
+    # `body` holds an object's data (a small object kept in the index): injected resets apply
+    # to it as to file segments.
+    object_data: bool = False
 
     @property
     def content_length(self) -> int:

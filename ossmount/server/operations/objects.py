@@ -97,7 +97,7 @@ def _read_object(server: ServerContext, call: Call, head: bool) -> Response:
         if status == 200 and should_gzip(call.headers, headers, length):
             headers.append(("Content-Encoding", "gzip"))
             return Response(200, headers, chunks=_gzipped_bytes(data))
-        return Response(status, headers, body=data)
+        return Response(status, headers, body=data, object_data=True)
     # Lookup and pin happen with no checkpoint in between (see Store.pin).
     files = store.object_files(record)
     store.pin(files)
