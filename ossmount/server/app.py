@@ -191,7 +191,7 @@ class App:
         response = await self._dispatch(call)
         if call.request.method != "HEAD":
             self.stats.record_body(call.operation, response.content_length)
-            if response.segments:
+            if response.segments or response.object_data:
                 response.reset_at = self.faults.pick_reset(call.operation, response.content_length)
         return response
 

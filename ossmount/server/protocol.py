@@ -6,8 +6,9 @@ from __future__ import annotations
 import base64
 import calendar
 import functools
+import itertools
+import os
 import re
-import uuid
 from collections.abc import Callable
 from email.utils import formatdate, parsedate_tz
 from urllib.parse import quote, unquote
@@ -163,8 +164,14 @@ def parse_http_date(value: str) -> float | None:
     return float(calendar.timegm(parsed[:9]) - (parsed[9] or 0))
 
 
+# Request ids: 24 hex digits as OSS gives, a random prefix per process and a counter (a uuid4
+# per request cost 2-3% of a small GET's CPU).
+_REQUEST_ID_PREFIX = os.urandom(8).hex().upper()
+_request_numbers = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex[:24].upper()
+    return f"{_REQUEST_ID_PREFIX}{next(_request_numbers) & 0xFFFFFFFF:08X}"
 
 
 def parse_range(header: str, size: int, standard: bool) -> tuple[int, int] | None:

@@ -50,10 +50,11 @@ def test_error_share_is_seeded(oss2_bucket: oss2.Bucket, oss_server: RunningServ
     assert all(result == "ok" for result in outcomes())
 
 
+@pytest.mark.parametrize("size", [1 << 20, 4096], ids=["file", "in-index"])
 def test_reset_in_the_middle_of_a_download(
-    oss2_bucket: oss2.Bucket, oss_server: RunningServer
+    oss2_bucket: oss2.Bucket, oss_server: RunningServer, size: int
 ) -> None:
-    data = os.urandom(1 << 20)
+    data = os.urandom(size)
     oss2_bucket.put_object("big", data)
     oss_server.faults.reset_rate = 1.0
     oss_server.faults.only_operations = frozenset({"GetObject"})

@@ -75,7 +75,8 @@ def _start_unfinished_put(
 def test_killed_put_leaves_the_old_object(root: Path) -> None:
     server = ServerProcess(root)
     try:
-        server.bucket().put_object("victim", b"old version")
+        # Larger than INLINE_LIMIT: the old version is a data file.
+        server.bucket().put_object("victim", b"old version" * 2000)
         sock = _start_unfinished_put(server, root, "victim", 1)
         sock_new = _start_unfinished_put(server, root, "newcomer", 2)
         server.kill()
@@ -87,10 +88,36 @@ def test_killed_put_leaves_the_old_object(root: Path) -> None:
     restarted = ServerProcess(root)
     try:
         bucket = restarted.bucket()
-        assert bucket.get_object("victim").read() == b"old version"
+        assert bucket.get_object("victim").read() == b"old version" * 2000
         assert not bucket.object_exists("newcomer")
         assert list((root / "tmp").iterdir()) == []
         assert len(list((root / "data").glob("*/*"))) == 1
+    finally:
+        assert restarted.stop() == 0
+
+
+def test_acknowledged_small_puts_survive_a_killed_server(root: Path) -> None:
+    # Bodies up to INLINE_LIMIT live in the index (WAL): a PUT that was answered survives a
+    # SIGKILL right after, and so do an overwrite and a delete.
+    server = ServerProcess(root)
+    try:
+        bucket = server.bucket()
+        bucket.put_object("small", b"x" * 4096)
+        bucket.put_object("replaced", b"first")
+        bucket.put_object("replaced", b"second")
+        bucket.put_object("gone", b"soon deleted")
+        bucket.delete_object("gone")
+        bucket.copy_object(TEST_BUCKET, "small", "small-copy")
+    finally:
+        server.kill()
+    restarted = ServerProcess(root)
+    try:
+        bucket = restarted.bucket()
+        assert bucket.get_object("small").read() == b"x" * 4096
+        assert bucket.get_object("small-copy").read() == b"x" * 4096
+        assert bucket.get_object("replaced").read() == b"second"
+        assert not bucket.object_exists("gone")
+        assert list((root / "data").glob("*/*")) == []
     finally:
         assert restarted.stop() == 0
 

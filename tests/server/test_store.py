@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,3 +104,42 @@ def test_commit_objects_is_one_transaction(tmp_path: Path) -> None:
         store.commit_objects(failing())
     assert store.get_object("b", "new-1") is None  # rolled back with the rest
     store.close()
+
+
+def _body_rows(store: Store) -> int:
+    return int(store._db.execute("SELECT COUNT(*) FROM bodies").fetchone()[0])
+
+
+def test_bodies_in_the_index_follow_their_objects(tmp_path: Path) -> None:
+    """A small body lives in the index as long as some version names it: replaced by another
+    body, by a file-less record, or deleted, its row goes in the same transaction; a change of
+    attributes keeps it; rows no object names are removed at start-up."""
+    store = Store(tmp_path)
+    store.create_bucket("b")
+    first = ObjectRecord("b", "k", None, 3, '"e"', 0, 0.0, "Normal")
+    store.commit_object(first, b"one")
+    current = store.get_object("b", "k")
+    assert current is not None and current.body_id is not None
+    assert store.read_body(current) == b"one"
+    store.commit_object(first, b"two")
+    current = store.get_object("b", "k")
+    assert current is not None and store.read_body(current) == b"two"
+    assert _body_rows(store) == 1
+    store.commit_object(ObjectRecord("b", "k", None, 0, '"e"', 0, 0.0, "Normal", acl="private"))
+    assert _body_rows(store) == 0
+    store.commit_object(first, b"three")
+    current = store.get_object("b", "k")
+    assert current is not None
+    store.commit_object(dataclasses.replace(current, tags={"t": "v"}))
+    tagged = store.get_object("b", "k")
+    assert tagged is not None and tagged.tags == {"t": "v"} and store.read_body(tagged) == b"three"
+    assert store.delete_object("b", "k")
+    assert _body_rows(store) == 0
+    store._db.execute("INSERT INTO bodies (data) VALUES (?)", (b"orphan",))
+    store.commit_object(ObjectRecord("b", "kept", None, 4, '"e"', 0, 0.0, "Normal"), b"kept")
+    store.close()
+    reopened = Store(tmp_path)
+    assert _body_rows(reopened) == 1
+    kept = reopened.get_object("b", "kept")
+    assert kept is not None and reopened.read_body(kept) == b"kept"
+    reopened.close()

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,10 @@ import pytest
 import trio
 import trio.testing
 
+from ossmount.server import open_server, run_server_in_thread
 from ossmount.server.command import parse_rate
 from ossmount.server.http import Throttle
-from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK
+from tests.conftest import TEST_AK, TEST_BUCKET, TEST_REGION, TEST_SK, server_config, trust_server
 
 SERVER_ENV = {**os.environ, "OSS_ACCESS_KEY_ID": TEST_AK, "OSS_ACCESS_KEY_SECRET": TEST_SK}
 
@@ -190,3 +192,56 @@ async def test_connection_caps_under_the_shared_cap(
     done.clear()
     await move(Throttle(lambda: 100.0, shared), 300, done)
     assert round(done[0] - start, 6) == 3.0
+
+
+def _tls_get_without_reading(endpoint_port: int, ca_file: Path, key: str) -> ssl.SSLSocket:
+    """A TLS connection that sent an anonymous GET of `key` and reads nothing of the answer."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    raw = socket.create_connection(("127.0.0.1", endpoint_port))
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    sock.sendall(f"GET /{TEST_BUCKET}/{key} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return sock
+
+
+async def test_tls_body_sender_stops_when_the_server_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file body over TLS is sent by a worker thread. With the peer reading nothing, that
+    thread waits for the socket; stopping the server must stop it at once, not after the
+    120 s a stalled peer is given."""
+    config = server_config(tmp_path / "root", tls_self_signed=True)
+    with trio.fail_after(60):
+        async with open_server(config) as server:
+            assert server.ca_file is not None
+            server.store.set_bucket_acl(TEST_BUCKET, "public-read")
+            trust_server(monkeypatch, server)
+            await trio.to_thread.run_sync(
+                oss2_over_https(server.endpoint).put_object,
+                "big",
+                os.urandom(8 << 20),
+            )
+            sock = await trio.to_thread.run_sync(
+                _tls_get_without_reading, server.port, server.ca_file, "big"
+            )
+            await trio.sleep(0.5)  # the sender fills the socket buffers and waits
+        sock.close()
+
+
+def test_tls_body_to_a_peer_that_goes_away(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that resets the connection in the middle of a TLS body ends that connection
+    only: the next client is served."""
+    config = server_config(tmp_path / "root", tls_self_signed=True)
+    with run_server_in_thread(config) as server:
+        assert server.ca_file is not None
+        server.store.set_bucket_acl(TEST_BUCKET, "public-read")
+        trust_server(monkeypatch, server)
+        bucket = oss2_over_https(server.endpoint)
+        data = os.urandom(8 << 20)
+        bucket.put_object("big", data)
+        sock = _tls_get_without_reading(server.port, server.ca_file, "big")
+        sock.recv(1000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        assert bucket.get_object("big").read() == data
+        assert bucket.get_object("big", byte_range=(5, 1 << 20)).read() == data[5 : (1 << 20) + 1]

@@ -14,7 +14,7 @@ import trio
 from ossmount.server.auth import Principal
 from ossmount.server.errors import OssServerError, invalid_argument, no_such_bucket, no_such_key
 from ossmount.server.http import Body, Request, Response
-from ossmount.server.ingest import receive_blob, receive_object_file
+from ossmount.server.ingest import BufferPool, ObjectBody, receive_blob, receive_object_body
 from ossmount.server.protocol import url_encoder
 from ossmount.server.store import Blob, BlobWriter, BucketRecord, ObjectRecord, Store
 from ossmount.server.xmlio import leaf
@@ -65,6 +65,7 @@ class ServerContext:
         self.endpoint_host = endpoint_host
         self.direct_io = direct_io
         self.append_locks: dict[tuple[str, str], trio.Lock] = {}
+        self.buffers = BufferPool()
 
     def bucket(self, name: str) -> BucketRecord:
         record = self.store.get_bucket(name)
@@ -96,11 +97,16 @@ class ServerContext:
 
     async def receive_blob(self, body: Body, limit: int, writer: BlobWriter | None = None) -> Blob:
         """Receive a request body into a fsynced temp file (see ingest.py)."""
-        return await receive_blob(self.store, body, limit, direct_io=self.direct_io, writer=writer)
+        return await receive_blob(
+            self.store, body, limit, direct_io=self.direct_io, buffers=self.buffers, writer=writer
+        )
 
-    async def receive_object_file(self, body: Body, limit: int) -> tuple[Blob, str]:
-        """Receive a request body into a fsynced file in data/ (see ingest.py)."""
-        return await receive_object_file(self.store, body, limit, direct_io=self.direct_io)
+    async def receive_object_body(self, body: Body, limit: int) -> ObjectBody:
+        """Receive a request body into a fsynced file in data/, or, if small, into memory for
+        the index (see ingest.py)."""
+        return await receive_object_body(
+            self.store, body, limit, direct_io=self.direct_io, buffers=self.buffers
+        )
 
     def check_forbid_overwrite(self, call: Call, bucket: str, key: str) -> None:
         if call.headers.get("x-oss-forbid-overwrite", "").lower() != "true":
@@ -112,20 +118,21 @@ class ServerContext:
                 "The object you specified already exists and can not be overwritten.",
             )
 
-    def commit_new(self, call: Call, record: ObjectRecord) -> None:
-        """Commit, re-checking x-oss-forbid-overwrite now that the body is in."""
+    def commit_new(self, call: Call, record: ObjectRecord, inline: bytes | None = None) -> None:
+        """Commit (with `inline`, the data of a body kept in the index), re-checking
+        x-oss-forbid-overwrite now that the body is in."""
         try:
             self.check_forbid_overwrite(call, record.bucket, record.key)
         except OssServerError:
             self.store.discard_files(record)
             raise
-        self.store.commit_object(record)
+        self.store.commit_object(record, inline)
 
 
 Operation = Callable[[ServerContext, Call], Awaitable[Response]]
 
 
-def check_md5(call: Call, blob: Blob) -> None:
+def check_md5(call: Call, blob: Blob | ObjectBody) -> None:
     content_md5 = call.headers.get("content-md5")
     if content_md5 is None:
         return

@@ -49,7 +49,8 @@ async def copy_object(server: ServerContext, call: Call) -> Response:
     tags = tags_from_header(call.headers) if tag_directive == "REPLACE" else dict(source.tags)
     acl, storage_class = object_acl_and_class(call.headers)
     server.check_forbid_overwrite(call, bucket, key)
-    data_file, segments = await _copy_data(server, source)
+    inline = server.store.read_body(source) if source.body_id is not None else None
+    data_file, segments = (None, ()) if inline is not None else await _copy_data(server, source)
     record = ObjectRecord(
         bucket=bucket,
         key=key,
@@ -66,7 +67,7 @@ async def copy_object(server: ServerContext, call: Call) -> Response:
         storage_class=storage_class,
         tags=tags,
     )
-    server.commit_new(call, record)
+    server.commit_new(call, record, inline)
     body = node(
         "CopyObjectResult",
         leaf("ETag", record.etag),

@@ -167,8 +167,12 @@ async def upload_part_copy(server: ServerContext, call: Call) -> Response:
     files = store.object_files(source)
     store.pin(files)
     try:
-        slices = store.object_slices(source, first, length)
-        await trio.to_thread.run_sync(copy_slices_to_writer, slices, writer)
+        if source.body_id is not None:
+            data = store.read_body(source)[first : first + length]
+            await trio.to_thread.run_sync(writer.write, data)
+        else:
+            slices = store.object_slices(source, first, length)
+            await trio.to_thread.run_sync(copy_slices_to_writer, slices, writer)
         blob = await trio.to_thread.run_sync(writer.finish)
     except BaseException:
         writer.discard()

@@ -92,6 +92,12 @@ def _read_object(server: ServerContext, call: Call, head: bool) -> Response:
     if head or length == 0:
         return Response(status, headers, declared_length=length if head else None)
     store = server.store
+    if record.body_id is not None:
+        data = store.read_body(record)[offset : offset + length]
+        if status == 200 and should_gzip(call.headers, headers, length):
+            headers.append(("Content-Encoding", "gzip"))
+            return Response(200, headers, chunks=_gzipped_bytes(data))
+        return Response(status, headers, body=data, object_data=True)
     # Lookup and pin happen with no checkpoint in between (see Store.pin).
     files = store.object_files(record)
     store.pin(files)
@@ -104,6 +110,12 @@ def _read_object(server: ServerContext, call: Call, head: bool) -> Response:
 
 
 GZIP_READ = 1 << 20
+
+
+async def _gzipped_bytes(data: bytes) -> AsyncGenerator[bytes, None]:
+    """The gzip stream of a small body (at most INLINE_LIMIT bytes: compressed in place)."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip framing
+    yield compressor.compress(data) + compressor.flush()
 
 
 async def _gzipped(slices: list[tuple[str, int, int]]) -> AsyncGenerator[bytes, None]:
@@ -137,11 +149,11 @@ async def put_object(server: ServerContext, call: Call) -> Response:
     acl, storage_class = object_acl_and_class(call.headers)
     tags = tags_from_header(call.headers)
     server.check_forbid_overwrite(call, bucket, key)
-    blob, data_file = await server.receive_object_file(call.request.body, MAX_OBJECT_SIZE)
+    blob = await server.receive_object_body(call.request.body, MAX_OBJECT_SIZE)
     record = ObjectRecord(
         bucket=bucket,
         key=key,
-        data_file=data_file,
+        data_file=blob.data_file,
         size=blob.size,
         etag=md5_etag(blob.md5),
         crc64=blob.crc64,
@@ -158,7 +170,7 @@ async def put_object(server: ServerContext, call: Call) -> Response:
     except OssServerError:
         server.store.discard_files(record)
         raise
-    server.commit_new(call, record)
+    server.commit_new(call, record, blob.inline)
     return Response(200, write_headers(record, blob.md5))
 
 
