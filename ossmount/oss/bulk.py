@@ -57,7 +57,7 @@ import ctypes
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -86,6 +86,10 @@ log = logging.getLogger(__name__)
 
 # An error document longer than this is not read (the status still tells the error).
 _ERROR_BODY_LIMIT = 1024 * 1024
+# Pieces a GET's thread may have received ahead of its consumer; how often a thread waiting
+# for room looks whether its GET was stopped.
+_PIECES_AHEAD = 4
+_ROOM_CHECK_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,9 @@ class _Exchange:
         self._lock = threading.Lock()
         self._connection: Connection | None = None
         self._stopped = False
+        # Pieces received and not yet taken by the consumer, at most: a consumer that waits
+        # (for a disk, say) holds the socket back instead of piling up the whole range here.
+        self._room = threading.Semaphore(_PIECES_AHEAD)
 
     # -- trio thread -----------------------------------------------------------------------
 
@@ -163,6 +170,10 @@ class _Exchange:
             self._stopped = True
             if self._connection is not None:
                 self._connection.shutdown()
+        self._room.release()  # a thread waiting for room sees the stop
+
+    def piece_taken(self) -> None:
+        self._room.release()
 
     def _deliver(self, event: _Event) -> None:
         # A consumer that is gone drops the event; the thread stops at its next check.
@@ -170,6 +181,13 @@ class _Exchange:
             self._send.send_nowait(event)
 
     # -- worker thread ---------------------------------------------------------------------
+
+    def _wait_for_room(self) -> None:
+        while not self._room.acquire(timeout=_ROOM_CHECK_S):
+            if self._stopped:
+                raise ConnectionAbortedError("stopped")
+        if self._stopped:
+            raise ConnectionAbortedError("stopped")
 
     def _post(self, event: _Event) -> None:
         try:
@@ -269,6 +287,7 @@ class _Exchange:
                 return
             if expected_crc64 is not None:
                 crc = crc64(piece, crc)
+            self._wait_for_room()
             self._post(piece)
             position = piece_end
         if expected_crc64 is not None and crc != expected_crc64:
@@ -314,10 +333,12 @@ class BulkBody:
         receive: trio.MemoryReceiveChannel[_Event],
         info: ObjectInfo,
         counters: RequestCounters | None = None,
+        piece_taken: Callable[[], None] | None = None,
     ) -> None:
         self._receive = receive
         self.info = info
         self._counters = counters
+        self._piece_taken = piece_taken
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._pieces()
@@ -326,6 +347,8 @@ class BulkBody:
         while True:
             event = await self._receive.receive()
             if isinstance(event, bytes):
+                if self._piece_taken is not None:
+                    self._piece_taken()
                 if self._counters is not None:
                     self._counters.bytes_in += len(event)
                 yield event
@@ -384,7 +407,7 @@ class BulkGetter:
             "GetObject", attempt, what=f"GET {bucket}/{key}"
         )
         try:
-            yield BulkBody(receive, info, self._client.counters)
+            yield BulkBody(receive, info, self._client.counters, exchange.piece_taken)
         finally:
             exchange.stop()
             receive.close()

@@ -62,6 +62,24 @@ async def test_range_arrives_in_aligned_pieces(client: OssClient, oss2_bucket: o
     getter.close()
 
 
+async def test_a_slow_consumer_holds_the_body_back(
+    client: OssClient, oss2_bucket: oss2.Bucket
+) -> None:
+    data = os.urandom(24 * MIB)
+    oss2_bucket.put_object("held.bin", data)
+    getter = BulkGetter(client)
+    async with getter.open_range(
+        TEST_BUCKET, "held.bin", 0, len(data) - 1, if_match=None, piece_size=MIB
+    ) as body:
+        await trio.sleep(1.0)  # the consumer does not take anything yet
+        # The receiving thread stopped after a few pieces (the socket holds back the rest)
+        # instead of reading all 24 MiB into memory.
+        queued = body._receive.statistics().current_buffer_used
+        assert 1 <= queued <= 4 + 1  # the pieces ahead, and the head's event
+        assert b"".join(await collect(body)) == data
+    getter.close()
+
+
 async def test_whole_object_is_crc_checked(client: OssClient, oss2_bucket: oss2.Bucket) -> None:
     data = os.urandom(2 * MIB + 7)
     oss2_bucket.put_object("whole.bin", data)
